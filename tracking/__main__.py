@@ -1,0 +1,69 @@
+"""``python -m tracking {init,table,report}``: stores, results tables and phase diagrams."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from tracking.store import TrackingUnavailableError, configure, init_experiment, redact_uri
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tracking", description=__doc__)
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: "
+                        "$MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    init = commands.add_parser("init", help="create the store and the experiment (run once, "
+                               "before any worker starts)")
+    init.add_argument("--experiment", required=True)
+    init.add_argument("--description", help="note shown for the experiment in the MLflow UI")
+
+    table = commands.add_parser("table", help="write the one-row-per-cell results table as CSV")
+    table.add_argument("--experiment", required=True)
+    table.add_argument("--out", required=True, help="CSV file to write")
+
+    report = commands.add_parser("report", help="results table + phase diagrams into a folder, "
+                                 "also logged on the experiment's grid run")
+    report.add_argument("--experiment", required=True)
+    report.add_argument("--out", required=True, help="folder to write into")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 on success, 1 on a reported error)."""
+    args = _parser().parse_args(argv)
+    uri = configure(args.tracking_uri)
+    try:
+        if args.command == "init":
+            exp_id = init_experiment(args.experiment, args.description)
+            print(f"experiment {args.experiment!r} (id {exp_id}) ready in {redact_uri(uri)}")
+        elif args.command == "table":
+            from tracking.tables import results_table, write_table
+
+            df = results_table(args.experiment)
+            if df.empty:
+                raise ValueError(f"experiment {args.experiment!r} has no FINISHED cell runs")
+            path = write_table(df, args.out)
+            print(f"wrote {len(df)} cells to {path.resolve()}")
+        else:
+            from tracking.plots import write_report
+
+            report = write_report(args.experiment, args.out)
+            print(f"wrote results table {report.table.resolve()}")
+            for plot in report.plots:
+                print(f"wrote phase diagram {plot.resolve()}")
+            if report.grid_run_id is None:
+                print(f"experiment {args.experiment!r} has no FINISHED grid run: "
+                      "files written only, nothing logged to MLflow")
+            else:
+                print(f"logged them to grid run {report.grid_run_id} in {redact_uri(uri)}")
+    except (ValueError, TrackingUnavailableError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

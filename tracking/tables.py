@@ -1,0 +1,168 @@
+"""Results tables: an experiment's cell runs as one DataFrame, one row per cell.
+
+The table (DESIGN.md section 6) is the contract between layers: written as CSV it is the
+input of the classifier, the model selection and the tuner's replay benchmark, so a grid from
+any source with these columns can be analysed without recomputation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Run
+
+from tracking import keys
+from tracking.store import experiment_id, get_client, search_all_runs
+
+RUN_ID = "run_id"
+CELL_COLUMNS = [keys.KNOB, keys.TEMPERATURE, keys.DENSITY, keys.DENSE_SEED]  # a cell's identity
+_METRIC_COLUMNS = [keys.TEST_ACC, keys.TEST_ACC_STD, keys.VAL_ACC, keys.LMC_BARRIER,
+                   keys.LMC_BARRIER_STD, keys.CKA, keys.CKA_STD, keys.PRUNED_ACC, keys.DENSE_ACC]
+RESULT_COLUMNS = [*CELL_COLUMNS, *_METRIC_COLUMNS, keys.REGIME, RUN_ID, keys.SPEC_HASH]
+
+# Allowed ranges of numeric columns (NaN is always allowed: a metric may be missing).
+# Accuracies are fractions; a table in percent is the likely mistake this catches.
+_RANGES = {
+    keys.DENSITY: (0.0, 1.0),
+    keys.TEST_ACC: (0.0, 1.0), keys.TEST_ACC_STD: (0.0, 1.0), keys.VAL_ACC: (0.0, 1.0),
+    keys.PRUNED_ACC: (0.0, 1.0), keys.DENSE_ACC: (0.0, 1.0),
+    keys.LMC_BARRIER: (-1.0, 1.0), keys.LMC_BARRIER_STD: (0.0, 1.0),
+    # float32 Gram matrices can put CKA a hair above 1
+    keys.CKA: (0.0, 1.0 + 1e-3), keys.CKA_STD: (0.0, 1.0),
+}
+_NUMERIC = [keys.TEMPERATURE, keys.DENSITY, keys.DENSE_SEED, *_METRIC_COLUMNS]
+
+
+def _row(run: Run) -> dict:
+    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+    row: dict = {c: params.get(c) for c in CELL_COLUMNS}
+    row.update({c: metrics.get(c, math.nan) for c in _METRIC_COLUMNS})
+    row[keys.REGIME] = tags.get(keys.REGIME) or None
+    row[RUN_ID] = run.info.run_id
+    row[keys.SPEC_HASH] = tags.get(keys.SPEC_HASH)
+    return row
+
+
+def _to_numbers(df: pd.DataFrame) -> pd.DataFrame:
+    # Params come back from MLflow as strings; "40" becomes an integer column, "0.1" a float one.
+    for column in (keys.TEMPERATURE, keys.DENSITY, keys.DENSE_SEED):
+        try:
+            df[column] = pd.to_numeric(df[column])
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"cell runs have a non-numeric {column!r} param: {e}") from e
+    return df
+
+
+def results_table(experiment: str, client: MlflowClient | None = None) -> pd.DataFrame:
+    """The one-row-per-cell table of the FINISHED cell runs of experiment ``experiment``.
+
+    Columns are :data:`RESULT_COLUMNS` in that order; rows are sorted by knob, temperature,
+    density and dense seed. A metric a run did not log is NaN; ``regime`` is empty unless the
+    run carries the ``regime`` tag. With no finished cell the table is empty (same columns).
+
+    Note: when several FINISHED runs share a ``spec_hash`` (a cell computed twice, e.g. by two
+    racing workers) only the one that ended last is kept.
+
+    Raises:
+        ValueError: no active experiment of that name (the message lists those that exist).
+    """
+    client = client or get_client()
+    exp_id = experiment_id(experiment, client)
+    runs = search_all_runs(
+        client, [exp_id],
+        f"tags.{keys.RUN_KIND} = '{keys.KIND_CELL}' and attributes.status = 'FINISHED'")
+    newest: dict[str, Run] = {}
+    for run in runs:
+        # a run without a hash cannot be a duplicate of another: key it by its own id
+        key = run.data.tags.get(keys.SPEC_HASH) or run.info.run_id
+        kept = newest.get(key)
+        if kept is None or _ended(run) > _ended(kept):
+            newest[key] = run
+    df = pd.DataFrame([_row(r) for r in newest.values()], columns=RESULT_COLUMNS)
+    return _to_numbers(df).sort_values(
+        [keys.KNOB, keys.TEMPERATURE, keys.DENSITY, keys.DENSE_SEED], kind="stable",
+        ignore_index=True)
+
+
+def _ended(run: Run) -> tuple[int, int]:
+    return run.info.end_time or 0, run.info.start_time or 0
+
+
+def validate_table(df: pd.DataFrame, required: Sequence[str] = RESULT_COLUMNS) -> None:
+    """Check that ``df`` is a usable results table with at least the ``required`` columns.
+
+    Checks: the columns are present, there is at least one row, the numeric columns among the
+    required ones hold numbers in their allowed range (accuracies and density are fractions in
+    [0, 1], the LMC barrier in [-1, 1]), and no cell (knob, temperature, density, dense seed)
+    appears twice.
+
+    Raises:
+        ValueError: naming what is wrong (missing columns, bad values and their rows, ...).
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise ValueError(f"a results table must be a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise ValueError(f"results table lacks required columns {missing}; "
+                         f"it has {list(df.columns)}")
+    if df.empty:
+        raise ValueError("results table is empty: it has no cells (rows)")
+    for column in (c for c in _NUMERIC if c in required):
+        if not pd.api.types.is_numeric_dtype(df[column]):
+            bad = df[column][pd.to_numeric(df[column], errors="coerce").isna()
+                             & df[column].notna()]
+            raise ValueError(f"column {column!r} must be numeric; non-numeric values "
+                             f"{bad.unique().tolist()[:5]} in rows {bad.index.tolist()[:5]}")
+        if column in _RANGES:
+            low, high = _RANGES[column]
+            values = df[column]
+            inside = (values > low if column == keys.DENSITY else values >= low) & (values <= high)
+            bad = values[~inside & values.notna()]
+            if not bad.empty:
+                opening = "(" if column == keys.DENSITY else "["
+                raise ValueError(
+                    f"column {column!r} must lie in {opening}{low:g}, {high:g}] (fractions, not "
+                    f"percent); values {bad.tolist()[:5]} in rows {bad.index.tolist()[:5]}")
+    present = [c for c in CELL_COLUMNS if c in df.columns]
+    if len(present) == len(CELL_COLUMNS):
+        duplicated = df[df.duplicated(present, keep=False)]
+        if not duplicated.empty:
+            raise ValueError(f"results table has duplicate cells {present}: rows "
+                             f"{duplicated.index.tolist()[:10]}")
+
+
+def write_table(df: pd.DataFrame, path: str | Path,
+                required: Sequence[str] = RESULT_COLUMNS) -> Path:
+    """Validate ``df`` and write it as CSV to ``path``; return the path.
+
+    The :data:`RESULT_COLUMNS` present come first, in their order, then any extra columns.
+    """
+    validate_table(df, required)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ordered = [c for c in RESULT_COLUMNS if c in df.columns]
+    df[ordered + [c for c in df.columns if c not in ordered]].to_csv(path, index=False)
+    return path
+
+
+def read_table(path: str | Path, required: Sequence[str] = RESULT_COLUMNS) -> pd.DataFrame:
+    """Read a results table CSV and validate it (see :func:`validate_table`).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is not a valid results table; the message names ``path``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"results table {path} does not exist")
+    try:
+        df = pd.read_csv(path)
+        validate_table(df, required)
+    except (ValueError, pd.errors.ParserError) as e:
+        # EmptyDataError is a ValueError too
+        raise ValueError(f"{path}: {e}") from e
+    return df
