@@ -1,0 +1,422 @@
+"""Regime-guided Optuna sampler for the training temperature (SCIENCE.md 4.1, Algorithm 1).
+
+The paper's Algorithm 1 walks one temperature at a time: run a cell, read its regime, go hotter
+in Regime I and colder in Regime II-A, stop when the regime flips. Its premise is that along the
+temperature axis of one density the regimes are ordered: cold cells are poorly connected
+(Regime I), hot cells are connected (II-A, or II-B), and the best temperature is the coldest one
+that is still connected. Walking one grid step at a time wastes trials; this sampler keeps the
+whole set of boundaries consistent with every finished trial and bisects it instead, so on n
+ordered temperatures the boundary is found in about log2(n + 1) trials.
+
+How a temperature is chosen, with positions ordered from the coldest to the hottest:
+
+1. Every labelled trial votes on where the boundary ``s`` lies (cells colder than ``s`` in
+   Regime I, the others connected): a Regime-I trial at position p says ``s > p`` (only hotter is
+   promising), a II-A or II-B trial says ``s <= p`` (it is connected, so the optimum is it or
+   colder). The boundaries that contradict the fewest trials are kept; with consistent labels
+   that is the open interval between the hottest Regime-I trial and the coldest connected one.
+   The best temperature for a boundary is the coldest connected cell just at it.
+2. If untried temperatures remain there, bisect: split them by the temperatures already tried
+   or running (other workers), take the largest piece and sample its middle. With a regime
+   predictor (e.g. a registered classifier), sample instead the predicted boundary inside the
+   kept set: predictions steer, observations decide.
+3. Otherwise the boundary is pinned down (or the labels leave no untried candidate): exploit,
+   sampling the untried temperature nearest to the best objective value seen so far.
+
+Ties are broken by a seeded random generator, so a run is reproducible given the seed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.samplers import BaseSampler, TPESampler
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from pipeline.knobs import HOTTER_HIGHER, Knob, get_knob
+from selection.regimes import REGIME_I, REGIME_II_A, REGIME_II_B
+
+__all__ = ["RegimeGuidedSampler", "cold_to_hot"]
+
+CONNECTED_REGIMES = (REGIME_II_A, REGIME_II_B)
+
+# A stepped distribution with more values than this is bisected as a continuous interval and
+# rounded to its step, rather than enumerated.
+_MAX_ENUMERATED = 10_000
+# Points at which a regime predictor is queried inside a continuous interval.
+_PREDICTOR_POINTS = 17
+
+
+@dataclass(frozen=True)
+class _Observation:
+    coord: float            # the trial's temperature on the cold -> hot axis
+    label: int | None       # 0 = Regime I, 1 = connected (II-A/II-B), None = unknown
+    value: float | None     # the objective of a COMPLETE trial
+    pending: bool           # RUNNING or WAITING: value and regime still to come
+
+
+class RegimeGuidedSampler(BaseSampler):
+    """Optuna sampler that moves the temperature by the regimes of finished trials.
+
+    Args:
+        temperature_param: name of the parameter that is the temperature.
+        knob: the temperature knob (a ``Knob`` or its registered name); its ``hotter`` direction
+            turns "hotter"/"colder" into larger/smaller parameter values.
+        inner: sampler for every other parameter (default ``TPESampler(seed=seed)``).
+        seed: seed of the tie-breaking random generator.
+        regime_predictor: optional callable ``temperature -> regime`` ("I", "II-A", "II-B" or
+            ``None`` when it cannot tell) for temperatures not tried yet, e.g. a registered
+            regime classifier evaluated at the study's density.
+        regime_attr: the trial user attribute holding a trial's regime.
+        resolution: for a continuous temperature, the fraction of the range below which the
+            interval counts as pinned down and the sampler switches to exploitation.
+
+    Note:
+        The regime must be stored on the trial (``trial.set_user_attr(regime_attr, ...)``) by
+        the objective; trials without it count as tried but carry no direction. FAILED trials
+        are not repeated while untried temperatures remain (a cell that failed would likely
+        fail again); PRUNED trials contribute their regime if they have one. RUNNING trials of
+        other workers are never duplicated on a discrete space and split the interval, so that
+        parallel workers bisect different pieces.
+    """
+
+    def __init__(
+        self,
+        temperature_param: str = "temperature",
+        knob: Knob | str = "epochs",
+        inner: BaseSampler | None = None,
+        seed: int | None = None,
+        regime_predictor: Callable[[float], str | None] | None = None,
+        regime_attr: str = "regime",
+        resolution: float = 0.01,
+    ) -> None:
+        self.temperature_param = temperature_param
+        self.knob = get_knob(knob) if isinstance(knob, str) else knob
+        self._inner = inner if inner is not None else TPESampler(seed=seed)
+        self._rng = np.random.RandomState(seed)
+        self.regime_predictor = regime_predictor
+        self.regime_attr = regime_attr
+        if not 0 < resolution < 1:
+            raise ValueError(f"resolution must be in (0, 1), got {resolution!r}")
+        self.resolution = resolution
+
+    # --- delegation ---------------------------------------------------------------------
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        """The inner sampler's relative space without the temperature (sampled here)."""
+        space = self._inner.infer_relative_search_space(study, trial)
+        return {k: v for k, v in space.items() if k != self.temperature_param}
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if not search_space:
+            return {}
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._inner.before_trial(study, trial)
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._rng.seed()
+        self._inner.reseed_rng()
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        if param_name != self.temperature_param:
+            return self._inner.sample_independent(study, trial, param_name, param_distribution)
+        self._raise_error_if_multi_objective(study)
+        maximize = study.direction == StudyDirection.MAXIMIZE
+        space = _Space.of(param_distribution, self.knob, self.temperature_param)
+        observations = self._observations(study, trial, space)
+        if space.values is not None:
+            return self._sample_discrete(space, observations, maximize)
+        return self._sample_continuous(space, observations, maximize)
+
+    # --- reading the history ------------------------------------------------------------
+    def _observations(
+        self, study: optuna.Study, trial: FrozenTrial, space: _Space
+    ) -> list[_Observation]:
+        observations = []
+        for other in study.get_trials(deepcopy=False):
+            if other.number == trial.number:
+                continue
+            value = other.params.get(self.temperature_param)
+            if value is None and other.state == TrialState.WAITING:
+                value = other.system_attrs.get("fixed_params", {}).get(self.temperature_param)
+            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            coord = space.coord_of(float(value))
+            if coord is None:
+                continue
+            regime = other.user_attrs.get(self.regime_attr)
+            label = 0 if regime == REGIME_I else 1 if regime in CONNECTED_REGIMES else None
+            pending = other.state in (TrialState.RUNNING, TrialState.WAITING)
+            objective = other.value if other.state == TrialState.COMPLETE else None
+            if objective is not None and not math.isfinite(objective):
+                objective = None
+            observations.append(_Observation(coord, None if pending else label, objective,
+                                             pending))
+        return observations
+
+    def _predict(self, temperature: float) -> int | None:
+        regime = self.regime_predictor(temperature) if self.regime_predictor else None
+        return 0 if regime == REGIME_I else 1 if regime in CONNECTED_REGIMES else None
+
+    # --- discrete temperatures ----------------------------------------------------------
+    def _sample_discrete(
+        self, space: _Space, observations: list[_Observation], maximize: bool
+    ) -> Any:
+        n = len(space.values)
+        positions = {obs.coord for obs in observations}
+        free = [p for p in range(n) if p not in positions]
+        if not free:
+            # Everything is tried or running: re-evaluate the best (a cache hit in live tuning).
+            best = self._best_position(observations, maximize)
+            return space.values[best if best is not None else self._rng.randint(n)]
+        # Boundary s in 0..n: positions < s are Regime I; the optimum for s is min(s, n - 1).
+        kept = _min_disagreement_splits(observations, n)
+        targets = {min(s, n - 1) for s in kept}
+        candidates = [p for p in free if p in targets]
+        if candidates:
+            if self.regime_predictor is not None:
+                choice = self._predicted_discrete(space, candidates, kept, observations)
+                if choice is not None:
+                    return space.values[choice]
+            return space.values[self._bisect_discrete(space, candidates)]
+        return space.values[self._exploit_discrete(space, observations, free, maximize)]
+
+    def _bisect_discrete(self, space: _Space, candidates: list[int]) -> int:
+        pieces: list[list[int]] = []
+        for p in sorted(candidates):
+            if pieces and pieces[-1][-1] == p - 1:
+                pieces[-1].append(p)
+            else:
+                pieces.append([p])
+        longest = max(len(piece) for piece in pieces)
+        piece = pieces[self._pick([i for i, pc in enumerate(pieces) if len(pc) == longest])]
+        middle = (space.coords[piece[0]] + space.coords[piece[-1]]) / 2
+        gaps = [abs(space.coords[p] - middle) for p in piece]
+        return piece[self._pick([i for i, g in enumerate(gaps) if math.isclose(g, min(gaps))])]
+
+    def _predicted_discrete(
+        self,
+        space: _Space,
+        candidates: list[int],
+        kept: list[int],
+        observations: list[_Observation],
+    ) -> int | None:
+        predicted = [
+            _Observation(float(p), self._predict(space.values[p]), None, False)
+            for p in candidates
+        ]
+        if all(obs.label is None for obs in predicted):
+            return None
+        # Among the boundaries the observations allow, the one the predictions contradict least.
+        costs = {s: _disagreements(predicted, s) for s in kept}
+        best = min(costs.values())
+        chosen = sorted({min(s, len(space.values) - 1) for s, c in costs.items() if c == best})
+        chosen = [p for p in chosen if p in candidates]
+        if not chosen:
+            return None
+        return self._bisect_discrete(space, chosen)
+
+    def _exploit_discrete(
+        self, space: _Space, observations: list[_Observation], free: list[int], maximize: bool
+    ) -> int:
+        best = self._best_position(observations, maximize)
+        if best is None:
+            return free[self._pick(list(range(len(free))))]
+        distance = [abs(space.coords[p] - space.coords[best]) for p in free]
+        nearest = [i for i, d in enumerate(distance) if math.isclose(d, min(distance))]
+        return free[self._pick(nearest)]
+
+    def _best_position(self, observations: list[_Observation], maximize: bool) -> int | None:
+        scored = [obs for obs in observations if obs.value is not None]
+        if not scored:
+            return None
+        sign = 1.0 if maximize else -1.0
+        top = max(sign * obs.value for obs in scored)
+        tied = sorted({int(obs.coord) for obs in scored if sign * obs.value == top})
+        return tied[self._pick(list(range(len(tied))))]
+
+    # --- continuous temperatures --------------------------------------------------------
+    def _sample_continuous(
+        self, space: _Space, observations: list[_Observation], maximize: bool
+    ) -> float:
+        lo, hi = space.lo, space.hi
+        min_width = self.resolution * (hi - lo)
+        known = sorted({obs.coord for obs in observations})
+        gaps = _continuous_gaps(observations, known, lo, hi)
+        # Split the kept gaps at every tried or running coordinate: pieces to bisect.
+        pieces = []
+        for a, b in gaps:
+            cuts = [a] + [c for c in known if a < c < b] + [b]
+            pieces.extend((x, y) for x, y in zip(cuts, cuts[1:], strict=False) if y - x > 0)
+        pieces = [(a, b) for a, b in pieces if b - a >= min_width]
+        if pieces:
+            if self.regime_predictor is not None:
+                coord = self._predicted_continuous(space, pieces)
+                if coord is not None:
+                    return space.value_of(coord)
+            widest = max(b - a for a, b in pieces)
+            ties = [i for i, (a, b) in enumerate(pieces) if math.isclose(b - a, widest)]
+            a, b = pieces[self._pick(ties)]
+            return space.value_of((a + b) / 2)
+        scored = [obs for obs in observations if obs.value is not None]
+        if not scored:
+            return space.value_of(self._rng.uniform(lo, hi))
+        sign = 1.0 if maximize else -1.0
+        best = max(scored, key=lambda obs: sign * obs.value).coord
+        return space.value_of(float(np.clip(best + self._rng.uniform(-1, 1) * min_width, lo, hi)))
+
+    def _predicted_continuous(self, space: _Space, pieces: list[tuple[float, float]]) -> float | None:
+        points = sorted(
+            a + (b - a) * (k + 0.5) / _PREDICTOR_POINTS
+            for a, b in pieces for k in range(_PREDICTOR_POINTS)
+        )
+        predicted = [_Observation(float(i), self._predict(space.value_of(c)), None, False)
+                     for i, c in enumerate(points)]
+        if all(obs.label is None for obs in predicted):
+            return None
+        costs = [_disagreements(predicted, s) for s in range(len(points) + 1)]
+        best = [s for s, c in enumerate(costs) if c == min(costs)]
+        s = best[len(best) // 2]
+        return points[min(s, len(points) - 1)]
+
+    def _pick(self, options: list[int]) -> int:
+        """One of ``options`` (indices), uniformly with the seeded generator; no draw for one."""
+        return options[0] if len(options) == 1 else options[self._rng.randint(len(options))]
+
+
+@dataclass
+class _Space:
+    """A temperature distribution seen on the cold -> hot axis.
+
+    Discrete spaces (categorical, or stepped with at most ``_MAX_ENUMERATED`` values) list their
+    values from the coldest to the hottest; ``coords`` are positions (categorical: the index, so
+    bisection follows the user's own grid spacing) or the cold->hot oriented (log) value.
+    Continuous spaces have ``values=None`` and an oriented coordinate interval [lo, hi].
+    """
+
+    distribution: BaseDistribution
+    sign: float                 # +1 if larger values are hotter, else -1
+    log: bool
+    values: list | None
+    coords: list[float] | None
+    lo: float
+    hi: float
+
+    @classmethod
+    def of(cls, dist: BaseDistribution, knob: Knob, name: str) -> _Space:
+        sign = 1.0 if knob.hotter == HOTTER_HIGHER else -1.0
+        if isinstance(dist, CategoricalDistribution):
+            bad = [c for c in dist.choices if isinstance(c, bool) or not isinstance(c, (int, float))]
+            if bad:
+                raise ValueError(
+                    f"temperature parameter {name!r} must have numeric choices; got {bad!r}")
+            values = cold_to_hot(knob, dist.choices)
+            coords = [float(i) for i in range(len(values))]
+            return cls(dist, sign, False, values, coords, 0.0, float(len(values) - 1))
+        if not isinstance(dist, (FloatDistribution, IntDistribution)):
+            raise ValueError(f"unsupported distribution for {name!r}: {dist!r}")
+        log = bool(dist.log)
+        step = dist.step
+        ends = [cls._oriented(sign, log, dist.low), cls._oriented(sign, log, dist.high)]
+        lo, hi = min(ends), max(ends)
+        if step is not None:
+            count = int(round((dist.high - dist.low) / step)) + 1
+            if count <= _MAX_ENUMERATED:
+                raw = [min(dist.low + k * step, dist.high) for k in range(count)]
+                kind = int if isinstance(dist, IntDistribution) else float
+                values = cold_to_hot(knob, [kind(v) for v in raw])
+                coords = [cls._oriented(sign, log, v) for v in values]
+                return cls(dist, sign, log, values, coords, lo, hi)
+        return cls(dist, sign, log, None, None, lo, hi)
+
+    @staticmethod
+    def _oriented(sign: float, log: bool, value: float) -> float:
+        return sign * (math.log(value) if log else value)
+
+    def coord_of(self, value: float) -> float | None:
+        """Position (discrete) or coordinate (continuous) of a value; ``None`` if not in space."""
+        if self.values is not None:
+            for i, v in enumerate(self.values):
+                if math.isclose(float(v), value, rel_tol=1e-9, abs_tol=1e-12):
+                    return float(i)
+            return None
+        if self.log and value <= 0:
+            return None
+        coord = self._oriented(self.sign, self.log, value)
+        return coord if self.lo - 1e-12 <= coord <= self.hi + 1e-12 else None
+
+    def value_of(self, coord: float) -> float:
+        """The distribution's value at a continuous coordinate, rounded to its step, in range."""
+        dist = self.distribution
+        x = coord * self.sign
+        value = math.exp(x) if self.log else x
+        if dist.step is not None:
+            value = dist.low + round((value - dist.low) / dist.step) * dist.step
+        value = min(max(value, dist.low), dist.high)
+        return int(round(value)) if isinstance(dist, IntDistribution) else float(value)
+
+
+def cold_to_hot(knob: Knob, values: Sequence[float]) -> list:
+    """Numeric temperature values ordered from the coldest to the hottest for ``knob``.
+
+    Note:
+        Written against ``Knob.hotter`` directly: the coldest epochs value is the LARGEST.
+    """
+    return sorted(values, key=lambda v: v if knob.hotter == HOTTER_HIGHER else -v)
+
+
+def _disagreements(observations: Sequence[_Observation], split: float) -> int:
+    """Labelled observations contradicting the boundary ``split`` (I below, connected above)."""
+    return sum(
+        1 for obs in observations
+        if obs.label is not None and (obs.label == 1) != (obs.coord >= split)
+    )
+
+
+def _min_disagreement_splits(observations: Sequence[_Observation], n: int) -> list[int]:
+    costs = [_disagreements(observations, s) for s in range(n + 1)]
+    return [s for s, c in enumerate(costs) if c == min(costs)]
+
+
+def _continuous_gaps(
+    observations: Sequence[_Observation], known: list[float], lo: float, hi: float
+) -> list[tuple[float, float]]:
+    """The coordinate intervals in which a boundary contradicts the fewest labelled trials."""
+    edges = [lo] + [c for c in known if lo < c < hi] + [hi]
+    gaps = list(zip(edges, edges[1:], strict=False))
+    # A boundary inside (a, b) counts a trial at b as connected-side, one at a as Regime-I side.
+    costs = [_disagreements(observations, (a + b) / 2) for a, b in gaps]
+    best = min(costs)
+    return [gap for gap, c in zip(gaps, costs, strict=True) if c == best]
