@@ -76,8 +76,8 @@ _PANELS = [
 
 def _draw(fig: Figure, ax, grid: pd.DataFrame, panel: _Panel, knob: str) -> None:
     data = np.ma.masked_invalid(grid.to_numpy(dtype=float))
-    cmap = matplotlib.colormaps[panel.cmap].copy()
-    cmap.set_bad("0.85")  # light grey: no cell; distinct from a white ~0 on RdBu
+    # light grey marks a missing cell: distinct from the white ~0 of RdBu
+    cmap = matplotlib.colormaps[panel.cmap].with_extremes(bad="0.85")
     shown = data.compressed()
     if panel.diverging:
         limit = float(np.abs(shown).max()) if shown.size else 1.0
