@@ -10,7 +10,9 @@ from tracking.store import TrackingUnavailableError, configure, init_experiment,
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tracking", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m tracking",
+        description="MLflow stores, results tables and phase diagrams of pruning experiments.")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: "
                         "$MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db)")
     commands = parser.add_subparsers(dest="command", required=True)
