@@ -1,0 +1,1 @@
+"""Compute: specs, data, models, training, pruning, landscape metrics, cells and grids."""

@@ -1,0 +1,175 @@
+"""One grid cell end to end, as plain functions over specs and tensors (no MLflow here).
+
+dense checkpoint at temperature T -> prune to density d -> K fine-tunes from the same pruned
+weights and mask -> accuracies, LMC barrier and CKA on every pair of fine-tuned copies.
+
+``run_cells`` computes many cells at once: the fine-tunes of all cells that share a model
+and a fine-tuning recipe train side by side as one M-member model, and every pair of every
+cell is measured in the same passes over the data. A cell's numbers do not depend on which
+other cells it was computed with (each member has its own seed stream); ``max_members=1``
+is the plain one-model-at-a-time loop.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from pipeline.data import Dataset
+from pipeline.landscape import PairMetrics, all_pairs, measure_pairs
+from pipeline.models import build_model, split_members, stack_members
+from pipeline.prune import Masks, prune, realized_density
+from pipeline.specs import CellSpec, DenseSpec, cell_hash
+from pipeline.train import EpochReport, evaluate, total_epochs, train
+
+State = dict[str, torch.Tensor]
+
+
+@dataclass
+class CellResult:
+    """Everything SCIENCE.md 2.4-2.5 asks of one cell."""
+
+    spec: CellSpec
+    dense: DenseSpec
+    spec_hash: str
+    dense_acc: float
+    pruned_acc: float
+    realized_density: float
+    test_acc: list[float]                  # per fine-tune seed: mean of the last N epochs
+    val_acc: list[float]
+    curves: dict[str, list[list[float]]]   # name -> per seed -> per epoch
+    pairs: list[PairMetrics]
+    mask: Masks
+    finetuned: list[State]
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, float]:
+        """Aggregates over fine-tune seeds (accuracies) and pairs (landscape)."""
+        def mean_std(xs):
+            xs = [x for x in xs if not math.isnan(x)]
+            if not xs:
+                return float("nan"), float("nan")
+            return statistics.fmean(xs), (statistics.pstdev(xs) if len(xs) > 1 else 0.0)
+
+        out = {}
+        for name, values in (("test_acc", self.test_acc), ("val_acc", self.val_acc),
+                             ("lmc_barrier", [p.lmc_barrier for p in self.pairs]),
+                             ("cka", [p.cka for p in self.pairs])):
+            out[name], out[f"{name}_std"] = mean_std(values)
+        out.update(pruned_acc=self.pruned_acc, dense_acc=self.dense_acc,
+                   realized_density=self.realized_density)
+        return out
+
+
+def prunable_weights(state: State, names: list[str]) -> dict[str, torch.Tensor]:
+    return {k: state[k] for k in names}
+
+
+def run_cell(cell: CellSpec, dense: DenseSpec, dense_state: State, data: Dataset, **kw) -> CellResult:
+    """One cell (see ``run_cells``)."""
+    return run_cells([(cell, dense, dense_state)], data, **kw)[0]
+
+
+def run_cells(jobs: list[tuple[CellSpec, DenseSpec, State]], data: Dataset, max_members: int = 64,
+              eval_every: int = 5, progress=None) -> list[CellResult]:
+    """Compute several cells; fine-tunes and measurements are batched across them.
+
+    Args:
+        jobs: (cell spec, the dense run's spec, the dense checkpoint's state_dict) per cell.
+            All jobs must share the model and the fine-tuning and measurement specs.
+        max_members: the most model copies trained or evaluated at once.
+        eval_every: validation/test curves are sampled every this many epochs (and at each
+            of the last ``finetune.last_epochs`` epochs, whose mean is the reported accuracy).
+        progress: optional callable taking a number of completed steps (a progress bar).
+    """
+    if not jobs:
+        return []
+    started = time.perf_counter()
+    cell0, dense0, _ = jobs[0]
+    for cell, dense, _ in jobs:
+        if (dense.model, cell.finetune, cell.measure) != (dense0.model, cell0.finetune, cell0.measure):
+            raise ValueError("run_cells batches cells that share the model, fine-tune and measure specs; "
+                             "group the cells first")
+    device = data.x_train.device
+    mspec, ft = dense0.model, cell0.finetune
+
+    def build(members: int):
+        return build_model(mspec, data.input_shape, data.num_classes, members).to(device)
+
+    plain = build(1)
+    names = plain.prunable_names(include_classifier=cell0.prune.prune_classifier)
+    pruned_states, masks, dense_accs, pruned_accs = [], [], [], []
+    for cell, _, state in jobs:
+        plain.load_state_dict(state)
+        dense_accs.append(float(evaluate(plain, data.x_test, data.y_test)[0]))
+        mask = prune(prunable_weights(state, names), cell.prune)
+        pruned = {k: (v * mask[k] if k in mask else v.clone()) for k, v in state.items()}
+        plain.load_state_dict(pruned)
+        pruned_accs.append(float(evaluate(plain, data.x_test, data.y_test)[0]))
+        pruned_states.append(pruned)
+        masks.append(mask)
+
+    n_epochs, n_last = total_epochs(ft.train, len(data.x_train)), ft.last_epochs
+    members = [(c, s) for c in range(len(jobs)) for s in ft.seeds]
+    finetuned: list[State] = [None] * len(members)  # type: ignore[list-item]
+    curves = {k: [[] for _ in members] for k in ("train_loss", "val_acc", "test_acc")}
+    for start in range(0, len(members), max_members):
+        chunk = list(range(start, min(start + max_members, len(members))))
+        model = build(len(chunk))
+        model.load_state_dict(stack_members([pruned_states[members[i][0]] for i in chunk]))
+        stacked_masks = {k: torch.cat([masks[members[i][0]][k] for i in chunk]) for k in names}
+
+        def record(report: EpochReport, m, _snapshot, chunk=chunk) -> None:
+            # Accuracies are needed for the last N epochs (the reported means); elsewhere the
+            # curves are sampled every ``eval_every`` epochs, since evaluating M models on the
+            # validation and test sets every epoch costs as much as a quarter of the training.
+            measured = report.epoch > n_epochs - n_last or report.epoch % eval_every == 0
+            nan = torch.full((len(chunk),), math.nan)
+            val = evaluate(m, data.x_val, data.y_val) if measured and len(data.x_val) else nan
+            test = evaluate(m, data.x_test, data.y_test) if measured else nan
+            for j, i in enumerate(chunk):
+                curves["train_loss"][i].append(float(report.train_loss[j]))
+                curves["val_acc"][i].append(float(val[j]))
+                curves["test_acc"][i].append(float(test[j]))
+
+        train(model, data, ft.train, [members[i][1] for i in chunk], masks=stacked_masks,
+              on_epoch_end=record, stream="finetune", progress=progress)
+        for i, st in zip(chunk, split_members({k: v.detach().cpu() for k, v in model.state_dict().items()},
+                                              len(chunk)), strict=True):
+            finetuned[i] = st
+
+    k = len(ft.seeds)
+    local_pairs = all_pairs(k)
+    global_pairs = [(c * k + a, c * k + b) for c in range(len(jobs)) for a, b in local_pairs]
+    measured = measure_pairs(build, [{kk: v.to(device) for kk, v in s.items()} for s in finetuned],
+                             global_pairs, data.x_train, data.y_train, cell0.measure, max_members)
+    results = []
+    elapsed = time.perf_counter() - started
+    for c, (cell, dense, _) in enumerate(jobs):
+        idx = list(range(c * k, (c + 1) * k))
+        pairs = measured[c * len(local_pairs):(c + 1) * len(local_pairs)]
+        for p, lp in zip(pairs, local_pairs, strict=True):
+            p.pair = lp
+        results.append(CellResult(
+            spec=cell, dense=dense, spec_hash=cell_hash(cell, dense),
+            dense_acc=dense_accs[c], pruned_acc=pruned_accs[c],
+            realized_density=realized_density(masks[c]),
+            test_acc=[statistics.fmean(curves["test_acc"][i][-n_last:]) for i in idx],
+            val_acc=[statistics.fmean(curves["val_acc"][i][-n_last:]) for i in idx],
+            curves={name: [curves[name][i] for i in idx] for name in curves},
+            pairs=pairs, mask={kk: v.cpu() for kk, v in masks[c].items()},
+            finetuned=[finetuned[i] for i in idx], seconds=elapsed / len(jobs)))
+    return results
+
+
+def finetune_steps(jobs_count: int, cell: CellSpec, n_train: int, max_members: int = 64) -> int:
+    """Optimizer steps ``run_cells`` will take (for progress bars)."""
+    members = jobs_count * len(cell.finetune.seeds)
+    chunks = math.ceil(members / max_members)
+    tr = cell.finetune.train
+    return chunks * (tr.iterations or total_epochs(tr, n_train) * math.ceil(n_train / min(tr.batch_size, n_train)))

@@ -1,0 +1,157 @@
+"""Grid configs: YAML -> validated specs, with ``--set key=value`` overrides.
+
+Every error names the field, the value and what is allowed, and is raised before any
+compute. Unknown keys (typos) are errors, not silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pipeline.dense import dense_for
+from pipeline.knobs import get_knob
+from pipeline.specs import (CellSpec, DataSpec, DenseSpec, FinetuneSpec, MeasureSpec, ModelSpec,
+                            PruneSpec, TrainSpec)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how to compute; never part of any spec hash."""
+
+    device: str = "cpu"
+    threads: int = 0                 # torch threads; 0 = leave PyTorch's default
+    max_members: int = 64            # model copies trained/evaluated at once
+    batch_cells: bool = True         # fine-tune several cells of one dense run together
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    experiment: str
+    knob: str
+    temperatures: tuple[float, ...]
+    densities: tuple[float, ...]
+    dense_seeds: tuple[int, ...] = (0,)
+    description: str = ""
+    data: DataSpec = DataSpec()
+    model: ModelSpec = ModelSpec()
+    dense: TrainSpec = TrainSpec()
+    prune: PruneSpec = PruneSpec()
+    finetune: FinetuneSpec = FinetuneSpec()
+    measure: MeasureSpec = MeasureSpec()
+    runtime: Runtime = field(default_factory=Runtime)
+
+    def base_dense(self, seed: int) -> DenseSpec:
+        return DenseSpec(data=self.data, model=self.model, train=self.dense, seed=seed)
+
+    def cell(self, temperature: float, density: float, dense_seed: int) -> tuple[DenseSpec, CellSpec]:
+        """The dense run and the cell spec of one grid point."""
+        dense, epoch = dense_for(self.knob, temperature, self.base_dense(dense_seed))
+        cell = CellSpec(knob=self.knob, temperature=float(temperature), checkpoint_epoch=epoch,
+                        prune=self.prune.replace(density=float(density)),
+                        finetune=self.finetune, measure=self.measure)
+        return dense, cell
+
+    def cells(self) -> list[tuple[DenseSpec, CellSpec, int]]:
+        """Every (dense spec, cell spec, dense seed) of the grid, coldest temperature first."""
+        knob = get_knob(self.knob)
+        return [(*self.cell(t, d, s), s) for s in self.dense_seeds
+                for t in knob.sort_cold_to_hot(self.temperatures) for d in sorted(self.densities)]
+
+
+_SECTIONS = {"data": DataSpec, "model": ModelSpec, "dense": TrainSpec, "prune": PruneSpec,
+             "measure": MeasureSpec, "runtime": Runtime}
+
+
+def _build(cls, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a mapping, got {values!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+    try:
+        return cls(**values)
+    except TypeError as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+def _finetune(values: dict) -> FinetuneSpec:
+    values = dict(values)
+    own = {k: values.pop(k) for k in ("seeds", "last_epochs", "recipe") if k in values}
+    return _build(FinetuneSpec, {**own, "train": _build(TrainSpec, values, "finetune")}, "finetune")
+
+
+def _set(tree: dict, dotted: str, raw: str) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+    node[keys[-1]] = yaml.safe_load(raw)
+
+
+def parse_config(raw: dict, overrides: list[str] | None = None) -> GridConfig:
+    """Validate a config mapping (as read from YAML) into a GridConfig."""
+    raw = dict(raw or {})
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected key=value, e.g. --set finetune.epochs=5")
+        key, value = item.split("=", 1)
+        _set(raw, key.strip(), value)
+    top = {f.name for f in dataclasses.fields(GridConfig)}
+    unknown = sorted(set(raw) - top)
+    if unknown:
+        raise ValueError(f"config: unknown key(s) {unknown}; allowed: {sorted(top)}")
+    for required in ("experiment", "knob", "temperatures", "densities"):
+        if required not in raw:
+            raise ValueError(f"config: missing required key {required!r}")
+    get_knob(raw["knob"])
+    kwargs = {k: (_build(_SECTIONS[k], v, k) if k in _SECTIONS else v) for k, v in raw.items()}
+    if "finetune" in raw:
+        kwargs["finetune"] = _finetune(raw["finetune"])
+    for key in ("temperatures", "densities", "dense_seeds"):
+        if key in kwargs:
+            value = kwargs[key]
+            if not isinstance(value, (list, tuple)) or not value:
+                raise ValueError(f"config.{key}={value!r}: must be a non-empty list")
+            kwargs[key] = tuple(value)
+    for d in kwargs["densities"]:
+        if not isinstance(d, (int, float)) or not 0 < d <= 1:
+            raise ValueError(f"config.densities contains {d!r}: densities must be in (0, 1] (fraction kept)")
+    if len(set(kwargs.get("dense_seeds", (0,)))) != len(kwargs.get("dense_seeds", (0,))):
+        raise ValueError(f"config.dense_seeds={kwargs['dense_seeds']!r}: seeds must be distinct")
+    cfg = GridConfig(**kwargs)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: GridConfig) -> None:
+    """Check every name against its registry and every temperature against the schedule."""
+    from pipeline.data import check_dataset
+    from pipeline.landscape import check_metrics
+    from pipeline.models import check_model
+    from pipeline.prune import check_pruning
+
+    check_dataset(cfg.data)
+    check_model(cfg.model)
+    check_pruning(cfg.prune)
+    check_metrics(cfg.measure)
+    for t in cfg.temperatures:
+        cfg.cell(t, cfg.densities[0], cfg.dense_seeds[0])
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> GridConfig:
+    """Read and validate a YAML grid config (``yaml.safe_load``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"config file {str(path)!r} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"config file {str(path)!r}: expected a mapping at the top level")
+    return parse_config(raw, overrides)

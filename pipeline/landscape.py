@@ -1,0 +1,201 @@
+"""Loss-landscape metrics on pairs of fine-tuned copies: the LMC barrier and linear CKA.
+
+Both evaluate many models on the same examples, so both run as one M-member model
+(``pipeline.models``): every interpolation point of every pair is one member, BatchNorm
+statistics of all of them are re-estimated in ONE pass over the training set, and their
+train errors in another. ``max_members`` bounds the members evaluated at once (memory);
+``max_members=1`` is the plain one-model-at-a-time computation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.models import EnsembleModel, repeat_input, stack_members
+from pipeline.specs import MeasureSpec
+
+State = dict[str, torch.Tensor]
+
+
+@dataclass
+class PairMetrics:
+    pair: tuple[int, int]
+    lmc_barrier: float = float("nan")
+    lmc_errors: list[float] | None = None      # train error at each t
+    cka: float = float("nan")
+
+
+def lmc_barrier_from_curve(errors: list[float]) -> float:
+    """barrier = e_bar - e(t*), e_bar = (e(0)+e(1))/2, t* = argmax_t |e_bar - e(t)|.
+
+    Negative = a barrier (the path's error rises above the endpoints' mean); ~0 = connected.
+    Note: t* may be an endpoint, so a monotone path gives -|e(1) - e(0)| / 2.
+    """
+    e = torch.tensor(errors, dtype=torch.float64)
+    e_bar = (e[0] + e[-1]) / 2
+    t_star = int(torch.argmax((e_bar - e).abs()))
+    return float(e_bar - e[t_star])
+
+
+def interpolate(a: State, b: State, t: float) -> State:
+    """(1-t) a + t b over every float tensor; integer buffers taken from ``a``.
+
+    BatchNorm running statistics are interpolated too, but they are re-estimated afterwards.
+    """
+    return {k: ((1 - t) * a[k] + t * b[k]) if a[k].is_floating_point() else a[k].clone() for k in a}
+
+
+@torch.no_grad()
+def reestimate_bn(model: EnsembleModel, x: torch.Tensor, batch_size: int = 64) -> None:
+    """Re-estimate every BatchNorm's running statistics over ``x`` (unshuffled), exactly.
+
+    Train-mode passes over batches of ``batch_size``; each batch's mean and unbiased variance
+    are averaged weighted by the batch size (the authors' protocol: the running variance is
+    the mean of per-batch variances, not the full-data variance). The weighting is done by
+    PyTorch's own update ``r <- (1-m) r + m s`` with ``m = b / (seen + b)``.
+    """
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    for bn in bns:
+        bn.reset_running_stats()
+    model.train()
+    seen = 0
+    for start in range(0, len(x), batch_size):
+        xb = x[start:start + batch_size]
+        b = len(xb)
+        for bn in bns:
+            bn.momentum = b / (seen + b)
+        model(repeat_input(xb, model.members))
+        seen += b
+    for bn in bns:
+        bn.momentum = 0.1
+    model.eval()
+
+
+@torch.no_grad()
+def _errors(model: EnsembleModel, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    model.eval()
+    wrong = torch.zeros(model.members, dtype=torch.float64, device=x.device)
+    for start in range(0, len(x), batch_size):
+        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        pred = model.logits(repeat_input(xb, model.members)).argmax(-1)
+        wrong += (pred != yb[:, None]).sum(0)
+    return (wrong / len(x)).cpu()
+
+
+def lmc_curves(build: Callable[[int], EnsembleModel], states: list[State], pairs: list[tuple[int, int]],
+               x: torch.Tensor, y: torch.Tensor, points: int = 11, bn_batch_size: int = 64,
+               max_members: int = 64) -> list[list[float]]:
+    """Train error along the linear path of each pair, BN re-estimated at every point.
+
+    Args:
+        build: members -> a fresh model with that many members (on the data's device).
+        states: single-model state_dicts of the fine-tuned copies.
+        x, y: the NON-augmented training set (all of it: the average is exact).
+    """
+    ts = torch.linspace(0, 1, points).tolist()
+    jobs = [(p, i, t) for p in range(len(pairs)) for i, t in enumerate(ts)]
+    curves = [[float("nan")] * points for _ in pairs]
+    for start in range(0, len(jobs), max_members):
+        chunk = jobs[start:start + max_members]
+        model = build(len(chunk))
+        model.load_state_dict(stack_members(
+            [interpolate(states[pairs[p][0]], states[pairs[p][1]], t) for p, _, t in chunk]))
+        reestimate_bn(model, x, bn_batch_size)
+        errs = _errors(model, x, y)
+        for (p, i, _), e in zip(chunk, errs.tolist(), strict=True):
+            curves[p][i] = e
+    return curves
+
+
+def linear_cka(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Linear CKA (Kornblith et al. 2019) of two representations ``[n, d]`` (biased HSIC).
+
+    Computed in float64 with the feature-space identity
+    ||B^T A||_F^2 / (||A^T A||_F ||B^T B||_F) on centred A, B.
+    """
+    a = a.double() - a.double().mean(0, keepdim=True)
+    b = b.double() - b.double().mean(0, keepdim=True)
+    num = (b.t() @ a).pow(2).sum()
+    den = (a.t() @ a).pow(2).sum().sqrt() * (b.t() @ b).pow(2).sum().sqrt()
+    return float(num / den) if den > 0 else float("nan")
+
+
+@torch.no_grad()
+def softmax_outputs(build: Callable[[int], EnsembleModel], states: list[State], x: torch.Tensor,
+                    max_members: int = 64, batch_size: int = 2000) -> list[torch.Tensor]:
+    """Softmax outputs ``[n, classes]`` of each model in eval mode with its own BN statistics."""
+    outs: list[torch.Tensor] = []
+    for start in range(0, len(states), max_members):
+        chunk = states[start:start + max_members]
+        model = build(len(chunk))
+        model.load_state_dict(stack_members(chunk))
+        model.eval()
+        parts = [model.logits(repeat_input(x[i:i + batch_size], len(chunk))).softmax(-1)
+                 for i in range(0, len(x), batch_size)]
+        probs = torch.cat(parts)                                  # [n, M, K]
+        outs += [probs[:, m].cpu() for m in range(len(chunk))]
+    return outs
+
+
+# --- metric registry -----------------------------------------------------------------------
+
+MetricFn = Callable[..., None]
+_METRICS: dict[str, MetricFn] = {}
+
+
+def register_metric(name: str):
+    def deco(fn):
+        if name in _METRICS:
+            raise ValueError(f"metric {name!r} is already registered")
+        _METRICS[name] = fn
+        return fn
+    return deco
+
+
+def list_metrics() -> list[str]:
+    return sorted(_METRICS)
+
+
+def check_metrics(spec: MeasureSpec) -> None:
+    for m in spec.metrics:
+        if m not in _METRICS:
+            raise ValueError(f"measure.metrics contains {m!r}: unknown metric; allowed: {', '.join(list_metrics())}")
+
+
+@register_metric("lmc")
+def _lmc_metric(results, build, states, x, y, spec: MeasureSpec, max_members):
+    curves = lmc_curves(build, states, [r.pair for r in results], x, y, spec.lmc_points,
+                        spec.bn_batch_size, max_members)
+    for r, c in zip(results, curves, strict=True):
+        r.lmc_errors, r.lmc_barrier = c, lmc_barrier_from_curve(c)
+
+
+@register_metric("cka")
+def _cka_metric(results, build, states, x, y, spec: MeasureSpec, max_members):
+    outs = softmax_outputs(build, states, x[: spec.cka_examples], max_members)
+    for r in results:
+        r.cka = linear_cka(outs[r.pair[0]], outs[r.pair[1]])
+
+
+def all_pairs(n: int) -> list[tuple[int, int]]:
+    """Every pair (i < j) of n copies: K=3 gives 3 pairs."""
+    return [(i, j) for i in range(n) for j in range(i + 1, n)]
+
+
+def measure_pairs(build: Callable[[int], EnsembleModel], states: list[State],
+                  pairs: list[tuple[int, int]], x: torch.Tensor, y: torch.Tensor,
+                  spec: MeasureSpec, max_members: int = 64) -> list[PairMetrics]:
+    """Every metric of ``spec`` on each pair of indices into ``states``.
+
+    The pairs may come from many cells: all of them are measured together.
+    """
+    check_metrics(spec)
+    results = [PairMetrics(p) for p in pairs]
+    for name in spec.metrics:
+        _METRICS[name](results, build, states, x, y, spec, max_members)
+    return results

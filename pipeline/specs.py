@@ -1,0 +1,238 @@
+"""Typed, frozen specs for every stage, and their content addresses.
+
+A spec's hash is the SHA-256 of canonical JSON (sorted keys, exact float repr, a schema
+version) of its *identity fields whose value differs from the field's default*, plus its
+parent's hash. Hashing only non-default values is what lets a new field with a default be
+added without changing any existing hash (open_lth's rule); the price is that changing a
+default silently changes meaning, so a changed default must bump ``SCHEMA_VERSION``.
+
+Fields marked ``identity=False`` (e.g. a data directory) never enter the hash: the same work
+done from another path is the same work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+
+SCHEMA_VERSION = 1
+HASH_CHARS = 16
+
+
+def _not_identity(default):
+    return field(default=default, metadata={"identity": False})
+
+
+class Spec:
+    """Mixin: type coercion/validation of fields, canonical dict and hash."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            hint = hints[f.name]
+            if hint is float and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))
+            elif hint is float and not isinstance(value, float):
+                raise TypeError(f"{type(self).__name__}.{f.name} must be a number, got {value!r}")
+            elif hint is int and (not isinstance(value, int) or isinstance(value, bool)):
+                if isinstance(value, float) and value.is_integer():
+                    object.__setattr__(self, f.name, int(value))
+                else:
+                    raise TypeError(f"{type(self).__name__}.{f.name} must be an integer, got {value!r}")
+            elif isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))
+            if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name)):
+                raise ValueError(f"{type(self).__name__}.{f.name} must be finite, got {value!r}")
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field, the value and what is allowed."""
+
+    def identity(self) -> dict:
+        """The fields that define this spec's identity, defaults omitted (see module doc)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            if not f.metadata.get("identity", True):
+                continue
+            value = getattr(self, f.name)
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+            if isinstance(value, Spec):
+                nested = value.identity()
+                if default is not dataclasses.MISSING and nested == default.identity():
+                    continue
+                out[f.name] = nested
+            elif value != default:
+                out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def to_dict(self) -> dict:
+        """All fields (for logging the resolved spec)."""
+        return dataclasses.asdict(self)
+
+    def spec_hash(self, parent: str | None = None) -> str:
+        payload = {"schema": SCHEMA_VERSION, "type": type(self).__name__, "fields": self.identity()}
+        if parent is not None:
+            payload["parent"] = parent
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class DataSpec(Spec):
+    """Which dataset, how the validation split is carved, where files are read from."""
+
+    name: str = "mnist1d"
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    train_subset: int = 0            # 0 = all; otherwise the first N training examples (tests)
+    data_dir: str = _not_identity("")
+
+    def validate(self) -> None:
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction={self.val_fraction!r}: must be in [0, 1)")
+        if self.train_subset < 0:
+            raise ValueError(f"data.train_subset={self.train_subset!r}: must be >= 0 (0 = all)")
+
+
+@dataclass(frozen=True)
+class ModelSpec(Spec):
+    """Architecture. ``width`` multiplies every layer's channels; ``depth`` is model-specific."""
+
+    name: str = "cnn1d"
+    width: float = 1.0
+    depth: int = 0                   # 0 = the model's default (PreResNet 20, VGG 16, MLP 2)
+
+    def validate(self) -> None:
+        if self.width <= 0:
+            raise ValueError(f"model.width={self.width!r}: must be > 0")
+        if self.depth < 0:
+            raise ValueError(f"model.depth={self.depth!r}: must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainSpec(Spec):
+    """An SGD recipe: shared by dense training and fine-tuning.
+
+    The length is ``epochs``, or ``iterations`` when > 0 (fixed iteration budget, e.g. the
+    batch-size knob). Step-schedule milestones are fractions of the length (paper: 0.5, 0.75
+    of 160 epochs = epochs 80 and 120); with ``epochs`` the lr changes at epoch boundaries.
+    ``sam_rho`` > 0 turns on SAM.
+    """
+
+    epochs: int = 160
+    iterations: int = 0
+    batch_size: int = 64
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "step"           # step | cosine | constant
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    gamma: float = 0.1
+    sam_rho: float = 0.0
+
+    def validate(self) -> None:
+        if self.epochs < 1 and self.iterations < 1:
+            raise ValueError(f"train.epochs={self.epochs!r}: must be >= 1 (or set iterations)")
+        if self.iterations < 0:
+            raise ValueError(f"train.iterations={self.iterations!r}: must be >= 0")
+        if self.batch_size < 1:
+            raise ValueError(f"train.batch_size={self.batch_size!r}: must be >= 1")
+        if self.lr <= 0:
+            raise ValueError(f"train.lr={self.lr!r}: must be > 0")
+        if self.weight_decay < 0 or self.sam_rho < 0 or not 0 <= self.momentum < 1:
+            raise ValueError("train.weight_decay and train.sam_rho must be >= 0, momentum in [0, 1)")
+        if self.schedule not in ("step", "cosine", "constant"):
+            raise ValueError(f"train.schedule={self.schedule!r}: allowed: step, cosine, constant")
+        if any(not 0 < m < 1 for m in self.milestones):
+            raise ValueError(f"train.milestones={self.milestones!r}: fractions in (0, 1)")
+
+
+@dataclass(frozen=True)
+class DenseSpec(Spec):
+    """One dense training run: data, model, recipe, seed."""
+
+    data: DataSpec = DataSpec()
+    model: ModelSpec = ModelSpec()
+    train: TrainSpec = TrainSpec()
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PruneSpec(Spec):
+    """One-shot unstructured pruning to ``density`` (fraction of prunable weights kept)."""
+
+    density: float = 0.1
+    method: str = "global"
+    prune_classifier: bool = False
+    seed: int = 0                    # only the ``random`` method uses it
+
+    def validate(self) -> None:
+        if not 0.0 < self.density <= 1.0:
+            raise ValueError(f"prune.density={self.density!r}: must be in (0, 1] (fraction of weights kept)")
+
+
+@dataclass(frozen=True)
+class FinetuneSpec(Spec):
+    """Fine-tuning with the mask fixed; one copy per seed, all from the same pruned weights.
+
+    ``last_epochs``: reported accuracies are the mean over the last N epochs (paper: 5).
+    """
+
+    train: TrainSpec = TrainSpec()
+    seeds: tuple[int, ...] = (0, 1, 2)
+    last_epochs: int = 5
+    recipe: str = "full"             # a readable name for the UI; part of the identity
+
+    def validate(self) -> None:
+        if len(self.seeds) < 1:
+            raise ValueError(f"finetune.seeds={self.seeds!r}: need at least one fine-tune seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"finetune.seeds={self.seeds!r}: seeds must be distinct")
+        if self.last_epochs < 1:
+            raise ValueError(f"finetune.last_epochs={self.last_epochs!r}: must be >= 1")
+
+
+@dataclass(frozen=True)
+class MeasureSpec(Spec):
+    """Landscape measurements on pairs of fine-tuned copies."""
+
+    lmc_points: int = 11
+    cka_examples: int = 6464
+    bn_batch_size: int = 64
+    metrics: tuple[str, ...] = ("lmc", "cka")
+
+    def validate(self) -> None:
+        if self.lmc_points < 2:
+            raise ValueError(f"measure.lmc_points={self.lmc_points!r}: must be >= 2")
+        if self.cka_examples < 2:
+            raise ValueError(f"measure.cka_examples={self.cka_examples!r}: must be >= 2")
+
+
+@dataclass(frozen=True)
+class CellSpec(Spec):
+    """One grid cell: the dense checkpoint at ``checkpoint_epoch`` of a dense run, pruned,
+    fine-tuned and measured. Its hash contains the dense run's hash (its parent)."""
+
+    knob: str = "epochs"
+    temperature: float = 0.0
+    checkpoint_epoch: int = 0        # the dense run's epoch whose weights are pruned
+    prune: PruneSpec = PruneSpec()
+    finetune: FinetuneSpec = FinetuneSpec()
+    measure: MeasureSpec = MeasureSpec()
+
+
+def dense_hash(dense: DenseSpec) -> str:
+    return dense.spec_hash()
+
+
+def cell_hash(cell: CellSpec, dense: DenseSpec) -> str:
+    return cell.spec_hash(parent=dense_hash(dense))

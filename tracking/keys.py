@@ -1,0 +1,124 @@
+"""Every MLflow param, metric, tag and artifact name used by the project.
+
+No other module spells an MLflow key as a string literal: import it from here, so that a
+rename is one edit and the UI's columns stay consistent across runs.
+"""
+
+# --- tags -------------------------------------------------------------------------------
+SPEC_HASH = "spec_hash"            # content address of the run's resolved spec
+RUN_KIND = "run_kind"              # one of the KIND_* values below
+KIND_GRID = "grid"
+KIND_DENSE = "dense"
+KIND_CELL = "cell"
+KIND_CLASSIFIER = "classifier"
+KIND_SELECTION = "selection"
+KIND_STUDY = "study"
+KIND_TRIAL = "trial"
+FAILURE_REASON = "failure_reason"  # set on a FAILED run: why it failed
+OWNER = "owner"                    # host:pid of the process computing the run
+HEARTBEAT = "heartbeat"            # unix time of the owner's last sign of life
+REGIME = "regime"                  # I, II-A or II-B, written by the selection layer
+PARENT_RUN_ID = "mlflow.parentRunId"
+RUN_NAME = "mlflow.runName"
+NOTE = "mlflow.note.content"       # the description shown in the UI
+STUDY_NAME = "study_name"
+TRIAL_NUMBER = "trial_number"
+
+# --- params (a cell run's and a dense run's) --------------------------------------------
+DATASET = "dataset"
+MODEL = "model"
+KNOB = "knob"
+TEMPERATURE = "temperature"
+DENSITY = "density"
+DENSE_SEED = "dense_seed"
+FINETUNE_SEEDS = "finetune_seeds"
+PRUNE_METHOD = "prune_method"
+FINETUNE_RECIPE = "finetune_recipe"
+FINETUNE_EPOCHS = "finetune_epochs"
+DENSE_EPOCHS = "dense_epochs"
+DENSE_ITERATIONS = "dense_iterations"
+BATCH_SIZE = "batch_size"
+LR = "lr"
+WEIGHT_DECAY = "weight_decay"
+SAM_RHO = "sam_rho"
+DENSE_SPEC_HASH = "dense_spec_hash"
+
+# --- metrics ----------------------------------------------------------------------------
+TEST_ACC = "test_acc"
+TEST_ACC_STD = "test_acc_std"
+VAL_ACC = "val_acc"
+VAL_ACC_STD = "val_acc_std"
+PRUNED_ACC = "pruned_acc"          # test accuracy right after pruning, before fine-tuning
+DENSE_ACC = "dense_acc"            # test accuracy of the dense checkpoint at the temperature
+LMC_BARRIER = "lmc_barrier"        # train-error fraction; negative = a barrier
+LMC_BARRIER_STD = "lmc_barrier_std"
+CKA = "cka"
+CKA_STD = "cka_std"
+REALIZED_DENSITY = "realized_density"
+CELL_SECONDS = "cell_seconds"
+
+
+def pair_metric(base: str, a: int, b: int) -> str:
+    """Per-pair metric name, e.g. ``lmc_barrier_pair_0_1`` (a, b index fine-tune copies)."""
+    return f"{base}_pair_{a}_{b}"
+
+
+def member_metric(base: str, member: int) -> str:
+    """Per fine-tuned copy metric name, e.g. ``test_acc_seed_2``."""
+    return f"{base}_seed_{member}"
+
+
+# step metrics (per-epoch curves; step = epoch)
+CURVE_TRAIN_LOSS = "train_loss"
+CURVE_VAL_ACC = "curve_val_acc"
+CURVE_TEST_ACC = "curve_test_acc"
+
+# --- artifacts --------------------------------------------------------------------------
+ARTIFACT_SPEC = "spec.json"
+ARTIFACT_MASK = "mask.pt"
+ARTIFACT_FINETUNED_DIR = "finetuned"           # finetuned/seed_<k>.pt
+ARTIFACT_CHECKPOINT_DIR = "checkpoints"        # checkpoints/epoch_<e>.pt (dense runs)
+ARTIFACT_RESUME = "resume/state.pt"            # full training state of an unfinished dense run
+ARTIFACT_LMC_CURVES = "lmc_curves.json"
+ARTIFACT_RESULTS_CSV = "results.csv"
+ARTIFACT_PLOTS_DIR = "plots"
+
+# --- results table and report (tracking.tables, tracking.plots) --------------------------
+# phase-diagram PNGs, logged under ARTIFACT_PLOTS_DIR of the grid parent run
+PLOT_TEST_ERROR = "test_error.png"
+PLOT_TEST_ERROR_NORMALIZED = "test_error_normalized.png"
+PLOT_LMC_BARRIER = "lmc_barrier.png"
+PLOT_CKA = "cka.png"
+PLOT_PHASE_DIAGRAMS = "phase_diagrams.png"       # the four panels in one figure
+
+# --- selection (selection/: regime labels, classifier, model selection) ------------------
+REGIME_EPS = "regime_eps"                  # param: LMC-barrier threshold, Regime I iff < eps
+REGIME_TAU = "regime_tau"                  # param: CKA threshold, II-B iff cka >= tau
+REGIME_EPS_SOURCE = "regime_eps_source"    # param: given / estimated / fallback
+REGIME_TAU_SOURCE = "regime_tau_source"
+FEATURE_SET = "feature_set"                # param: landscape (metrics + phase) or phase only
+CV_SPLITTER = "cv_splitter"                # param: stratified / group_by_density
+CV_SPLITS = "cv_splits"                    # param: number of folds actually used
+SELECTION_DENSITIES = "selection_densities"  # param: the target densities of a selection run
+ARTIFACT_REGIME_LABELS = "regime_labels.csv"
+ARTIFACT_REGIME_THRESHOLDS = "regime_thresholds.json"
+ARTIFACT_SELECTION_TABLE = "selection.csv"
+PLOT_REGIME_MAP = "regime_map.png"         # also logged under ARTIFACT_PLOTS_DIR of the grid run
+PLOT_SELECTION_REGRET = "selection_regret.png"
+MODEL_LANDSCAPE = "regime_classifier_landscape"  # logged model names within a classifier run
+MODEL_PHASE = "regime_classifier_phase"
+
+
+def regime_count_metric(regime: str) -> str:
+    """Number of cells labelled ``regime``, e.g. ``n_regime_II-A``."""
+    return f"n_regime_{regime}"
+
+
+def cv_accuracy_metric(feature_set: str) -> str:
+    """Cross-validated accuracy of a classifier, e.g. ``cv_accuracy_phase``."""
+    return f"cv_accuracy_{feature_set}"
+
+
+def mean_regret_metric(method: str) -> str:
+    """Mean regret (test accuracy) of a model-selection method over the target densities."""
+    return f"mean_regret_{method}"
