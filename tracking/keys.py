@@ -108,6 +108,14 @@ PLOT_SELECTION_REGRET = "selection_regret.png"
 MODEL_LANDSCAPE = "regime_classifier_landscape"  # logged model names within a classifier run
 MODEL_PHASE = "regime_classifier_phase"
 
+# --- tuner (selection/tuner.py: Optuna study and trial runs) -----------------------------
+SAMPLER = "sampler"                        # param of a study run: regime, tpe, tpe2, gp, ...
+TRIAL_STATE = "trial_state"                # tag of a trial run: COMPLETE, PRUNED, FAIL
+CELL_RUN_ID = "cell_run_id"                # tag: the cell run a trial looked up
+BEST_TRIAL_NUMBER = "best_trial_number"    # tag of a study run
+BEST_VALUE = "best_value"                  # metric of a study run: best objective so far
+BEST_TEMPERATURE = "best_temperature"      # metric of a study run
+
 
 def regime_count_metric(regime: str) -> str:
     """Number of cells labelled ``regime``, e.g. ``n_regime_II-A``."""

@@ -1,0 +1,489 @@
+"""Regime-guided temperature tuning with Optuna: objective, samplers, storage, MLflow logging.
+
+For one target density, a trial chooses a training temperature, runs (or fetches from the
+cache) the cell at that temperature and density, and returns its VALIDATION accuracy; the
+cell's regime, LMC barrier, CKA and MLflow run id become trial user attributes, which the
+:class:`~selection.sampler.RegimeGuidedSampler` reads to move the temperature.
+
+Test accuracy is never an objective and is never stored on a trial, so no sampler can see it;
+reports that need it (the replay benchmark's regret) look it up themselves, outside the study.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from mlflow.entities import Metric, Param, RunTag
+from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
+from optuna.samplers import BaseSampler
+from optuna.storages import BaseStorage, InMemoryStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from pipeline.knobs import Knob, get_knob
+from selection.regimes import REGIMES, RegimeWarning, label_regimes
+from selection.sampler import RegimeGuidedSampler, cold_to_hot
+from tracking import keys
+from tracking.store import get_client, init_experiment, search_all_runs, with_retries
+from tracking.tables import RUN_ID
+
+__all__ = [
+    "SAMPLER_NAMES", "TEMPERATURE_PARAM", "TEMPERATURE_INDEX_PARAM", "CellObjective",
+    "MlflowTrialLogger", "create_sampler", "default_storage_path", "make_storage",
+    "sampler_encoding", "study_name_for", "tune",
+]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+SAMPLER_NAMES = ("regime", "tpe", "tpe2", "gp", "random", "grid")
+# Samplers that see the temperature as an integer index 0 (coldest) .. n-1 (hottest): TPE and
+# GP model an ordered number, not an unordered categorical, so they can exploit the order.
+_INDEX_SAMPLERS = ("tpe2", "gp")
+TEMPERATURE_PARAM = keys.TEMPERATURE
+TEMPERATURE_INDEX_PARAM = "temperature_index"
+# Trial user attribute with the thresholds used for the trial's regime label.
+THRESHOLDS_ATTR = "regime_thresholds"
+
+
+# --- samplers ------------------------------------------------------------------------------
+
+def sampler_encoding(name: str) -> str:
+    """How sampler ``name`` sees a discrete temperature: ``"index"`` (an integer 0 = coldest ..
+    n-1 = hottest, for ``tpe2`` and ``gp``) or ``"value"`` (the temperature itself, categorical
+    on a grid)."""
+    _check_sampler_name(name)
+    return "index" if name in _INDEX_SAMPLERS else "value"
+
+
+def create_sampler(
+    name: str,
+    knob: Knob | str,
+    seed: int | None = None,
+    *,
+    temperatures: Sequence[float] | None = None,
+    regime_predictor: Callable[[float], str | None] | None = None,
+    n_startup_trials: int = 2,
+) -> BaseSampler:
+    """A sampler by name, to be used with a :class:`CellObjective` of
+    ``encoding=sampler_encoding(name)``.
+
+    - ``regime``: :class:`~selection.sampler.RegimeGuidedSampler` on the temperature values.
+    - ``tpe``: Optuna's default TPE on the categorical temperature (its first 10 trials are
+      random, so on a dozen temperatures it is random search; SCIENCE.md 4.1).
+    - ``tpe2``: TPE with ``n_startup_trials`` (2) random trials, over the ordered index.
+    - ``gp``: ``GPSampler`` with ``n_startup_trials`` (2) random trials, over the ordered index.
+      Ours: Optuna's default of 10 would make it random search on a small grid too, and the
+      baseline is meant to be strong.
+    - ``random``: ``RandomSampler`` (with repeats).
+    - ``grid``: Optuna's ``GridSampler`` over ``temperatures``: every temperature once, in a
+      random order fixed by ``seed`` (random search without repeats); the study stops when the
+      grid is exhausted. Note: Optuna treats ``seed=None`` as 0 here.
+    """
+    _check_sampler_name(name)
+    knob = get_knob(knob) if isinstance(knob, str) else knob
+    if name == "regime":
+        return RegimeGuidedSampler(TEMPERATURE_PARAM, knob, seed=seed,
+                                   regime_predictor=regime_predictor)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "tpe2":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup_trials)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if not temperatures:
+        raise ValueError("the grid sampler needs the list of temperatures (a discrete space)")
+    return optuna.samplers.GridSampler(
+        {TEMPERATURE_PARAM: cold_to_hot(knob, _plain_numbers(temperatures))}, seed=seed)
+
+
+def _check_sampler_name(name: str) -> None:
+    if name not in SAMPLER_NAMES:
+        raise ValueError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLER_NAMES)}")
+
+
+# --- storage -------------------------------------------------------------------------------
+
+def default_storage_path() -> Path:
+    """The default Optuna journal file: ``<repo root>/optuna.journal``."""
+    return REPO_ROOT / "optuna.journal"
+
+
+def make_storage(url: str | None = None) -> BaseStorage:
+    """An Optuna storage from a URL or path.
+
+    - ``None``: a journal file at :func:`default_storage_path` (no server; safe for several
+      local processes);
+    - a path ending in ``.journal``: a journal file there;
+    - ``memory``: in-memory (one process; the replay benchmark);
+    - any SQLAlchemy URL (``postgresql://...``, ``sqlite:///...``): an RDB storage, the choice
+      for workers on several machines (PostgreSQL).
+
+    Note: create an RDB study once (the ``init`` step) before starting workers: creating the
+    schema from several processes at once races.
+    """
+    if url is None or url.endswith(".journal"):
+        path = Path(url).expanduser() if url else default_storage_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if url == "memory":
+        return InMemoryStorage()
+    if "://" in url:
+        return RDBStorage(url)
+    raise ValueError(f"unknown Optuna storage {url!r}: give a path ending in .journal, "
+                     "'memory', or a database URL such as postgresql://user@host/db")
+
+
+# --- the objective -------------------------------------------------------------------------
+
+class CellObjective:
+    """Optuna objective: validation accuracy of the cell (suggested temperature, ``density``).
+
+    Args:
+        lookup: ``lookup(temperature, density) -> row``, a results-table row (a mapping with at
+            least the objective column, ``lmc_barrier``, ``cka``; ``regime`` and ``run_id``
+            optional) of the cell, computed or fetched from the cache. A NaN objective makes
+            the trial FAIL (Optuna's rule), which the regime sampler treats as "tried".
+        density: the target density.
+        temperature_space: the temperatures a trial may choose: a sequence of values (a grid),
+            or an Optuna ``FloatDistribution``/``IntDistribution`` (any value in a range).
+        knob: the temperature knob (or its name); orders a grid from cold to hot.
+        encoding: ``"value"`` (the parameter ``temperature`` is the temperature) or ``"index"``
+            (the parameter ``temperature_index`` is 0 = coldest .. n-1 = hottest of a grid);
+            see :func:`sampler_encoding`.
+        objective_column: the row's key returned as the objective; never a test accuracy.
+        eps, tau: regime thresholds (see below).
+        regime_labeller: ``row -> regime or None``, e.g. a registered regime classifier.
+
+    The regime of a cell (user attribute ``regime``), first rule that applies:
+    1. ``regime_labeller(row)`` if given;
+    2. with ``eps`` and ``tau`` both given: the rule labels with those fixed thresholds
+       (:func:`selection.regimes.label_regimes`);
+    3. with neither given, the row's own ``regime`` if it has a valid one (a labelled table);
+    4. otherwise the rule labels with the missing thresholds estimated from this cell and the
+       cells of the study's finished trials (read back from their user attributes, so every
+       worker sees the same cells). The thresholds used are stored in ``regime_thresholds``.
+
+    Note:
+        With estimated thresholds the first cells are labelled from very few points: a single
+        barrier below -0.01 (1 point of train error) is Regime I and every connected cell is
+        II-B until the CKA values spread. Labels of finished trials are not revised when
+        later cells move the estimate. Pass ``eps``/``tau`` recorded from a labelled grid (or
+        a classifier) when they are known: that is the reliable way.
+    """
+
+    def __init__(
+        self,
+        lookup: Callable[[float, float], Mapping[str, Any]],
+        density: float,
+        temperature_space: Sequence[float] | BaseDistribution,
+        knob: Knob | str,
+        *,
+        encoding: str = "value",
+        objective_column: str = keys.VAL_ACC,
+        eps: float | None = None,
+        tau: float | None = None,
+        regime_labeller: Callable[[Mapping[str, Any]], str | None] | None = None,
+    ) -> None:
+        if objective_column.startswith("test"):
+            raise ValueError(f"objective column {objective_column!r}: test accuracy is never "
+                             "an objective; use the validation accuracy (val_acc)")
+        if not 0 < density <= 1:
+            raise ValueError(f"density must be a fraction in (0, 1], got {density!r}")
+        if encoding not in ("value", "index"):
+            raise ValueError(f"encoding must be 'value' or 'index', got {encoding!r}")
+        self.lookup = lookup
+        self.density = float(density)
+        self.knob = get_knob(knob) if isinstance(knob, str) else knob
+        self.encoding = encoding
+        self.objective_column = objective_column
+        self.eps, self.tau = eps, tau
+        self.regime_labeller = regime_labeller
+        if isinstance(temperature_space, (FloatDistribution, IntDistribution)):
+            if encoding == "index":
+                raise ValueError("the index encoding needs a grid of temperatures, not a range")
+            self.temperatures, self.distribution = None, temperature_space
+        elif isinstance(temperature_space, BaseDistribution):
+            raise ValueError(f"unsupported temperature space {temperature_space!r}: give a list "
+                             "of values, a FloatDistribution or an IntDistribution")
+        else:
+            values = _plain_numbers(temperature_space)
+            if not values:
+                raise ValueError("the temperature space is empty")
+            self.temperatures, self.distribution = cold_to_hot(self.knob, values), None
+
+    def suggest(self, trial: optuna.Trial) -> float:
+        """The trial's temperature (suggests the parameter of this objective's encoding)."""
+        if self.encoding == "index":
+            index = trial.suggest_int(TEMPERATURE_INDEX_PARAM, 0, len(self.temperatures) - 1)
+            return self.temperatures[index]
+        if self.temperatures is not None:
+            return trial.suggest_categorical(TEMPERATURE_PARAM, self.temperatures)
+        d = self.distribution
+        if isinstance(d, IntDistribution):
+            return trial.suggest_int(TEMPERATURE_PARAM, d.low, d.high, step=d.step, log=d.log)
+        return trial.suggest_float(TEMPERATURE_PARAM, d.low, d.high, step=d.step, log=d.log)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        temperature = self.suggest(trial)
+        row = self.lookup(temperature, self.density)
+        # Read only the keys named here: the row may carry test accuracy, which stays unread.
+        value = _number(row.get(self.objective_column))
+        regime, thresholds = self.regime_of(row, trial.study)
+        attrs = {
+            keys.TEMPERATURE: temperature, keys.DENSITY: self.density, keys.REGIME: regime,
+            keys.LMC_BARRIER: _number(row.get(keys.LMC_BARRIER)),
+            keys.CKA: _number(row.get(keys.CKA)), RUN_ID: row.get(RUN_ID),
+        }
+        if thresholds is not None:
+            attrs[THRESHOLDS_ATTR] = thresholds
+        for name, attr in attrs.items():
+            trial.set_user_attr(name, _jsonable(attr))
+        return math.nan if value is None else value
+
+    def regime_of(self, row: Mapping[str, Any], study: optuna.Study | None = None
+                  ) -> tuple[str | None, dict | None]:
+        """The regime of a cell row and the thresholds used (None when none were)."""
+        if self.regime_labeller is not None:
+            return self.regime_labeller(row), None
+        own = row.get(keys.REGIME)
+        if self.eps is None and self.tau is None and own in REGIMES:
+            return own, None
+        barrier, cka = _number(row.get(keys.LMC_BARRIER)), _number(row.get(keys.CKA))
+        if barrier is None or cka is None:
+            return None, None
+        cells = [(barrier, cka)]
+        if (self.eps is None or self.tau is None) and study is not None:
+            cells = _labelled_cells(study) + cells
+        frame = pd.DataFrame(cells, columns=[keys.LMC_BARRIER, keys.CKA])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RegimeWarning)
+            labelled, thresholds = label_regimes(frame, eps=self.eps, tau=self.tau)
+        return str(labelled[keys.REGIME].iloc[-1]), thresholds.to_dict()
+
+
+def _labelled_cells(study: optuna.Study) -> list[tuple[float, float]]:
+    """(barrier, cka) of the study's finished trials, one per temperature (cells repeat)."""
+    cells = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
+                                                          TrialState.PRUNED)):
+        barrier = _number(trial.user_attrs.get(keys.LMC_BARRIER))
+        cka = _number(trial.user_attrs.get(keys.CKA))
+        if barrier is not None and cka is not None:
+            cells[trial.user_attrs.get(keys.TEMPERATURE)] = (barrier, cka)
+    return list(cells.values())
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None for missing/NaN/non-numeric values."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _jsonable(value: Any) -> Any:
+    # Optuna stores user attributes as JSON: numpy scalars and NaN do not survive every storage.
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _plain_numbers(values: Iterable[Any]) -> list:
+    """Distinct Python numbers (ints where integral) from any iterable of numbers."""
+    out = []
+    for v in values:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.number)):
+            raise ValueError(f"temperatures must be numbers, got {v!r}")
+        v = float(v)
+        if not math.isfinite(v):
+            raise ValueError(f"temperatures must be finite, got {v!r}")
+        out.append(int(v) if v.is_integer() else v)
+    return sorted(set(out))
+
+
+# --- MLflow --------------------------------------------------------------------------------
+
+class MlflowTrialLogger:
+    """Optuna callback logging a study to MLflow: one parent run, one child run per trial.
+
+    The study run (tag ``run_kind=study``, ``study_name``) is found by its tags or created on
+    the first trial, so several worker processes of one study (and a resumed study) share it.
+    Each finished trial becomes a child run (``run_kind=trial``, ``mlflow.parentRunId``, tags
+    ``study_name``, ``trial_number``, ``regime``, ``cell_run_id``, ``trial_state``; params
+    temperature, density, knob and the trial's own params; metrics the objective, LMC barrier
+    and CKA), written with one ``log_batch`` call.
+
+    Args:
+        experiment: the MLflow experiment (created if missing).
+        objective_name: metric name of the trial value.
+        study_params: params of the study run (knob, density, sampler, ...), logged once.
+        register_best: hook called by :meth:`on_study_end` as
+            ``register_best(study, best_trial, study_run_id)``, e.g. to register the best
+            trial's pruned model (its cell run is the trial's ``run_id`` attribute) with an
+            alias. Not set here: the pipeline layer owns the models.
+
+    Note:
+        Set the tracking URI before (``tracking.store.configure``); this class never relies on
+        MLflow's implicit default.
+    """
+
+    def __init__(
+        self,
+        experiment: str,
+        *,
+        objective_name: str = keys.VAL_ACC,
+        study_params: Mapping[str, Any] | None = None,
+        register_best: Callable[[optuna.Study, FrozenTrial, str], None] | None = None,
+    ) -> None:
+        self.client = get_client()
+        self.experiment_id = init_experiment(experiment)
+        self.objective_name = objective_name
+        self.study_params = dict(study_params or {})
+        self.register_best = register_best
+        self._study_runs: dict[str, str] = {}
+
+    def study_run_id(self, study: optuna.Study) -> str:
+        """Id of the study's parent run, created on first use."""
+        name = study.study_name
+        if name in self._study_runs:
+            return self._study_runs[name]
+        runs = search_all_runs(
+            self.client, [self.experiment_id],
+            f"tags.{keys.RUN_KIND} = '{keys.KIND_STUDY}' and tags.{keys.STUDY_NAME} = '{name}'",
+            order_by=["attributes.start_time ASC"])
+        if runs:
+            run_id = runs[0].info.run_id
+        else:
+            run = with_retries(self.client.create_run, self.experiment_id, run_name=name,
+                               tags={keys.RUN_KIND: keys.KIND_STUDY, keys.STUDY_NAME: name})
+            run_id = run.info.run_id
+            params = [Param(k, str(v)) for k, v in sorted(self.study_params.items())]
+            with_retries(self.client.log_batch, run_id, params=params)
+        self._study_runs[name] = run_id
+        return run_id
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        parent = self.study_run_id(study)
+        attrs = trial.user_attrs
+        tags = {
+            keys.PARENT_RUN_ID: parent, keys.RUN_KIND: keys.KIND_TRIAL,
+            keys.STUDY_NAME: study.study_name, keys.TRIAL_NUMBER: str(trial.number),
+            keys.TRIAL_STATE: trial.state.name,
+        }
+        if attrs.get(keys.REGIME):
+            tags[keys.REGIME] = str(attrs[keys.REGIME])
+        if attrs.get(RUN_ID):
+            tags[keys.CELL_RUN_ID] = str(attrs[RUN_ID])
+        run = with_retries(self.client.create_run, self.experiment_id,
+                           run_name=f"{study.study_name}/trial-{trial.number}", tags=tags)
+        params = {k: v for k, v in self.study_params.items() if k != keys.TEMPERATURE}
+        params.update(trial.params)
+        for name in (keys.TEMPERATURE, keys.DENSITY):
+            if attrs.get(name) is not None:
+                params[name] = attrs[name]
+        now = int(time.time() * 1000)
+        metrics = []
+        if trial.value is not None and math.isfinite(trial.value):
+            metrics.append(Metric(self.objective_name, float(trial.value), now, 0))
+        for name in (keys.LMC_BARRIER, keys.CKA):
+            if _number(attrs.get(name)) is not None:
+                metrics.append(Metric(name, float(attrs[name]), now, 0))
+        with_retries(self.client.log_batch, run.info.run_id, metrics=metrics,
+                     params=[Param(k, str(v)) for k, v in sorted(params.items())])
+        status = "FINISHED" if trial.state == TrialState.COMPLETE else (
+            "KILLED" if trial.state == TrialState.PRUNED else "FAILED")
+        with_retries(self.client.set_terminated, run.info.run_id, status)
+
+    def on_study_end(self, study: optuna.Study) -> str:
+        """Log the best trial on the study run, call ``register_best``, end the run.
+
+        Returns the study run id.
+        """
+        parent = self.study_run_id(study)
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if complete:
+            best = study.best_trial
+            now = int(time.time() * 1000)
+            metrics = [Metric(keys.BEST_VALUE, float(best.value), now, len(study.trials))]
+            temperature = _number(best.user_attrs.get(keys.TEMPERATURE))
+            if temperature is not None:
+                metrics.append(Metric(keys.BEST_TEMPERATURE, temperature, now,
+                                      len(study.trials)))
+            tags = [RunTag(keys.BEST_TRIAL_NUMBER, str(best.number))]
+            if best.user_attrs.get(RUN_ID):
+                tags.append(RunTag(keys.CELL_RUN_ID, str(best.user_attrs[RUN_ID])))
+            with_retries(self.client.log_batch, parent, metrics=metrics, tags=tags)
+            if self.register_best is not None:
+                self.register_best(study, best, parent)
+        with_retries(self.client.set_terminated, parent, "FINISHED")
+        return parent
+
+
+# --- running a study -----------------------------------------------------------------------
+
+def study_name_for(knob: Knob | str, density: float, sampler: str) -> str:
+    """The default study name, e.g. ``tune-epochs-d0.05-regime``."""
+    name = knob if isinstance(knob, str) else knob.name
+    return f"tune-{name}-d{density:g}-{sampler}"
+
+
+def tune(
+    lookup: Callable[[float, float], Mapping[str, Any]],
+    *,
+    density: float,
+    temperature_space: Sequence[float] | BaseDistribution,
+    knob: Knob | str,
+    n_trials: int,
+    sampler: str = "regime",
+    seed: int | None = 0,
+    storage: str | BaseStorage | None = None,
+    study_name: str | None = None,
+    eps: float | None = None,
+    tau: float | None = None,
+    regime_labeller: Callable[[Mapping[str, Any]], str | None] | None = None,
+    regime_predictor: Callable[[float], str | None] | None = None,
+    logger: MlflowTrialLogger | None = None,
+) -> optuna.Study:
+    """Run ``n_trials`` more trials of a (new or resumed) study; return the study.
+
+    ``storage`` is a :func:`make_storage` URL/path or a storage object; ``None`` is the journal
+    file at :func:`default_storage_path`. With ``logger``, every trial of this process is
+    logged to MLflow and :meth:`MlflowTrialLogger.on_study_end` is called at the end.
+    """
+    knob = get_knob(knob) if isinstance(knob, str) else knob
+    if n_trials < 1:
+        raise ValueError(f"n_trials must be >= 1, got {n_trials!r}")
+    grid = None if isinstance(temperature_space, BaseDistribution) else temperature_space
+    objective = CellObjective(lookup, density, temperature_space, knob,
+                              encoding=sampler_encoding(sampler) if grid is not None else "value",
+                              eps=eps, tau=tau, regime_labeller=regime_labeller)
+    study = optuna.create_study(
+        study_name=study_name or study_name_for(knob, density, sampler),
+        storage=storage if isinstance(storage, BaseStorage) else make_storage(storage),
+        sampler=create_sampler(sampler, knob, seed, temperatures=grid,
+                               regime_predictor=regime_predictor),
+        direction="maximize", load_if_exists=True)
+    for name, value in ((keys.KNOB, knob.name), (keys.DENSITY, float(density)),
+                        (keys.SAMPLER, sampler)):
+        study.set_user_attr(name, value)
+    study.optimize(objective, n_trials=n_trials, callbacks=[logger] if logger else None)
+    if logger is not None:
+        logger.on_study_end(study)
+    return study
