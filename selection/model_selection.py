@@ -1,0 +1,230 @@
+"""Model selection by regime (paper Algorithms 2 and 2.1) and its baselines, with regret.
+
+For a target density the candidates are the dense models of every temperature, each pruned
+to that density: the table's cells of that density, one per temperature (dense seeds
+averaged). The methods:
+
+- ``alg2_val`` (Algorithm 2): discard candidates in Regime I, then take the best val_acc.
+- ``alg2.1_cka`` (Algorithm 2.1): discard candidates in Regime I, then take the highest CKA.
+- ``best_dense`` (baseline): the best dense model (max dense_acc), regime ignored.
+- ``best_val`` (baseline): the best val_acc alone, regime ignored.
+- ``oracle``: the best test_acc; regret of a method = oracle test_acc - its choice's test_acc.
+
+Our choices (the paper is silent):
+- Ties (exactly equal criterion values, within 1e-12) go to the COLDEST temperature, the
+  paper's "coldest temperature that is still well connected".
+- If every candidate of a density is Regime I, the filter leaves nothing: Algorithms 2 and 2.1
+  then choose among all candidates by their criterion, and the row says ``fallback=True``.
+- Cells with a missing metric (NaN) are left out of the candidates, with a warning.
+- Regimes are labelled over all the table's (dense-seed averaged) cells at once, with the
+  given thresholds or thresholds estimated by :func:`selection.regimes.label_regimes`.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from selection._knob import cold_to_hot
+from selection._mlflow import child_run
+from selection._validate import check_table
+from selection.regimes import REGIME_I, Thresholds, label_regimes
+from tracking import keys
+
+ALG2 = "alg2_val"
+ALG2_1 = "alg2.1_cka"
+BEST_DENSE = "best_dense"
+BEST_VAL = "best_val"
+ORACLE = "oracle"
+METHODS = (ALG2, ALG2_1, BEST_DENSE, BEST_VAL, ORACLE)
+_CRITERION = {ALG2: keys.VAL_ACC, ALG2_1: keys.CKA, BEST_DENSE: keys.DENSE_ACC,
+              BEST_VAL: keys.VAL_ACC, ORACLE: keys.TEST_ACC}
+_REGIME_AWARE = (ALG2, ALG2_1)
+_TIE_ATOL = 1e-12
+
+METRIC_COLUMNS = (keys.LMC_BARRIER, keys.CKA, keys.TEST_ACC, keys.VAL_ACC, keys.DENSE_ACC)
+SELECT_COLUMNS = (keys.KNOB, keys.TEMPERATURE, keys.DENSITY, *METRIC_COLUMNS)
+TABLE_COLUMNS = ["density", "method", "temperature", "regime", "test_acc", "oracle_test_acc",
+                 "regret", "criterion", "criterion_value", "fallback", "n_candidates",
+                 "n_regime_I"]
+
+
+class SelectionWarning(UserWarning):
+    """Cells were left out, or a method fell back."""
+
+
+@dataclass(frozen=True)
+class SelectionResult:
+    """What :func:`select_models` chose.
+
+    Attributes:
+        table: one row per (density, method): ``TABLE_COLUMNS``; ``regret`` is the oracle's
+            test_acc minus the chosen cell's (a fraction; 0 = as good as the oracle).
+        candidates: the cells considered (dense seeds averaged) with their ``regime``.
+        thresholds: the regime thresholds used.
+        warnings: cells left out, fallbacks, threshold remarks.
+    """
+
+    table: pd.DataFrame
+    candidates: pd.DataFrame
+    thresholds: Thresholds
+    warnings: tuple[str, ...]
+
+    def mean_regret(self) -> dict[str, float]:
+        """Mean regret of each method over the selected densities."""
+        return self.table.groupby("method")["regret"].mean().reindex(METHODS).to_dict()
+
+
+def _match_densities(requested: Sequence[float] | None, available: np.ndarray) -> list[float]:
+    if requested is None:
+        return sorted(available.tolist())
+    chosen = []
+    for d in requested:
+        hit = available[np.isclose(available, float(d), rtol=0, atol=1e-9)]
+        if not hit.size:
+            raise ValueError(f"density {d!r} is not in the table (after dropping incomplete "
+                             f"cells); available: {sorted(available.tolist())}")
+        chosen.append(float(hit[0]))
+    return sorted(dict.fromkeys(chosen))
+
+
+def _argmax_coldest(values: np.ndarray) -> int:
+    """Index of the max of ``values`` (ordered cold to hot); ties go to the first, coldest."""
+    return int(np.flatnonzero(values >= values.max() - _TIE_ATOL)[0])
+
+
+def select_models(df: pd.DataFrame, densities: Sequence[float] | None = None,
+                  eps: float | None = None, tau: float | None = None) -> SelectionResult:
+    """Run Algorithms 2 and 2.1 and the baselines for each target density of ``df``.
+
+    Args:
+        df: a results table with ``knob`` (one knob), ``temperature``, ``density``,
+            ``lmc_barrier``, ``cka``, ``test_acc``, ``val_acc`` and ``dense_acc``.
+        densities: target densities (matched to the table's to 1e-9); None = every density.
+        eps, tau: regime thresholds (see :func:`label_regimes`); estimated when None.
+
+    Raises:
+        ValueError: missing columns, an empty table, units in percent, several knobs, an
+            unknown density, or no complete cell.
+    """
+    check_table(df, SELECT_COLUMNS, allow_nan=True)
+    knobs = df[keys.KNOB].unique().tolist()
+    if len(knobs) != 1:
+        raise ValueError(f"model selection compares temperatures of one knob; the table has "
+                         f"knobs {knobs}: select the rows of one knob first")
+    notes: list[str] = []
+    incomplete = df[list(METRIC_COLUMNS)].isna().any(axis=1)
+    if incomplete.any():
+        cells = df.loc[incomplete, [keys.TEMPERATURE, keys.DENSITY]].drop_duplicates()
+        notes.append(f"{int(incomplete.sum())} row(s) with missing metrics left out: "
+                     + ", ".join(f"(temperature={t}, density={d})"
+                                 for t, d in cells.itertuples(index=False)))
+    complete = df[~incomplete]
+    if complete.empty:
+        raise ValueError(f"no cell has all of {list(METRIC_COLUMNS)}: nothing to select from")
+    candidates = (complete.groupby([keys.TEMPERATURE, keys.DENSITY], as_index=False)
+                  [list(METRIC_COLUMNS)].mean())
+    candidates[keys.KNOB] = knobs[0]
+    with warnings.catch_warnings(record=True):  # recorded in thresholds.warnings instead
+        candidates, thresholds = label_regimes(candidates, eps, tau)
+    notes.extend(thresholds.warnings)
+    targets = _match_densities(densities, candidates[keys.DENSITY].unique())
+
+    rows = []
+    for density in targets:
+        cells = candidates[candidates[keys.DENSITY] == density]
+        order = cold_to_hot(knobs[0], cells[keys.TEMPERATURE].tolist())
+        cells = cells.set_index(keys.TEMPERATURE).loc[order].reset_index()
+        oracle = float(cells[keys.TEST_ACC].max())
+        connected = cells[cells[keys.REGIME] != REGIME_I]
+        for method in METHODS:
+            pool, fallback = cells, False
+            if method in _REGIME_AWARE:
+                if connected.empty:
+                    fallback = True
+                    notes.append(f"density {density:g}: every candidate is Regime I; {method} "
+                                 "chose among all of them")
+                else:
+                    pool = connected
+            criterion = _CRITERION[method]
+            chosen = pool.iloc[_argmax_coldest(pool[criterion].to_numpy(dtype=float))]
+            rows.append({
+                "density": density, "method": method,
+                "temperature": chosen[keys.TEMPERATURE], "regime": chosen[keys.REGIME],
+                "test_acc": float(chosen[keys.TEST_ACC]), "oracle_test_acc": oracle,
+                "regret": oracle - float(chosen[keys.TEST_ACC]), "criterion": criterion,
+                "criterion_value": float(chosen[criterion]), "fallback": fallback,
+                "n_candidates": len(cells), "n_regime_I": int(len(cells) - len(connected)),
+            })
+    for note in notes:
+        warnings.warn(note, SelectionWarning, stacklevel=2)
+    return SelectionResult(pd.DataFrame(rows, columns=TABLE_COLUMNS), candidates, thresholds,
+                           tuple(notes))
+
+
+def plot_regret(table: pd.DataFrame, path: str | Path, title: str | None = None) -> Path:
+    """Grouped bar chart of each method's regret (test-accuracy points) per density, as PNG."""
+    methods = [m for m in METHODS if m != ORACLE and m in set(table["method"])]
+    densities = sorted(table["density"].unique())
+    regret = (table.pivot(index="density", columns="method", values="regret")
+              .reindex(index=densities, columns=methods))
+    fig = Figure(figsize=(max(5.0, 1.2 * len(densities) + 2), 3.8), layout="constrained")
+    ax = fig.add_subplot()
+    width = 0.8 / len(methods)
+    x = np.arange(len(densities))
+    for i, method in enumerate(methods):
+        bars = ax.bar(x + (i - (len(methods) - 1) / 2) * width,
+                      100 * regret[method].to_numpy(), width, label=method)
+        ax.bar_label(bars, fmt="%.1f", fontsize=6)  # a zero-height bar is otherwise invisible
+    ax.set_xticks(x, labels=[f"{100 * d:g}%" for d in densities])
+    ax.set_xlabel("target density (% of prunable weights kept)")
+    ax.set_ylabel("regret: oracle test acc - chosen (%-points)")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "Model selection regret per density (lower is better)", fontsize=10)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def log_selection(result: SelectionResult, experiment: str,
+                  parent_run_id: str | None = None) -> str:
+    """Log ``result`` as a run (``run_kind=selection``) of ``experiment``, nested under
+    ``parent_run_id`` (e.g. the grid parent run) when given; return the run id.
+
+    Logged: the thresholds and target densities as params, the mean regret of each method as
+    metrics, and the artifacts ``keys.ARTIFACT_SELECTION_TABLE`` (CSV),
+    ``keys.PLOT_SELECTION_REGRET`` and ``keys.ARTIFACT_REGIME_THRESHOLDS``.
+    """
+    densities = sorted(result.table["density"].unique())
+    with child_run(experiment, keys.KIND_SELECTION, "select", parent_run_id) as run, \
+            tempfile.TemporaryDirectory() as tmp:
+        client = mlflow.MlflowClient()
+        now = int(time.time() * 1000)
+        params = {**result.thresholds.params(),
+                  keys.SELECTION_DENSITIES: json.dumps([float(d) for d in densities])}
+        metrics = {keys.mean_regret_metric(m): v for m, v in result.mean_regret().items()
+                   if not np.isnan(v)}
+        client.log_batch(run.info.run_id,
+                         params=[mlflow.entities.Param(k, v) for k, v in params.items()],
+                         metrics=[mlflow.entities.Metric(k, float(v), now, 0)
+                                  for k, v in metrics.items()])
+        folder = Path(tmp)
+        result.table.to_csv(folder / keys.ARTIFACT_SELECTION_TABLE, index=False)
+        (folder / keys.ARTIFACT_REGIME_THRESHOLDS).write_text(result.thresholds.to_json())
+        plot_regret(result.table, folder / keys.PLOT_SELECTION_REGRET)
+        for name in (keys.ARTIFACT_SELECTION_TABLE, keys.ARTIFACT_REGIME_THRESHOLDS,
+                     keys.PLOT_SELECTION_REGRET):
+            mlflow.log_artifact(str(folder / name))
+        return run.info.run_id
