@@ -82,6 +82,7 @@ ARTIFACT_RESUME = "resume/state.pt"            # full training state of an unfin
 ARTIFACT_LMC_CURVES = "lmc_curves.json"
 ARTIFACT_RESULTS_CSV = "results.csv"
 ARTIFACT_PLOTS_DIR = "plots"
+CHECKSUM_PREFIX = "sha256/"                    # tag sha256/<artifact path> = hex digest
 
 # --- results table and report (tracking.tables, tracking.plots) --------------------------
 # phase-diagram PNGs, logged under ARTIFACT_PLOTS_DIR of the grid parent run

@@ -37,7 +37,8 @@ _RANGES = {
 _NUMERIC = [keys.TEMPERATURE, keys.DENSITY, keys.DENSE_SEED, *_METRIC_COLUMNS]
 
 
-def _row(run: Run) -> dict:
+def run_row(run: Run) -> dict:
+    """The results-table row of one cell run (DESIGN.md section 6)."""
     params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
     row: dict = {c: params.get(c) for c in CELL_COLUMNS}
     row.update({c: metrics.get(c, math.nan) for c in _METRIC_COLUMNS})
@@ -82,7 +83,7 @@ def results_table(experiment: str, client: MlflowClient | None = None) -> pd.Dat
         kept = newest.get(key)
         if kept is None or _ended(run) > _ended(kept):
             newest[key] = run
-    df = pd.DataFrame([_row(r) for r in newest.values()], columns=RESULT_COLUMNS)
+    df = pd.DataFrame([run_row(r) for r in newest.values()], columns=RESULT_COLUMNS)
     return _to_numbers(df).sort_values(
         [keys.KNOB, keys.TEMPERATURE, keys.DENSITY, keys.DENSE_SEED], kind="stable",
         ignore_index=True)

@@ -1,0 +1,368 @@
+"""The grid runner: a config's cells as an MLflow-tracked, cached, resumable DAG.
+
+dense runs (one per knob value and dense seed; for ``epochs`` ONE run serves every
+temperature) -> batches of cells (pruned, fine-tuned together, measured together) -> one
+MLflow run per cell, nested under the grid's parent run. Every node is looked up by spec
+hash first: a finished grid is a pure lookup; extending it computes only the new cells.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from pipeline.cell import CellResult, finetune_steps, run_cells
+from pipeline.config import GridConfig
+from pipeline.data import load_dataset
+from pipeline.dense import FINAL, train_dense
+from pipeline.executors import Node, get_executor
+from pipeline.specs import CellSpec, DenseSpec, cell_hash, dense_hash
+from pipeline.train import TrainState, total_epochs
+from tracking import keys
+from tracking.artifacts import CorruptArtifactError, load_file, log_files
+from tracking.cache import RunCache
+from tracking.store import configure, get_client, init_experiment
+
+Point = tuple[DenseSpec, CellSpec, int]
+HEARTBEAT_SECONDS = 60.0
+
+
+@dataclass
+class GridSummary:
+    experiment: str
+    grid_run_id: str | None
+    cells: int = 0
+    computed: int = 0
+    cached: int = 0
+    busy: int = 0                     # being computed by another live process
+    failed: list[tuple[str, str]] = field(default_factory=list)   # (cell name, reason)
+    dense_computed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def lines(self) -> list[str]:
+        out = [f"grid {self.experiment!r}: {self.cells} cells: {self.computed} computed, "
+               f"{self.cached} cached, {len(self.failed)} failed"
+               + (f", {self.busy} being computed elsewhere" if self.busy else "")
+               + f"; {self.dense_computed} dense runs trained; {self.seconds:.1f} s"]
+        out += [f"  FAILED {name}: {reason}" for name, reason in self.failed]
+        return out
+
+
+def cell_name(cell: CellSpec, dense_seed: int) -> str:
+    """A readable run name for the MLflow UI, e.g. ``epochs=40 d=0.10 s=0``."""
+    t = int(cell.temperature) if float(cell.temperature).is_integer() else cell.temperature
+    return f"{cell.knob}={t} d={cell.prune.density:.2f} s={dense_seed}"
+
+
+def dense_name(cfg: GridConfig, dense: DenseSpec) -> str:
+    if cfg.knob == "epochs":
+        return f"dense epochs<={dense.train.epochs} s={dense.seed}"
+    value = getattr(dense.train, cfg.knob)
+    return f"dense {cfg.knob}={value} s={dense.seed}"
+
+
+def checkpoint_path(epoch: int) -> str:
+    return f"{keys.ARTIFACT_CHECKPOINT_DIR}/{'final' if epoch == FINAL else f'epoch_{epoch:04d}'}.pt"
+
+
+class GridRunner:
+    """Runs the points of one config in one experiment (see module doc)."""
+
+    def __init__(self, cfg: GridConfig, experiment: str | None = None, progress: bool = True,
+                 tracking_uri: str | None = None):
+        self.cfg = cfg
+        self.experiment = experiment or cfg.experiment
+        self.progress = progress
+        self.uri = configure(tracking_uri)
+        self.experiment_id = init_experiment(self.experiment, cfg.description or None)
+        self.client = get_client()
+        self.cache = RunCache(self.client, self.experiment_id)
+        if cfg.runtime.threads:
+            torch.set_num_threads(cfg.runtime.threads)
+
+    # -- the whole grid ------------------------------------------------------------------
+    def run(self, points: list[Point] | None = None, executor: str = "serial",
+            executor_options: dict | None = None, parent_run_id: str | None = None) -> GridSummary:
+        started = time.perf_counter()
+        points = points if points is not None else self.cfg.cells()
+        summary = GridSummary(self.experiment, None, cells=len(points))
+        hashes = {cell_hash(c, d): (d, c, s) for d, c, s in points}
+        grid_run = parent_run_id or self._grid_run(sorted(hashes))
+        summary.grid_run_id = grid_run
+        looked = self.cache.lookup_many(hashes, keys.KIND_CELL)
+        pending: list[Point] = []
+        for h, (d, c, s) in hashes.items():
+            entry = looked[h]
+            if entry.finished is not None:
+                summary.cached += 1
+            elif entry.active is not None:
+                summary.busy += 1
+            else:
+                if entry.resumable is not None:
+                    self.cache.abandon(entry.resumable, "owner died before the cell finished")
+                pending.append((d, c, s))
+        nodes, batches = self._dag(pending, grid_run)
+        results = get_executor(executor, **(executor_options or {})).run(nodes) if nodes else {}
+        for node in nodes:
+            outcome = results.get(node.key)
+            if node.key.startswith("dense:"):
+                summary.dense_computed += isinstance(outcome, tuple) and outcome[1]
+                continue
+            if isinstance(outcome, BaseException):
+                batch = batches[node.key]
+                summary.failed += [(cell_name(c, s), f"{type(outcome).__name__}: {outcome}") for _, c, s in batch]
+            else:
+                summary.computed += outcome["computed"]
+                summary.failed += outcome["failed"]
+        summary.seconds = time.perf_counter() - started
+        if not parent_run_id:
+            self.cache.log(grid_run, metrics={"cells_computed": summary.computed, "cells_cached": summary.cached,
+                                              "cells_failed": len(summary.failed),
+                                              "grid_seconds": summary.seconds})
+            if summary.failed:
+                self.cache.fail(grid_run, f"{len(summary.failed)} cell(s) failed")
+            else:
+                self.cache.finish(grid_run)
+        return summary
+
+    def _grid_run(self, cell_hashes: list[str]) -> str:
+        cfg = self.cfg
+        grid_hash = hashlib.sha256(json.dumps(cell_hashes).encode()).hexdigest()[:16]
+        entry = self.cache.lookup(grid_hash, keys.KIND_GRID)
+        existing = entry.finished or entry.resumable or entry.active
+        if existing is not None:
+            return self.cache.reopen(existing)
+        run_id = self.cache.start(
+            grid_hash, keys.KIND_GRID,
+            f"grid {cfg.knob} {len(cfg.temperatures)}x{len(cfg.densities)}",
+            params={keys.KNOB: cfg.knob, keys.DATASET: cfg.data.name, keys.MODEL: cfg.model.name,
+                    "temperatures": list(cfg.temperatures), "densities": list(cfg.densities),
+                    "dense_seeds": list(cfg.dense_seeds), keys.PRUNE_METHOD: cfg.prune.method,
+                    keys.FINETUNE_SEEDS: list(cfg.finetune.seeds), keys.FINETUNE_RECIPE: cfg.finetune.recipe},
+            tags={keys.NOTE: cfg.description} if cfg.description else None)
+        log_files(self.client, run_id, {"config.json": _config_dict(cfg)})
+        return run_id
+
+    def _dag(self, pending: list[Point], grid_run: str) -> tuple[list[Node], dict[str, list[Point]]]:
+        dense_specs = {dense_hash(d): d for d, _, _ in pending}
+        nodes = [Node(f"dense:{h}", (lambda d=d: self.ensure_dense(d))) for h, d in dense_specs.items()]
+        batches: dict[str, list[Point]] = {}
+        per_batch = max(1, self.cfg.runtime.max_members // len(self.cfg.finetune.seeds)) \
+            if self.cfg.runtime.batch_cells else 1
+        for start in range(0, len(pending), per_batch):
+            batch = pending[start:start + per_batch]
+            deps = {f"d{i}": f"dense:{h}" for i, h in enumerate(sorted({dense_hash(d) for d, _, _ in batch}))}
+
+            def fn(batch=batch, grid_run=grid_run, **dense_results):
+                runs = {r[2]: r[0] for r in dense_results.values()}
+                return self.compute_cells(batch, runs, grid_run)
+
+            nodes.append(Node(f"cells:{start}", fn, deps))
+            batches[f"cells:{start}"] = batch
+        return nodes, batches
+
+    # -- dense runs ----------------------------------------------------------------------
+    def ensure_dense(self, dense: DenseSpec) -> tuple[str, bool, str]:
+        """(run id, whether it was computed now, spec hash) of the FINISHED dense run."""
+        h = dense_hash(dense)
+        entry = self.cache.lookup(h, keys.KIND_DENSE)
+        waited = 0.0
+        while entry.finished is None and entry.active is not None and waited < self.cache.stale_after:
+            time.sleep(5.0)      # another live process is training it: wait for its result
+            waited += 5.0
+            entry = self.cache.lookup(h, keys.KIND_DENSE)
+        if entry.finished is not None:
+            return entry.finished.info.run_id, False, h
+        data = load_dataset(dense.data, self.cfg.runtime.device)
+        resume = None
+        if entry.resumable is not None:
+            run_id = self.cache.reopen(entry.resumable)
+            try:
+                resume = TrainState.from_dict(load_file(self.client, run_id, keys.ARTIFACT_RESUME))
+            except CorruptArtifactError:
+                resume = None   # nothing usable saved: start again inside the same run
+        else:
+            run_id = self.cache.start(h, keys.KIND_DENSE, dense_name(self.cfg, dense),
+                                      params=_dense_params(self.cfg, dense))
+            log_files(self.client, run_id, {keys.ARTIFACT_SPEC: {"spec": dense.to_dict(), "spec_hash": h}})
+        keep_every = self.cfg.knob == "epochs"
+        n = len(data.x_train)
+        epochs = total_epochs(dense.train, n)
+        pending_files: dict[str, object] = {}
+        last_beat = [time.time()]
+
+        def on_checkpoint(epoch: int, state) -> None:
+            pending_files[checkpoint_path(epoch)] = state
+
+        def on_epoch_state(state: TrainState) -> None:
+            # one upload per epoch: the new checkpoint(s) and the state to resume from
+            files = dict(pending_files)
+            pending_files.clear()
+            if state.epoch < epochs:
+                files[keys.ARTIFACT_RESUME] = state.to_dict()
+            if files:
+                log_files(self.client, run_id, files)
+            if time.time() - last_beat[0] > HEARTBEAT_SECONDS:
+                self.cache.heartbeat(run_id)
+                last_beat[0] = time.time()
+
+        steps = dense.train.iterations or epochs * math.ceil(n / min(dense.train.batch_size, n))
+        with self.cache.computing(run_id), self._bar(steps, dense_name(self.cfg, dense)) as bar:
+            if resume is not None:
+                bar.update(resume.iteration)
+            kept = train_dense(dense, data, keep_every, on_checkpoint, on_epoch_state, resume,
+                               progress=bar.update)
+            from pipeline.models import build_model
+            from pipeline.train import evaluate
+
+            model = build_model(dense.model, data.input_shape, data.num_classes).to(data.x_train.device)
+            last_key = max(kept) if keep_every else FINAL
+            if last_key in kept:
+                model.load_state_dict(kept[last_key])
+                self.cache.log(run_id, metrics={keys.DENSE_ACC: float(evaluate(model, data.x_test, data.y_test)[0])})
+        return run_id, True, h
+
+    # -- cells ---------------------------------------------------------------------------
+    def compute_cells(self, batch: list[Point], dense_runs: dict[str, str], grid_run: str) -> dict:
+        """Claim, compute (batched) and log the cells of ``batch``."""
+        looked = self.cache.lookup_many([cell_hash(c, d) for d, c, _ in batch], keys.KIND_CELL)
+        todo = [(d, c, s) for d, c, s in batch
+                if looked[cell_hash(c, d)].finished is None and looked[cell_hash(c, d)].active is None]
+        if not todo:
+            return {"computed": 0, "failed": []}
+        data = load_dataset(todo[0][0].data, self.cfg.runtime.device)
+        runs = {}
+        for d, c, s in todo:
+            runs[cell_hash(c, d)] = self.cache.start(
+                cell_hash(c, d), keys.KIND_CELL, cell_name(c, s), parent_run_id=grid_run,
+                params=_cell_params(self.cfg, d, c, s, dense_runs[dense_hash(d)]),
+                tags={keys.KNOB: c.knob, keys.TEMPERATURE: c.temperature, keys.DENSITY: c.prune.density})
+        failed: list[tuple[str, str]] = []
+        jobs, ok_points = [], []
+        for d, c, s in todo:
+            try:
+                state = self._checkpoint(d, dense_runs, c.checkpoint_epoch)
+            except Exception as e:  # noqa: BLE001
+                reason = f"{type(e).__name__}: {e}"
+                self.cache.fail(runs[cell_hash(c, d)], reason)
+                failed.append((cell_name(c, s), reason))
+                continue
+            jobs.append((c, d, state))
+            ok_points.append((d, c, s))
+        steps = finetune_steps(len(jobs), jobs[0][0], len(data.x_train),
+                               self.cfg.runtime.max_members) if jobs else 0
+        computed = 0
+        with self._bar(steps, f"fine-tune {len(jobs)} cells") as bar:
+            try:
+                results = run_cells(jobs, data, self.cfg.runtime.max_members, progress=bar.update)
+            except Exception:   # noqa: BLE001 - isolate the failing cell(s): one at a time
+                results = []
+                for job, (d, c, s) in zip(jobs, ok_points, strict=True):
+                    try:
+                        results += run_cells([job], data, self.cfg.runtime.max_members)
+                    except Exception as e:  # noqa: BLE001
+                        reason = f"{type(e).__name__}: {e}"
+                        self.cache.fail(runs[cell_hash(c, d)], reason)
+                        failed.append((cell_name(c, s), reason))
+        for r in results:
+            run_id = runs[r.spec_hash]
+            with self.cache.computing(run_id):
+                self._log_cell(run_id, r)
+            computed += 1
+        return {"computed": computed, "failed": failed}
+
+    def _checkpoint(self, dense: DenseSpec, dense_runs: dict[str, str], epoch: int):
+        run_id = dense_runs[dense_hash(dense)]
+        try:
+            return load_file(self.client, run_id, checkpoint_path(epoch))
+        except CorruptArtifactError:
+            # never use a bad checkpoint: retrain the dense run, then read it again
+            self.cache.fail(run_id, "corrupt or missing checkpoint; recomputed")
+            new_id, _, _ = self.ensure_dense(dense)
+            dense_runs[dense_hash(dense)] = new_id
+            return load_file(self.client, new_id, checkpoint_path(epoch))
+
+    def _log_cell(self, run_id: str, r: CellResult) -> None:
+        metrics = dict(r.metrics())
+        metrics[keys.CELL_SECONDS] = r.seconds
+        for k, seed in enumerate(r.spec.finetune.seeds):
+            metrics[keys.member_metric(keys.TEST_ACC, seed)] = r.test_acc[k]
+            metrics[keys.member_metric(keys.VAL_ACC, seed)] = r.val_acc[k]
+        for p in r.pairs:
+            a, b = (r.spec.finetune.seeds[i] for i in p.pair)
+            metrics[keys.pair_metric(keys.LMC_BARRIER, a, b)] = p.lmc_barrier
+            metrics[keys.pair_metric(keys.CKA, a, b)] = p.cka
+        series = {}
+        for k, seed in enumerate(r.spec.finetune.seeds):
+            series[keys.member_metric(keys.CURVE_TRAIN_LOSS, seed)] = r.curves["train_loss"][k]
+            series[keys.member_metric(keys.CURVE_VAL_ACC, seed)] = r.curves["val_acc"][k]
+            series[keys.member_metric(keys.CURVE_TEST_ACC, seed)] = r.curves["test_acc"][k]
+        self.cache.log(run_id, metrics={k: v for k, v in metrics.items() if not math.isnan(v)}, series=series)
+        files: dict[str, object] = {
+            keys.ARTIFACT_SPEC: {"cell": r.spec.to_dict(), "dense": r.dense.to_dict(), "spec_hash": r.spec_hash},
+            keys.ARTIFACT_MASK: r.mask,
+            keys.ARTIFACT_LMC_CURVES: {f"{p.pair[0]}-{p.pair[1]}": p.lmc_errors for p in r.pairs},
+        }
+        for k, seed in enumerate(r.spec.finetune.seeds):
+            files[f"{keys.ARTIFACT_FINETUNED_DIR}/seed_{seed}.pt"] = r.finetuned[k]
+        log_files(self.client, run_id, files)
+
+    def _bar(self, total: int, desc: str):
+        return tqdm(total=total, desc=desc, unit="step", disable=not self.progress, leave=False,
+                    dynamic_ncols=True)
+
+
+def _config_dict(cfg: GridConfig) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(cfg)
+
+
+def _dense_params(cfg: GridConfig, dense: DenseSpec) -> dict:
+    t = dense.train
+    return {keys.DATASET: dense.data.name, keys.MODEL: dense.model.name, keys.KNOB: cfg.knob,
+            keys.DENSE_SEED: dense.seed, keys.DENSE_EPOCHS: t.epochs, keys.DENSE_ITERATIONS: t.iterations,
+            keys.BATCH_SIZE: t.batch_size, keys.LR: t.lr, keys.WEIGHT_DECAY: t.weight_decay,
+            keys.SAM_RHO: t.sam_rho}
+
+
+def _cell_params(cfg: GridConfig, dense: DenseSpec, cell: CellSpec, seed: int, dense_run: str) -> dict:
+    return {keys.KNOB: cell.knob, keys.TEMPERATURE: cell.temperature, keys.DENSITY: cell.prune.density,
+            keys.DENSE_SEED: seed, keys.FINETUNE_SEEDS: list(cell.finetune.seeds),
+            keys.PRUNE_METHOD: cell.prune.method, keys.FINETUNE_RECIPE: cell.finetune.recipe,
+            keys.FINETUNE_EPOCHS: cell.finetune.train.epochs, keys.DATASET: dense.data.name,
+            keys.MODEL: dense.model.name, keys.DENSE_SPEC_HASH: dense_hash(dense), "dense_run_id": dense_run}
+
+
+def run_grid(cfg: GridConfig, experiment: str | None = None, executor: str = "serial",
+             progress: bool = True, executor_options: dict | None = None) -> GridSummary:
+    """Run (or resume) every cell of ``cfg``; see ``GridRunner``."""
+    return GridRunner(cfg, experiment, progress).run(executor=executor, executor_options=executor_options)
+
+
+def ensure_cell(cfg: GridConfig, temperature: float, density: float, dense_seed: int | None = None,
+                experiment: str | None = None, parent_run_id: str | None = None,
+                progress: bool = False) -> dict:
+    """The results-table row of one cell, computing it (and its dense run) only if needed."""
+    from tracking.tables import run_row
+
+    seed = cfg.dense_seeds[0] if dense_seed is None else dense_seed
+    runner = GridRunner(cfg, experiment, progress)
+    dense, cell = cfg.cell(temperature, density, seed)
+    summary = runner.run([(dense, cell, seed)], parent_run_id=parent_run_id)
+    if summary.failed:
+        raise RuntimeError(f"cell {cell_name(cell, seed)} failed: {summary.failed[0][1]}")
+    found = runner.cache.lookup(cell_hash(cell, dense), keys.KIND_CELL).finished
+    if found is None:
+        raise RuntimeError(f"cell {cell_name(cell, seed)} is being computed by another process")
+    return run_row(found)
