@@ -49,6 +49,10 @@ def register_executor(name: str, factory: Callable[..., object]) -> None:
     _EXECUTORS[name] = factory
 
 
+def list_executors() -> list[str]:
+    return sorted(_EXECUTORS)
+
+
 def get_executor(name: str, **options):
     if name not in _EXECUTORS:
         raise ValueError(f"executor {name!r}: unknown; allowed: {', '.join(sorted(_EXECUTORS))}")

@@ -16,10 +16,10 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from tracking import keys
+from tracking.store import with_retries
 
 # MLflow draws a progress bar per download; a grid downloads one checkpoint per cell.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-from tracking.store import with_retries
 
 
 class CorruptArtifactError(RuntimeError):
