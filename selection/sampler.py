@@ -46,9 +46,10 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.knobs import HOTTER_HIGHER, Knob, get_knob
+from selection._knob import cold_to_hot
 from selection.regimes import REGIME_I, REGIME_II_A, REGIME_II_B
 
-__all__ = ["RegimeGuidedSampler", "cold_to_hot"]
+__all__ = ["RegimeGuidedSampler"]
 
 CONNECTED_REGIMES = (REGIME_II_A, REGIME_II_B)
 
@@ -342,7 +343,7 @@ class _Space:
             if bad:
                 raise ValueError(
                     f"temperature parameter {name!r} must have numeric choices; got {bad!r}")
-            values = cold_to_hot(knob, dist.choices)
+            values = cold_to_hot(knob.name, dist.choices)
             coords = [float(i) for i in range(len(values))]
             return cls(dist, sign, False, values, coords, 0.0, float(len(values) - 1))
         if not isinstance(dist, (FloatDistribution, IntDistribution)):
@@ -356,7 +357,7 @@ class _Space:
             if count <= _MAX_ENUMERATED:
                 raw = [min(dist.low + k * step, dist.high) for k in range(count)]
                 kind = int if isinstance(dist, IntDistribution) else float
-                values = cold_to_hot(knob, [kind(v) for v in raw])
+                values = cold_to_hot(knob.name, [kind(v) for v in raw])
                 coords = [cls._oriented(sign, log, v) for v in values]
                 return cls(dist, sign, log, values, coords, lo, hi)
         return cls(dist, sign, log, None, None, lo, hi)
@@ -386,15 +387,6 @@ class _Space:
             value = dist.low + round((value - dist.low) / dist.step) * dist.step
         value = min(max(value, dist.low), dist.high)
         return int(round(value)) if isinstance(dist, IntDistribution) else float(value)
-
-
-def cold_to_hot(knob: Knob, values: Sequence[float]) -> list:
-    """Numeric temperature values ordered from the coldest to the hottest for ``knob``.
-
-    Note:
-        Written against ``Knob.hotter`` directly: the coldest epochs value is the LARGEST.
-    """
-    return sorted(values, key=lambda v: v if knob.hotter == HOTTER_HIGHER else -v)
 
 
 def _disagreements(observations: Sequence[_Observation], split: float) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections import ChainMap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,9 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.knobs import Knob, get_knob
+from selection._knob import cold_to_hot
 from selection.regimes import REGIMES, RegimeWarning, label_regimes
-from selection.sampler import RegimeGuidedSampler, cold_to_hot
+from selection.sampler import RegimeGuidedSampler
 from tracking import keys
 from tracking.store import get_client, init_experiment, search_all_runs, with_retries
 from tracking.tables import RUN_ID
@@ -103,7 +105,7 @@ def create_sampler(
     if not temperatures:
         raise ValueError("the grid sampler needs the list of temperatures (a discrete space)")
     return optuna.samplers.GridSampler(
-        {TEMPERATURE_PARAM: cold_to_hot(knob, _plain_numbers(temperatures))}, seed=seed)
+        {TEMPERATURE_PARAM: cold_to_hot(knob.name, _plain_numbers(temperatures))}, seed=seed)
 
 
 def _check_sampler_name(name: str) -> None:
@@ -162,7 +164,9 @@ class CellObjective:
             see :func:`sampler_encoding`.
         objective_column: the row's key returned as the objective; never a test accuracy.
         eps, tau: regime thresholds (see below).
-        regime_labeller: ``row -> regime or None``, e.g. a registered regime classifier.
+        regime_labeller: ``row -> regime or None``, e.g. a registered regime classifier (see
+            :func:`classifier_callables`); the row it gets also has ``temperature`` and
+            ``density``.
 
     The regime of a cell (user attribute ``regime``), first rule that applies:
     1. ``regime_labeller(row)`` if given;
@@ -219,7 +223,7 @@ class CellObjective:
             values = _plain_numbers(temperature_space)
             if not values:
                 raise ValueError("the temperature space is empty")
-            self.temperatures, self.distribution = cold_to_hot(self.knob, values), None
+            self.temperatures, self.distribution = cold_to_hot(self.knob.name, values), None
 
     def suggest(self, trial: optuna.Trial) -> float:
         """The trial's temperature (suggests the parameter of this objective's encoding)."""
@@ -238,7 +242,9 @@ class CellObjective:
         row = self.lookup(temperature, self.density)
         # Read only the keys named here: the row may carry test accuracy, which stays unread.
         value = _number(row.get(self.objective_column))
-        regime, thresholds = self.regime_of(row, trial.study)
+        # The cell's own coordinates first, then the row's keys, each read only on demand.
+        cell = ChainMap({keys.TEMPERATURE: temperature, keys.DENSITY: self.density}, row)
+        regime, thresholds = self.regime_of(cell, trial.study)
         attrs = {
             keys.TEMPERATURE: temperature, keys.DENSITY: self.density, keys.REGIME: regime,
             keys.LMC_BARRIER: _number(row.get(keys.LMC_BARRIER)),
@@ -434,6 +440,35 @@ class MlflowTrialLogger:
                 self.register_best(study, best, parent)
         with_retries(self.client.set_terminated, parent, "FINISHED")
         return parent
+
+
+# --- a registered regime classifier as predictor / labeller --------------------------------
+
+def classifier_callables(
+    model: Any, density: float
+) -> tuple[Callable[[float], str | None] | None, Callable[[Mapping[str, Any]], str | None] | None]:
+    """``(regime_predictor, regime_labeller)`` from a fitted regime classifier
+    (:mod:`selection.classifier`) for the target ``density``.
+
+    A ``phase`` model (features temperature and density only) predicts the regime of cells not
+    run yet: it becomes the sampler's ``regime_predictor`` (labeller None). A ``landscape``
+    model (with LMC barrier and CKA) labels measured cells: it becomes the objective's
+    ``regime_labeller`` (predictor None).
+    """
+    from selection.classifier import predict_regimes
+
+    features = list(model.feature_names_in_)
+
+    def regime(values: Mapping[str, Any]) -> str | None:
+        row = {f: _number(values.get(f)) for f in features}
+        if any(v is None for v in row.values()):
+            return None
+        return str(predict_regimes(model, pd.DataFrame([row]))[0])
+
+    if set(features) <= {keys.TEMPERATURE, keys.DENSITY}:
+        return (lambda t: regime({keys.TEMPERATURE: t, keys.DENSITY: density})), None
+
+    return None, regime
 
 
 # --- running a study -----------------------------------------------------------------------

@@ -1,0 +1,328 @@
+"""Replay benchmark: compare temperature samplers on a finished grid at no training cost.
+
+A finished results table is a tabular objective: a trial looks up the cell (suggested
+temperature, target density) instead of running it. Each sampler is run on an in-memory
+Optuna study with the same :class:`~selection.tuner.CellObjective` as live tuning, once per
+seed, and the trajectories are scored.
+
+Definitions (ours):
+- The table needs ``knob, temperature, density``, the objective column (``val_acc`` by
+  default), ``lmc_barrier`` and ``cka``; ``test_acc`` is optional (test regret). Rows of one
+  cell over several dense seeds are averaged (the regime of the averaged cell is its most
+  frequent label). Without a ``regime`` column, or with ``eps``/``tau`` given, the cells are
+  labelled by :func:`selection.regimes.label_regimes` over the WHOLE table (all densities at
+  once, its recommended use): the replay then stands for tuning with thresholds known from an
+  earlier grid.
+- The best cell of a density is the temperature with the highest objective there (ties: any
+  of them counts). Trials to best = the 1-based number of the first trial at a best cell;
+  trials to within ``tolerance`` (0.002 = 0.2 accuracy points) = the first trial whose
+  objective is at least best - tolerance. A run that never gets there within the budget counts
+  as ``budget + 1`` (censored), so medians stay finite; ``fraction_reached_best`` says how often
+  that happened.
+- A trial at a temperature already tried costs nothing here (the cell is cached in live tuning
+  too) but still counts as a trial: a sampler that repeats itself is slower to find new cells.
+- Regret after k trials = best objective - best objective among the first k trials (in the
+  objective's units, a fraction). With ``test_acc`` in the table, test regret after k trials =
+  best test accuracy of the density - test accuracy of the cell with the best objective among
+  the first k trials (the one a user would pick). Test accuracy never reaches the study.
+- The grid sampler stops after one pass over the grid; its scores after that stay constant.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+
+from pipeline.knobs import get_knob
+from selection._knob import cold_to_hot
+from selection._validate import check_table
+from selection.regimes import REGIMES, RegimeWarning, label_regimes
+from selection.tuner import (
+    SAMPLER_NAMES,
+    CellObjective,
+    create_sampler,
+    sampler_encoding,
+)
+from tracking import keys
+
+__all__ = ["ReplayResult", "prepare_table", "replay_density", "compare_samplers",
+           "format_results", "plot_results", "results_json"]
+
+DEFAULT_TOLERANCE = 0.002  # 0.2 accuracy points, as a fraction
+REGRET_REPORT_AT = (1, 3, 5, 10)
+
+
+@dataclass
+class ReplayResult:
+    """Scores of one sampler at one density over ``len(seeds)`` replays."""
+
+    sampler: str
+    density: float
+    budget: int
+    seeds: list[int]
+    tolerance: float
+    best_temperatures: list[float]
+    trajectories: list[list[float]]      # temperatures tried, per seed
+    trials_to_best: np.ndarray           # per seed; budget + 1 when never reached
+    trials_to_within: np.ndarray
+    regret: np.ndarray                   # seeds x budget
+    test_regret: np.ndarray | None       # seeds x budget, when the table has test_acc
+
+    def summary(self) -> dict[str, Any]:
+        """The figures of this result as plain JSON-ready numbers."""
+        q25, med, q75 = np.percentile(self.trials_to_best, [25, 50, 75])
+        w25, wmed, w75 = np.percentile(self.trials_to_within, [25, 50, 75])
+        out = {
+            "density": self.density, "budget": self.budget, "repeats": len(self.seeds),
+            "best_temperatures": self.best_temperatures,
+            "median_trials_to_best": float(med), "iqr_trials_to_best": float(q75 - q25),
+            "q25_trials_to_best": float(q25), "q75_trials_to_best": float(q75),
+            "mean_trials_to_best": float(self.trials_to_best.mean()),
+            "fraction_reached_best": float((self.trials_to_best <= self.budget).mean()),
+            f"median_trials_to_within_{self.tolerance * 100:g}": float(wmed),
+            f"iqr_trials_to_within_{self.tolerance * 100:g}": float(w75 - w25),
+            "mean_regret_by_trial": [float(x) for x in self.regret.mean(axis=0)],
+        }
+        if self.test_regret is not None:
+            out["mean_test_regret_by_trial"] = [float(x) for x in self.test_regret.mean(axis=0)]
+        return out
+
+
+def prepare_table(
+    table: pd.DataFrame | str | Path,
+    *,
+    objective_column: str = keys.VAL_ACC,
+    knob: str | None = None,
+    eps: float | None = None,
+    tau: float | None = None,
+) -> tuple[pd.DataFrame, str]:
+    """One row per (temperature, density) of one knob, with a ``regime``; and the knob.
+
+    Raises:
+        ValueError: a required column missing, several knobs without ``knob``, an unknown knob,
+            a test-accuracy objective, or a table the labeller rejects.
+    """
+    df = pd.read_csv(table) if isinstance(table, (str, Path)) else table.copy()
+    if objective_column.startswith("test"):
+        raise ValueError(f"objective column {objective_column!r}: test accuracy is never an "
+                         "objective; use the validation accuracy (val_acc)")
+    required = [keys.KNOB, keys.TEMPERATURE, keys.DENSITY, objective_column,
+                keys.LMC_BARRIER, keys.CKA]
+    check_table(df, required, allow_nan=True)
+    knobs = sorted(df[keys.KNOB].dropna().astype(str).unique())
+    if knob is None:
+        if len(knobs) != 1:
+            raise ValueError(f"the table has knobs {knobs}: choose one with --knob")
+        knob = knobs[0]
+    if knob not in knobs:
+        raise ValueError(f"knob {knob!r} is not in the table; it has {knobs}")
+    get_knob(knob)
+    df = df[df[keys.KNOB].astype(str) == knob]
+    numeric = [objective_column, keys.LMC_BARRIER, keys.CKA]
+    if keys.TEST_ACC in df.columns:
+        numeric.append(keys.TEST_ACC)
+    cells = df.groupby([keys.TEMPERATURE, keys.DENSITY], as_index=False)[numeric].mean()
+    has_regime = keys.REGIME in df.columns and df[keys.REGIME].isin(REGIMES).all()
+    if has_regime and eps is None and tau is None:
+        mode = (df.groupby([keys.TEMPERATURE, keys.DENSITY])[keys.REGIME]
+                .agg(lambda s: s.value_counts().index[0]).reset_index())
+        cells = cells.merge(mode, on=[keys.TEMPERATURE, keys.DENSITY])
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RegimeWarning)
+            cells, _ = label_regimes(cells, eps=eps, tau=tau)
+    cells[keys.KNOB] = knob
+    return cells.reset_index(drop=True), knob
+
+
+class _TableLookup:
+    """``lookup(temperature, density)`` over a prepared table; rows WITHOUT test accuracy."""
+
+    def __init__(self, cells: pd.DataFrame, objective_column: str) -> None:
+        columns = [objective_column, keys.LMC_BARRIER, keys.CKA, keys.REGIME]
+        self.rows = {
+            (float(t), float(d)): dict(zip(columns, values, strict=True))
+            for t, d, *values in cells[[keys.TEMPERATURE, keys.DENSITY, *columns]].itertuples(
+                index=False)
+        }
+
+    def __call__(self, temperature: float, density: float) -> Mapping[str, Any]:
+        return self.rows[(float(temperature), float(density))]
+
+
+def replay_density(
+    cells: pd.DataFrame,
+    knob: str,
+    density: float,
+    sampler: str,
+    seeds: Sequence[int],
+    *,
+    budget: int | None = None,
+    objective_column: str = keys.VAL_ACC,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> ReplayResult:
+    """Replay ``sampler`` once per seed on the cells of ``density`` of a prepared table."""
+    at = cells[np.isclose(cells[keys.DENSITY].to_numpy(dtype=float), density)]
+    if at.empty:
+        densities = sorted(cells[keys.DENSITY].unique().tolist())
+        raise ValueError(f"density {density!r} is not in the table; it has {densities}")
+    density = float(at[keys.DENSITY].iloc[0])
+    temperatures = cold_to_hot(knob, at[keys.TEMPERATURE].tolist())
+    budget = budget or 2 * len(temperatures)
+    objective_of = dict(zip(at[keys.TEMPERATURE].astype(float),
+                            at[objective_column].astype(float), strict=True))
+    best_value = max(v for v in objective_of.values() if math.isfinite(v))
+    best = sorted(t for t, v in objective_of.items() if v == best_value)
+    test_of = (dict(zip(at[keys.TEMPERATURE].astype(float), at[keys.TEST_ACC].astype(float),
+                        strict=True))
+               if keys.TEST_ACC in at.columns and at[keys.TEST_ACC].notna().all() else None)
+    lookup = _TableLookup(at, objective_column)
+
+    trajectories = []
+    to_best, to_within = [], []
+    regret = np.zeros((len(seeds), budget))
+    test_regret = np.zeros((len(seeds), budget)) if test_of is not None else None
+    for r, seed in enumerate(seeds):
+        tried = _replay_once(lookup, temperatures, knob, density, sampler, seed, budget,
+                             objective_column)
+        trajectories.append(tried)
+        values = [objective_of[t] for t in tried]
+        to_best.append(next((k + 1 for k, t in enumerate(tried) if t in best), budget + 1))
+        to_within.append(next((k + 1 for k, v in enumerate(values)
+                               if v >= best_value - tolerance), budget + 1))
+        incumbent, top = None, -math.inf
+        for k in range(budget):
+            if k < len(tried) and math.isfinite(values[k]) and values[k] > top:
+                incumbent, top = tried[k], values[k]
+            regret[r, k] = best_value - top if incumbent is not None else best_value
+            if test_regret is not None:
+                oracle = max(test_of.values())
+                # before any finite objective nothing is chosen: the worst cell's test regret
+                chosen = test_of[incumbent] if incumbent is not None else min(test_of.values())
+                test_regret[r, k] = oracle - chosen
+    return ReplayResult(
+        sampler=sampler, density=density, budget=budget, seeds=list(seeds), tolerance=tolerance,
+        best_temperatures=best, trajectories=trajectories,
+        trials_to_best=np.array(to_best), trials_to_within=np.array(to_within),
+        regret=regret, test_regret=test_regret)
+
+
+def _replay_once(lookup: _TableLookup, temperatures: list, knob: str, density: float,
+                 sampler: str, seed: int, budget: int, objective_column: str) -> list[float]:
+    objective = CellObjective(lookup, density, temperatures, knob,
+                              encoding=sampler_encoding(sampler), objective_column=objective_column)
+    study = optuna.create_study(
+        direction="maximize", storage=optuna.storages.InMemoryStorage(),
+        sampler=create_sampler(sampler, knob, seed, temperatures=temperatures))
+    with warnings.catch_warnings():
+        # GP/TPE warn about experimental features and repeated points: expected here
+        warnings.simplefilter("ignore")
+        study.optimize(objective, n_trials=budget)
+    return [float(t.user_attrs[keys.TEMPERATURE]) for t in study.trials]
+
+
+def compare_samplers(
+    cells: pd.DataFrame,
+    knob: str,
+    densities: Sequence[float],
+    samplers: Sequence[str] = SAMPLER_NAMES,
+    *,
+    repeats: int = 50,
+    seed: int = 0,
+    budget: int | None = None,
+    objective_column: str = keys.VAL_ACC,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> dict[float, dict[str, ReplayResult]]:
+    """Replay every sampler at every density with seeds ``seed .. seed + repeats - 1``.
+
+    Deterministic for a given ``seed``.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats!r}")
+    unknown = [s for s in samplers if s not in SAMPLER_NAMES]
+    if unknown:
+        raise ValueError(f"unknown sampler(s) {unknown}; allowed: {', '.join(SAMPLER_NAMES)}")
+    seeds = list(range(seed, seed + repeats))
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        return {float(d): {s: replay_density(cells, knob, d, s, seeds, budget=budget,
+                                             objective_column=objective_column,
+                                             tolerance=tolerance)
+                           for s in samplers}
+                for d in densities}
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def results_json(results: Mapping[str, ReplayResult]) -> dict[str, dict[str, Any]]:
+    """One density's results as ``{sampler: summary}`` (the CLI's ``--json`` object)."""
+    return {name: result.summary() for name, result in results.items()}
+
+
+def format_results(results: Mapping[float, Mapping[str, ReplayResult]]) -> str:
+    """A plain-text table: one line per density and sampler."""
+    any_result = next(iter(next(iter(results.values())).values()))
+    within = f"to within {any_result.tolerance * 100:g}"
+    ks = [k for k in REGRET_REPORT_AT if k <= any_result.budget]
+    header = (f"{'density':>8} {'sampler':>8} {'to best: median [q25, q75]':>27} "
+              f"{'reached':>8} {within + ': median':>19} "
+              + " ".join(f"{f'regret@{k}':>9}" for k in ks))
+    lines = [header, "-" * len(header)]
+    for density, by_sampler in results.items():
+        for name, result in by_sampler.items():
+            s = result.summary()
+            span = (f"{s['median_trials_to_best']:g} [{s['q25_trials_to_best']:g}, "
+                    f"{s['q75_trials_to_best']:g}]")
+            regrets = " ".join(f"{result.regret[:, k - 1].mean():9.4f}" for k in ks)
+            lines.append(
+                f"{density:>8g} {name:>8} {span:>27} {s['fraction_reached_best']:>8.0%} "
+                f"{float(np.median(result.trials_to_within)):>19g} {regrets}")
+    return "\n".join(lines)
+
+
+def plot_results(results: Mapping[float, Mapping[str, ReplayResult]], path: str | Path) -> Path:
+    """Per density: mean regret vs. trial (top) and trials to best as box plots (bottom)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    densities = list(results)
+    fig, axes = plt.subplots(2, len(densities), figsize=(3.4 * len(densities), 6.4),
+                             squeeze=False)
+    for col, density in enumerate(densities):
+        by_sampler = results[density]
+        top, bottom = axes[0, col], axes[1, col]
+        for name, result in by_sampler.items():
+            k = np.arange(1, result.budget + 1)
+            top.plot(k, result.regret.mean(axis=0), marker=".", label=name)
+        top.set_title(f"density {density:g}")
+        top.set_xlabel("trial")
+        top.set_yscale("symlog", linthresh=1e-3)
+        bottom.boxplot([r.trials_to_best for r in by_sampler.values()],
+                       tick_labels=list(by_sampler), showmeans=True)
+        bottom.set_ylabel("trials to best cell")
+        bottom.tick_params(axis="x", rotation=45)
+    axes[0, 0].set_ylabel("mean regret (objective)")
+    axes[0, -1].legend(fontsize="small")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def dumps(obj: Any) -> str:
+    """Strict JSON (no NaN)."""
+    return json.dumps(obj, allow_nan=False)

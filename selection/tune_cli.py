@@ -1,0 +1,167 @@
+"""``python -m selection tune`` and ``python -m selection replay``.
+
+- ``tune``: regime-guided (or baseline) Optuna tuning of the training temperature for one
+  target density of a grid config; each trial runs the cell through the pipeline, or fetches
+  it from the MLflow cache when it was computed before.
+- ``replay``: replays a finished results table as a tabular objective and compares samplers
+  over many seeds (see :mod:`selection.replay`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from selection.tuner import SAMPLER_NAMES
+
+__all__ = ["add_parser", "run_tune", "run_replay"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``tune`` and ``replay`` subcommands (each sets ``func(args) -> int``)."""
+    tune = subparsers.add_parser(
+        "tune", help="tune the training temperature for a target density (Optuna)",
+        description="Regime-guided Optuna tuning of the training temperature for one target "
+                    "density: each trial runs (or fetches) one cell of the config's grid and "
+                    "returns its validation accuracy.")
+    tune.add_argument("--config", required=True, help="grid config YAML (knob, temperatures)")
+    tune.add_argument("--density", type=float, required=True, help="target density (0, 1]")
+    tune.add_argument("--n-trials", type=int, required=True, help="trials to run now")
+    tune.add_argument("--sampler", default="regime", choices=SAMPLER_NAMES)
+    tune.add_argument("--storage", help="Optuna storage: a .journal path, a database URL "
+                      "(postgresql://...) or 'memory' (default: <repo>/optuna.journal)")
+    tune.add_argument("--study", help="study name (default tune-<knob>-d<density>-<sampler>); "
+                      "an existing study is resumed")
+    tune.add_argument("--eps", type=float, help="LMC-barrier threshold (train-error fraction); "
+                      "Regime I iff barrier < eps (default: estimated from the study's cells)")
+    tune.add_argument("--tau", type=float, help="CKA threshold; II-B iff cka >= tau "
+                      "(default: estimated from the study's cells)")
+    tune.add_argument("--classifier", help="registered regime classifier NAME[@ALIAS]: a "
+                      "phase model steers the sampler, a landscape model labels the cells")
+    tune.add_argument("--seed", type=int, default=0, help="sampler seed")
+    tune.add_argument("--dense-seed", type=int, help="dense seed of the cells (default: the "
+                      "config's first)")
+    tune.add_argument("--experiment", help="MLflow experiment (default: the config's)")
+    tune.add_argument("--tracking-uri", help="MLflow tracking URI (default: "
+                      "$MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db)")
+    tune.add_argument("--no-mlflow", action="store_true",
+                      help="do not log the study and its trials to MLflow")
+    tune.set_defaults(func=run_tune)
+
+    replay = subparsers.add_parser(
+        "replay", help="compare samplers by replaying a finished grid table",
+        description="Replay a finished results table as a tabular objective (a trial looks up "
+                    "a cell) and compare temperature samplers over many seeds.")
+    replay.add_argument("--table", required=True, help="results table CSV")
+    replay.add_argument("--density", type=float, required=True, help="target density")
+    replay.add_argument("--sampler", default=",".join(SAMPLER_NAMES),
+                        help=f"comma-separated samplers among {', '.join(SAMPLER_NAMES)}")
+    replay.add_argument("--repeats", type=int, default=50, help="seeds per sampler")
+    replay.add_argument("--seed", type=int, default=0, help="first seed")
+    replay.add_argument("--budget", type=int, help="trials per replay (default: twice the "
+                        "number of temperatures)")
+    replay.add_argument("--objective-column", default="val_acc")
+    replay.add_argument("--tolerance", type=float, default=0.002,
+                        help="'within' margin as a fraction (0.002 = 0.2 accuracy points)")
+    replay.add_argument("--knob", help="the knob to replay when the table has several")
+    replay.add_argument("--eps", type=float, help="relabel the table with this barrier "
+                        "threshold (default: its regime column, else estimated)")
+    replay.add_argument("--tau", type=float, help="relabel the table with this CKA threshold")
+    replay.add_argument("--json", action="store_true", help="print one JSON object keyed by "
+                        "sampler instead of the table (no plot unless --out is given)")
+    replay.add_argument("--out", help="folder for the plot (default: the current folder; "
+                        "with --json: no plot)")
+    replay.set_defaults(func=run_replay)
+
+
+def run_tune(args: argparse.Namespace,
+             lookup: Callable[[float, float], Mapping[str, Any]] | None = None) -> int:
+    """Run the ``tune`` command; ``lookup`` replaces the pipeline (tests, dry runs)."""
+    from pipeline.config import load_config
+    from selection.tuner import MlflowTrialLogger, classifier_callables, tune
+    from tracking import keys
+    from tracking.store import configure
+
+    try:
+        cfg = load_config(args.config)
+        experiment = args.experiment or cfg.experiment
+        if lookup is None:
+            from pipeline.grid import ensure_cell
+
+            def lookup(temperature: float, density: float) -> Mapping[str, Any]:
+                return ensure_cell(cfg, temperature, density, dense_seed=args.dense_seed,
+                                   experiment=experiment)
+        configure(args.tracking_uri)
+        predictor = labeller = None
+        if args.classifier:
+            from selection.classifier import DEFAULT_ALIAS, load_classifier
+
+            name, _, alias = args.classifier.partition("@")
+            model = load_classifier(name, alias or DEFAULT_ALIAS)
+            predictor, labeller = classifier_callables(model, args.density)
+        logger = None if args.no_mlflow else MlflowTrialLogger(
+            experiment, study_params={keys.KNOB: cfg.knob, keys.DENSITY: args.density,
+                                      keys.SAMPLER: args.sampler})
+        study = tune(lookup, density=args.density, temperature_space=list(cfg.temperatures),
+                     knob=cfg.knob, n_trials=args.n_trials, sampler=args.sampler,
+                     seed=args.seed, storage=args.storage, study_name=args.study,
+                     eps=args.eps, tau=args.tau, regime_labeller=labeller,
+                     regime_predictor=predictor, logger=logger)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"study {study.study_name}: {len(study.trials)} trials")
+    print(f"{'trial':>5} {'temperature':>11} {'val_acc':>8} {'regime':>6} {'state':>8}")
+    for trial in study.trials:
+        value = f"{trial.value:.4f}" if trial.value is not None else "-"
+        print(f"{trial.number:>5} {trial.user_attrs.get(keys.TEMPERATURE, '-')!s:>11} "
+              f"{value:>8} {trial.user_attrs.get(keys.REGIME) or '-':>6} {trial.state.name:>8}")
+    try:
+        best = study.best_trial
+    except ValueError:
+        print("no trial completed")
+        return 1
+    print(f"best: temperature {best.user_attrs.get(keys.TEMPERATURE)} "
+          f"({cfg.knob}), val_acc {best.value:.4f}, regime {best.user_attrs.get(keys.REGIME)}, "
+          f"trial {best.number}")
+    return 0
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    """Run the ``replay`` command."""
+    from selection.replay import (
+        compare_samplers,
+        format_results,
+        plot_results,
+        prepare_table,
+        results_json,
+    )
+
+    samplers = [s.strip() for s in args.sampler.split(",") if s.strip()]
+    try:
+        cells, knob = prepare_table(args.table, objective_column=args.objective_column,
+                                    knob=args.knob, eps=args.eps, tau=args.tau)
+        results = compare_samplers(cells, knob, [args.density], samplers,
+                                   repeats=args.repeats, seed=args.seed, budget=args.budget,
+                                   objective_column=args.objective_column,
+                                   tolerance=args.tolerance)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    (by_sampler,) = results.values()
+    plot = None
+    if args.out or not args.json:
+        name = f"replay_{knob}_d{args.density:g}.png"
+        plot = plot_results(results, Path(args.out or ".") / name)
+    if args.json:
+        print(json.dumps(results_json(by_sampler), allow_nan=False))
+        return 0
+    print(f"replay of {args.table} at density {args.density:g} ({knob}), {args.repeats} seeds "
+          f"per sampler, objective {args.objective_column}")
+    print(format_results(results))
+    print(f"plot: {plot}")
+    return 0
