@@ -6,6 +6,7 @@ compute. Unknown keys (typos) are errors, not silently ignored.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,7 +96,7 @@ def _set(tree: dict, dotted: str, raw: str) -> None:
 
 def parse_config(raw: dict, overrides: list[str] | None = None) -> GridConfig:
     """Validate a config mapping (as read from YAML) into a GridConfig."""
-    raw = dict(raw or {})
+    raw = copy.deepcopy(raw or {})       # --set must not write into the caller's mapping
     for item in overrides or []:
         if "=" not in item:
             raise ValueError(f"--set {item!r}: expected key=value, e.g. --set finetune.epochs=5")

@@ -38,7 +38,7 @@ class Knob:
 
     def sort_cold_to_hot(self, values) -> list:
         """Values ordered from the coldest to the hottest."""
-        return sorted(values, reverse=self.hotter == HOTTER_HIGHER)
+        return sorted(values, reverse=self.hotter == HOTTER_LOWER)
 
 
 _KNOBS: dict[str, Knob] = {}

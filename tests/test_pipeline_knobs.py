@@ -1,0 +1,42 @@
+"""Temperature knobs: each declares which direction is hotter, and orders values by it."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.knobs import HOTTER_HIGHER, HOTTER_LOWER, Knob, get_knob, list_knobs, register_knob
+
+# SCIENCE.md 1: fewer epochs, smaller batch, larger SAM rho, larger lr = hotter
+DIRECTIONS = {"epochs": HOTTER_LOWER, "batch_size": HOTTER_LOWER, "sam_rho": HOTTER_HIGHER,
+              "lr": HOTTER_HIGHER, "weight_decay": HOTTER_HIGHER}
+
+
+def test_every_knob_declares_its_direction():
+    assert set(list_knobs()) == set(DIRECTIONS)
+    for name, direction in DIRECTIONS.items():
+        assert get_knob(name).hotter == direction
+
+
+@pytest.mark.parametrize("name", sorted(DIRECTIONS))
+def test_hotter_than_and_cold_to_hot_order(name):
+    k = get_knob(name)
+    lo, hi = 2, 80
+    hot, cold = (lo, hi) if k.hotter == HOTTER_LOWER else (hi, lo)
+    assert k.hotter_than(hot, cold) and not k.hotter_than(cold, hot)
+    assert not k.hotter_than(hot, hot)
+    values = [10, 80, 2, 40, 5, 20]
+    order = k.sort_cold_to_hot(values)
+    assert order[0] == cold and order[-1] == hot
+    assert all(k.hotter_than(b, a) for a, b in zip(order, order[1:], strict=False))
+
+
+def test_epochs_cold_to_hot_is_descending():
+    assert get_knob("epochs").sort_cold_to_hot([2, 80, 10]) == [80, 10, 2]
+    assert get_knob("sam_rho").sort_cold_to_hot([0.5, 0.0, 0.1]) == [0.0, 0.1, 0.5]
+
+
+def test_unknown_and_duplicate_knobs():
+    with pytest.raises(ValueError, match="heat"):
+        get_knob("heat")
+    with pytest.raises(ValueError, match="already registered"):
+        register_knob(Knob("epochs", HOTTER_LOWER, None, True, "again"))
