@@ -60,8 +60,7 @@ def plot_regime_map(df: pd.DataFrame, path: str | Path, title: str | None = None
     grid = regime_grid(df)
     codes = np.array([[np.nan if r is None else REGIMES.index(r) for r in row]
                       for row in grid.to_numpy()], dtype=float)
-    cmap = ListedColormap([REGIME_COLORS[r] for r in REGIMES])
-    cmap.set_bad("white")
+    cmap = ListedColormap([REGIME_COLORS[r] for r in REGIMES]).with_extremes(bad="white")
     rows, columns = codes.shape
     fig = Figure(figsize=(4.5 + 0.55 * columns, 2.2 + 0.4 * rows), layout="constrained")
     ax = fig.add_subplot()

@@ -1,0 +1,74 @@
+"""Pieces shared by the ``python -m selection`` commands: the table source, MLflow options."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import pandas as pd
+
+DEFAULT_LOG_EXPERIMENT = "selection"   # where --table runs are logged unless told otherwise
+
+
+def add_table_source(parser: argparse.ArgumentParser) -> None:
+    """``--experiment NAME | --table CSV`` (one required) and ``--tracking-uri``."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--experiment", help="MLflow experiment whose FINISHED cell runs form "
+                        "the results table; results are logged under its grid parent run")
+    source.add_argument("--table", help="results table CSV (DESIGN.md section 6 columns)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: "
+                        "$MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db)")
+
+
+def add_mlflow_options(parser: argparse.ArgumentParser) -> None:
+    """``--no-mlflow`` and ``--mlflow-experiment`` (where a ``--table`` run is logged)."""
+    parser.add_argument("--no-mlflow", action="store_true", help="log nothing to MLflow")
+    parser.add_argument("--mlflow-experiment", default=DEFAULT_LOG_EXPERIMENT,
+                        help="experiment to log to when the input is --table "
+                        f"(default: {DEFAULT_LOG_EXPERIMENT})")
+
+
+def load_table(args: argparse.Namespace, required: Sequence[str]) -> pd.DataFrame:
+    """The results table named by ``--experiment`` or ``--table``.
+
+    Raises:
+        ValueError: unknown experiment, no finished cell run, or an invalid CSV.
+        FileNotFoundError: no CSV at ``--table``.
+    """
+    from tracking.tables import read_table, results_table
+
+    if args.table:
+        return read_table(args.table, required)
+    _configure(args)
+    df = results_table(args.experiment)
+    if df.empty:
+        raise ValueError(f"experiment {args.experiment!r} has no FINISHED cell runs")
+    return df
+
+
+def _configure(args: argparse.Namespace) -> None:
+    from tracking.store import configure
+
+    configure(args.tracking_uri)
+
+
+def log_target(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """``(experiment, grid parent run id)`` to log to; ``(None, None)`` with ``--no-mlflow``.
+
+    With ``--experiment`` runs nest under its latest FINISHED grid parent run (if any); with
+    ``--table`` they go to ``--mlflow-experiment``, not nested.
+    """
+    if args.no_mlflow:
+        return None, None
+    from selection._mlflow import grid_parent_run_id
+
+    _configure(args)
+    if args.experiment:
+        return args.experiment, grid_parent_run_id(args.experiment)
+    return args.mlflow_experiment, None
+
+
+def fail(error: Exception) -> int:
+    print(f"error: {error}", file=sys.stderr)
+    return 1
