@@ -1,4 +1,4 @@
-"""``python -m selection <command>``: classify, select (and the commands of other modules).
+"""``python -m selection <command>``: classify, select, tune, replay.
 
 Each command module exposes ``add_parser(subparsers)``, which adds its subcommand(s) and sets
 ``func(args) -> int`` (the exit status) as their default. To add commands, import the module
@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from selection import classify_cli, select_cli
+from selection import classify_cli, select_cli, tune_cli
 
-# the tuner's module (tune, replay) goes here: from selection import tune_cli
-_COMMAND_MODULES = [classify_cli, select_cli]
+# one entry per command module; a module may add several commands (tune_cli: tune, replay)
+_COMMAND_MODULES = [classify_cli, select_cli, tune_cli]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,5 +18,4 @@ def hotter_is_lower(knob: str) -> bool:
 
 def cold_to_hot(knob: str, values: Iterable[float]) -> list[float]:
     """``values`` sorted from the coldest to the hottest temperature of ``knob``."""
-    # Not Knob.sort_cold_to_hot: it sorts epochs ascending, i.e. hottest first.
-    return sorted(values, reverse=hotter_is_lower(knob))
+    return get_knob(knob).sort_cold_to_hot(values)
