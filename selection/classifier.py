@@ -33,7 +33,7 @@ from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
 from sklearn.dummy import DummyClassifier
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GroupKFold, StratifiedKFold
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
@@ -166,12 +166,14 @@ def cross_validate(df: pd.DataFrame, feature_set: str = LANDSCAPE, n_splits: int
                    group_by_density: bool = False, seed: int = 0) -> CVResult:
     """Cross-validated accuracy of :func:`fit_classifier` on the labelled table ``df``.
 
-    ``StratifiedKFold`` (shuffled with ``seed``) by default; with ``group_by_density``,
-    ``GroupKFold`` over densities, so a density's cells are never split across training and
-    test (this measures prediction at densities never run).
+    Stratified folds (``StratifiedGroupKFold`` shuffled with ``seed``, grouped by cell so that
+    the dense seeds of one (temperature, density) cell are never split: otherwise the phase
+    model would be tested on the very cells it was fitted on) by default; with
+    ``group_by_density``, ``GroupKFold`` over densities, so a density's cells are never split
+    across training and test (this measures prediction at densities never run).
 
     Fewer folds are used when the data cannot fill ``n_splits`` (no more folds than the largest
-    class has members, or than there are densities); a class with fewer members than folds is
+    class has members, than there are cells, or than there are densities); a class with fewer members than folds is
     allowed (some folds then lack it) and noted. With one class, or one density when grouping,
     CV is impossible: ``accuracy`` is NaN and ``notes`` says why. A training fold holding one
     class only gets a constant classifier.
@@ -198,9 +200,12 @@ def cross_validate(df: pd.DataFrame, feature_set: str = LANDSCAPE, n_splits: int
             notes.append(f"{k} folds: only {n_groups} densities")
         folds = list(GroupKFold(n_splits=k).split(X, y, groups))
     else:
-        k = min(n_splits, int(counts.max()))
+        cells = pd.factorize(pd.MultiIndex.from_frame(df[[keys.TEMPERATURE, keys.DENSITY]]))[0]
+        n_cells = int(cells.max()) + 1
+        k = min(n_splits, int(counts.max()), n_cells)
         if k < n_splits:
-            notes.append(f"{k} folds: the largest class has {counts.max()} members")
+            notes.append(f"{k} folds: the largest class has {counts.max()} members, "
+                         f"the table {n_cells} cells")
         rare = [f"{c} ({n})" for c, n in zip(classes, counts, strict=True) if n < k]
         if rare:
             notes.append(f"classes with fewer members than folds: {', '.join(rare)}; some test "
@@ -208,7 +213,8 @@ def cross_validate(df: pd.DataFrame, feature_set: str = LANDSCAPE, n_splits: int
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The least populated class",
                                     category=UserWarning)
-            folds = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(X, y))
+            folds = list(StratifiedGroupKFold(k, shuffle=True, random_state=seed)
+                         .split(X, y, cells))
     template = build_pipeline(feature_set, knob, log_temperature, len(classes))
     predicted = np.empty(len(y), dtype=object)
     fold_accuracies = []

@@ -83,6 +83,27 @@ def test_grouped_cv_never_splits_a_density(labelled, monkeypatch):
     assert sum(len(h) for h in held_out) == len(densities)
 
 
+def test_stratified_cv_keeps_the_dense_seeds_of_a_cell_together(labelled, monkeypatch):
+    from selection import classifier
+
+    trained = []
+    original = classifier._fit
+
+    def spy(template, X, y, *args):
+        trained.append((set(zip(X[keys.TEMPERATURE], X[keys.DENSITY], strict=True)), len(X)))
+        return original(template, X, y, *args)
+
+    monkeypatch.setattr(classifier, "_fit", spy)
+    cv = cross_validate(labelled, PHASE)  # 2 dense seeds per cell
+    assert cv.splitter == STRATIFIED and len(trained) == cv.n_splits == 5
+    cells = labelled.groupby([keys.TEMPERATURE, keys.DENSITY])
+    for train, n_rows in trained:
+        # a cell is either in training with both its rows, or out of it with both
+        assert n_rows == 2 * len(train)
+    held_out = [set(cells.groups) - train for train, _ in trained]
+    assert sum(len(h) for h in held_out) == len(cells)
+
+
 def test_cv_with_one_class_reports_nan():
     df = _labelled(seed=0)
     df[keys.REGIME] = REGIME_II_B
