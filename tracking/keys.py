@@ -103,6 +103,7 @@ CV_SPLITS = "cv_splits"                    # param: number of folds actually use
 SELECTION_DENSITIES = "selection_densities"  # param: the target densities of a selection run
 ARTIFACT_REGIME_LABELS = "regime_labels.csv"
 ARTIFACT_REGIME_THRESHOLDS = "regime_thresholds.json"
+ARTIFACT_REGIME_SENSITIVITY = "regime_sensitivity.csv"  # labels changed as eps, tau move
 ARTIFACT_SELECTION_TABLE = "selection.csv"
 PLOT_REGIME_MAP = "regime_map.png"         # also logged under ARTIFACT_PLOTS_DIR of the grid run
 PLOT_SELECTION_REGRET = "selection_regret.png"
