@@ -4,6 +4,7 @@ regime classifiers, tag the cell runs, draw the regime map."""
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 import time
 import warnings
@@ -29,7 +30,14 @@ from selection.classifier import (
     tag_cell_runs,
 )
 from selection.regime_map import plot_regime_map
-from selection.regimes import RegimeWarning, Thresholds, label_regimes, regime_counts
+from selection.regimes import (
+    RegimeWarning,
+    Thresholds,
+    default_sensitivity_grid,
+    label_regimes,
+    regime_counts,
+    sensitivity,
+)
 from tracking import keys
 from tracking.store import get_client, with_retries
 from tracking.tables import write_table
@@ -53,6 +61,7 @@ class ClassifyReport:
     thresholds: Thresholds
     models: dict[str, Pipeline]
     cv: dict[str, CVResult]
+    sensitivity: pd.DataFrame
     logged: dict[str, LoggedClassifier] = field(default_factory=dict)
     run_id: str | None = None
     grid_run_id: str | None = None
@@ -67,7 +76,8 @@ def classify(df: pd.DataFrame, eps: float | None = None, tau: float | None = Non
 
     With ``experiment`` (MLflow): a ``run_kind=classifier`` run nested under ``grid_run_id``
     holds the thresholds (params), regime counts and CV accuracies (metrics), the labels CSV,
-    the thresholds JSON, the regime map and both models, registered as
+    the thresholds JSON, the sensitivity table (:func:`~selection.regimes.sensitivity` over
+    :func:`~selection.regimes.default_sensitivity_grid`), the regime map and both models, registered as
     :func:`registered_names` of ``register_as`` (default ``<experiment>-regime-classifier``)
     with ``alias``; each cell run gets its ``regime`` tag; the regime map is also logged
     under ``plots/`` of the grid run. ``map_path`` keeps a copy of the map.
@@ -78,7 +88,10 @@ def classify(df: pd.DataFrame, eps: float | None = None, tau: float | None = Non
     models = {fs: fit_classifier(labelled, fs) for fs in FEATURE_SETS}
     cv = {fs: cross_validate(labelled, fs, group_by_density=group_by_density)
           for fs in FEATURE_SETS}
-    report = ClassifyReport(labelled, thresholds, models, cv, grid_run_id=grid_run_id)
+    # tau is NaN when no cell is Regime II: the reference labels then need none
+    moved = sensitivity(df, *default_sensitivity_grid(thresholds), thresholds.eps,
+                        None if math.isnan(thresholds.tau) else thresholds.tau)
+    report = ClassifyReport(labelled, thresholds, models, cv, moved, grid_run_id=grid_run_id)
     with tempfile.TemporaryDirectory() as tmp:
         drawn = plot_regime_map(labelled, Path(tmp) / keys.PLOT_REGIME_MAP,
                                 title=f"Regime map: {experiment}" if experiment else None)
@@ -89,7 +102,7 @@ def classify(df: pd.DataFrame, eps: float | None = None, tau: float | None = Non
             return report
         names = registered_names(register_as or f"{experiment}-regime-classifier")
         with child_run(experiment, keys.KIND_CLASSIFIER, "classify", grid_run_id) as run:
-            _log_run(run.info.run_id, labelled, thresholds, cv, Path(tmp), drawn)
+            _log_run(run.info.run_id, report, Path(tmp), drawn)
             for fs, model in models.items():
                 report.logged[fs] = log_classifier(model, labelled, fs, names[fs], alias, cv[fs])
         report.run_id = run.info.run_id
@@ -100,9 +113,9 @@ def classify(df: pd.DataFrame, eps: float | None = None, tau: float | None = Non
     return report
 
 
-def _log_run(run_id: str, labelled: pd.DataFrame, thresholds: Thresholds,
-             cv: dict[str, CVResult], folder: Path, regime_map: Path) -> None:
-    any_cv = next(iter(cv.values()))
+def _log_run(run_id: str, report: ClassifyReport, folder: Path, regime_map: Path) -> None:
+    labelled, thresholds = report.labelled, report.thresholds
+    any_cv = next(iter(report.cv.values()))
     params = {**thresholds.params(), keys.CV_SPLITTER: any_cv.splitter,
               keys.CV_SPLITS: str(any_cv.n_splits)}
     now = int(time.time() * 1000)
@@ -113,7 +126,9 @@ def _log_run(run_id: str, labelled: pd.DataFrame, thresholds: Thresholds,
     labels = write_table(labelled, folder / keys.ARTIFACT_REGIME_LABELS, CLASSIFY_COLUMNS)
     thresholds_json = folder / keys.ARTIFACT_REGIME_THRESHOLDS
     thresholds_json.write_text(thresholds.to_json())
-    for path in (labels, thresholds_json, regime_map):
+    moved = folder / keys.ARTIFACT_REGIME_SENSITIVITY
+    report.sensitivity.to_csv(moved, index=False)
+    for path in (labels, thresholds_json, moved, regime_map):
         mlflow.log_artifact(str(path))
 
 
@@ -150,6 +165,10 @@ def _summary(report: ClassifyReport) -> str:
     lines += [f"note: {w}" for w in t.warnings]
     counts = regime_counts(report.labelled)
     lines.append("cells per regime: " + ", ".join(f"{r}: {n}" for r, n in counts.items()))
+    moved = report.sensitivity
+    lines.append(f"sensitivity: eps in [{moved['eps'].min():.4g}, {moved['eps'].max():.4g}], "
+                 f"tau in [{moved['tau'].min():.4g}, {moved['tau'].max():.4g}] change at most "
+                 f"{moved['n_changed'].max()} of {len(report.labelled)} labels")
     for fs, result in report.cv.items():
         accuracy = "n/a" if result.accuracy != result.accuracy else f"{result.accuracy:.3f}"
         lines.append(f"{fs} classifier: CV accuracy {accuracy} ({result.splitter}, "

@@ -264,6 +264,19 @@ def regime_counts(df: pd.DataFrame) -> dict[str, int]:
     return {r: int(counts.get(r, 0)) for r in REGIMES}
 
 
+def default_sensitivity_grid(thresholds: Thresholds) -> tuple[list[float], list[float]]:
+    """Thresholds around ``thresholds``: eps x (0.5, 0.75, 1, 1.5, 2) and tau +- 0.01, 0.02.
+
+    With no tau (no Regime-II cell) the tau values are 0.8, 0.9 and 0.95.
+    """
+    eps_values = [float(np.clip(thresholds.eps * f, -1, 1)) for f in (0.5, 0.75, 1, 1.5, 2)]
+    if math.isnan(thresholds.tau):
+        return eps_values, [0.8, 0.9, 0.95]
+    tau_values = sorted({float(np.clip(thresholds.tau + d, 0, 1))
+                         for d in (-0.02, -0.01, 0, 0.01, 0.02)})
+    return eps_values, tau_values
+
+
 def sensitivity(df: pd.DataFrame, eps_values: Iterable[float], tau_values: Iterable[float],
                 eps: float | None = None, tau: float | None = None) -> pd.DataFrame:
     """How many labels change when the thresholds move over a grid.

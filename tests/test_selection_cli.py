@@ -77,6 +77,7 @@ def test_classify_table_without_mlflow(tmp_path, capsys, monkeypatch):
                  "--map", str(regime_map)]) == 0
     printed = capsys.readouterr().out
     assert "eps = " in printed and "cells per regime: I: " in printed
+    assert "sensitivity: eps in [" in printed
     assert "landscape classifier: CV accuracy" in printed
     labels = pd.read_csv(out)
     assert len(labels) == len(df)
@@ -137,7 +138,7 @@ def test_classify_and_select_on_an_experiment(tracking_uri, tmp_path, capsys):
     assert f"{keys.ARTIFACT_PLOTS_DIR}/{keys.PLOT_REGIME_MAP}" in plots
     run_artifacts = {a.path for a in client.list_artifacts(classifier_run.info.run_id)}
     assert {keys.ARTIFACT_REGIME_LABELS, keys.ARTIFACT_REGIME_THRESHOLDS,
-            keys.PLOT_REGIME_MAP} <= run_artifacts
+            keys.ARTIFACT_REGIME_SENSITIVITY, keys.PLOT_REGIME_MAP} <= run_artifacts
 
     choices = tmp_path / "choices.csv"
     assert main(["select", "--experiment", "demo", "--density", "0.05", "--density", "0.8",

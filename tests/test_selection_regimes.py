@@ -19,6 +19,7 @@ from selection.regimes import (
     REGIME_II_B,
     UNUSED,
     RegimeWarning,
+    default_sensitivity_grid,
     label_regimes,
     regime_counts,
     sensitivity,
@@ -142,6 +143,17 @@ def test_sensitivity_counts_changed_labels():
     assert all_b["n_II-A"].item() == 0
     assert all_b["n_changed"].item() == (reference[keys.REGIME] == REGIME_II_A).sum()
     assert (table[["n_I", "n_II-A", "n_II-B"]].sum(axis=1) == len(df)).all()
+
+
+def test_default_sensitivity_grid_brackets_the_thresholds():
+    df = synthetic_table(seed=5)
+    chosen = _label(df)[1]
+    eps_values, tau_values = default_sensitivity_grid(chosen)
+    assert min(eps_values) < chosen.eps < max(eps_values) and chosen.eps in eps_values
+    assert min(tau_values) < chosen.tau < max(tau_values) and chosen.tau in tau_values
+    assert all(-1 <= e < 0 for e in eps_values) and all(0 <= t <= 1 for t in tau_values)
+    table = sensitivity(df, eps_values, tau_values, chosen.eps, chosen.tau)
+    assert len(table) == len(eps_values) * len(tau_values)
 
 
 # --- bad input ---------------------------------------------------------------------------
