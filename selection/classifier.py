@@ -173,8 +173,8 @@ def cross_validate(df: pd.DataFrame, feature_set: str = LANDSCAPE, n_splits: int
     across training and test (this measures prediction at densities never run).
 
     Fewer folds are used when the data cannot fill ``n_splits`` (no more folds than the largest
-    class has members, than there are cells, or than there are densities); a class with fewer members than folds is
-    allowed (some folds then lack it) and noted. With one class, or one density when grouping,
+    class has members, than there are cells, or than there are densities); a class with fewer
+    members than folds is allowed (some folds then lack it) and noted. With one class, or one density when grouping,
     CV is impossible: ``accuracy`` is NaN and ``notes`` says why. A training fold holding one
     class only gets a constant classifier.
     """

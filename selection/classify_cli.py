@@ -77,10 +77,11 @@ def classify(df: pd.DataFrame, eps: float | None = None, tau: float | None = Non
     With ``experiment`` (MLflow): a ``run_kind=classifier`` run nested under ``grid_run_id``
     holds the thresholds (params), regime counts and CV accuracies (metrics), the labels CSV,
     the thresholds JSON, the sensitivity table (:func:`~selection.regimes.sensitivity` over
-    :func:`~selection.regimes.default_sensitivity_grid`), the regime map and both models, registered as
-    :func:`registered_names` of ``register_as`` (default ``<experiment>-regime-classifier``)
-    with ``alias``; each cell run gets its ``regime`` tag; the regime map is also logged
-    under ``plots/`` of the grid run. ``map_path`` keeps a copy of the map.
+    :func:`~selection.regimes.default_sensitivity_grid`), the regime map and both models,
+    registered as :func:`registered_names` of ``register_as`` (default
+    ``<experiment>-regime-classifier``) with ``alias``; each cell run gets its ``regime`` tag;
+    the regime map is also logged under ``plots/`` of the grid run. ``map_path`` keeps a copy
+    of the map.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RegimeWarning)  # kept in thresholds.warnings
