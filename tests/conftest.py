@@ -9,6 +9,16 @@ import pytest
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_configure(config):
+    # One torch thread: the tests' models are tiny (a second thread buys little), and test
+    # subprocesses or other jobs sharing the 2 cores must not oversubscribe them, which
+    # slows small training loops 10-30x rather than 2x.
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("THREE_REGIME_TEST_THREADS", "1")))
 
 
 @pytest.fixture
