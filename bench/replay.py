@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
@@ -94,11 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--table", help="results table CSV (default: the demo grid if present, "
                         "else a synthetic three-regime table)")
-    parser.add_argument("--quick", action="store_true", help="20 repeats instead of 100")
+    parser.add_argument("--quick", action="store_true", help="10 repeats instead of 100")
     parser.add_argument("--repeats", type=int, help="seeds per sampler and density")
     parser.add_argument("--budget", type=int, help="trials per replay (default 2 x temperatures)")
     parser.add_argument("--samplers", default=",".join(SAMPLERS))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--temperatures", help="comma-separated epochs of the synthetic table "
+                        f"(default {','.join(map(str, TEMPERATURES))})")
     parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "out"),
                         help="folder for the plot (and the synthetic table)")
     args = parser.parse_args(argv)
@@ -109,13 +112,18 @@ def main(argv: list[str] | None = None) -> int:
     elif DEMO_TABLE.is_file():
         source, table = str(DEMO_TABLE), pd.read_csv(DEMO_TABLE)
     else:
-        table = synthetic_grid()
+        temperatures = ([int(t) if float(t).is_integer() else float(t)
+                         for t in args.temperatures.split(",")]
+                        if args.temperatures else TEMPERATURES)
+        table = synthetic_grid(temperatures)
         out.mkdir(parents=True, exist_ok=True)
         source = str(out / "synthetic_grid.csv")
         table.to_csv(source, index=False)
-    repeats = args.repeats or (20 if args.quick else 100)
+    repeats = args.repeats or (10 if args.quick else 100)
     samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
 
+    # GP fits tiny matrices: one thread is faster than several fighting over two cores
+    torch.set_num_threads(1)
     cells, knob = prepare_table(table)
     densities = sorted(cells[keys.DENSITY].unique().tolist())
     start = time.perf_counter()

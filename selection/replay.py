@@ -220,13 +220,18 @@ def _replay_once(lookup: _TableLookup, temperatures: list, knob: str, density: f
                  sampler: str, seed: int, budget: int, objective_column: str) -> list[float]:
     objective = CellObjective(lookup, density, temperatures, knob,
                               encoding=sampler_encoding(sampler), objective_column=objective_column)
-    study = optuna.create_study(
-        direction="maximize", storage=optuna.storages.InMemoryStorage(),
-        sampler=create_sampler(sampler, knob, seed, temperatures=temperatures))
-    with warnings.catch_warnings():
-        # GP/TPE warn about experimental features and repeated points: expected here
-        warnings.simplefilter("ignore")
-        study.optimize(objective, n_trials=budget)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # one log line per trial otherwise
+    try:
+        with warnings.catch_warnings():
+            # GP/TPE warn about experimental features and repeated points: expected here
+            warnings.simplefilter("ignore")
+            study = optuna.create_study(
+                direction="maximize", storage=optuna.storages.InMemoryStorage(),
+                sampler=create_sampler(sampler, knob, seed, temperatures=temperatures))
+            study.optimize(objective, n_trials=budget)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     return [float(t.user_attrs[keys.TEMPERATURE]) for t in study.trials]
 
 
@@ -252,16 +257,10 @@ def compare_samplers(
     if unknown:
         raise ValueError(f"unknown sampler(s) {unknown}; allowed: {', '.join(SAMPLER_NAMES)}")
     seeds = list(range(seed, seed + repeats))
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    try:
-        return {float(d): {s: replay_density(cells, knob, d, s, seeds, budget=budget,
-                                             objective_column=objective_column,
-                                             tolerance=tolerance)
-                           for s in samplers}
-                for d in densities}
-    finally:
-        optuna.logging.set_verbosity(verbosity)
+    return {float(d): {s: replay_density(cells, knob, d, s, seeds, budget=budget,
+                                         objective_column=objective_column, tolerance=tolerance)
+                       for s in samplers}
+            for d in densities}
 
 
 def results_json(results: Mapping[str, ReplayResult]) -> dict[str, dict[str, Any]]:

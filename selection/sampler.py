@@ -225,7 +225,14 @@ class RegimeGuidedSampler(BaseSampler):
         piece = pieces[self._pick([i for i, pc in enumerate(pieces) if len(pc) == longest])]
         middle = (space.coords[piece[0]] + space.coords[piece[-1]]) / 2
         gaps = [abs(space.coords[p] - middle) for p in piece]
-        return piece[self._pick([i for i, g in enumerate(gaps) if math.isclose(g, min(gaps))])]
+        ties = [piece[i] for i, g in enumerate(gaps) if math.isclose(g, min(gaps))]
+        # Two middles: on a piece at one end of the grid take the one nearer that end. It costs
+        # nothing on average and puts the end cell (the optimum at very low density, hottest,
+        # or at high density, coldest) one trial earlier.
+        cold_end, hot_end = piece[0] == 0, piece[-1] == len(space.values) - 1
+        if len(ties) > 1 and cold_end != hot_end:
+            return ties[0] if cold_end else ties[-1]
+        return ties[self._pick(list(range(len(ties))))]
 
     def _predicted_discrete(
         self,
