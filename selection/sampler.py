@@ -16,14 +16,25 @@ How a temperature is chosen, with positions ordered from the coldest to the hott
    colder). The boundaries that contradict the fewest trials are kept; with consistent labels
    that is the open interval between the hottest Regime-I trial and the coldest connected one.
    The best temperature for a boundary is the coldest connected cell just at it.
+   II-B ("near the optimum; stay") is treated as connected, like II-A, not as a stop: at
+   high density every cold cell is II-B and the coldest one is the best, so a colder cell can
+   still beat a II-B one; the bisection reaches it in a few trials and then exploits (3.).
 2. If untried temperatures remain there, bisect: split them by the temperatures already tried
    or running (other workers), take the largest piece and sample its middle. With a regime
    predictor (e.g. a registered classifier), sample instead the predicted boundary inside the
    kept set: predictions steer, observations decide.
+   The first trial is therefore the middle of the range (of the cold -> hot order of a grid,
+   of the log range of a log distribution). Algorithm 1 starts from a given temperature and
+   walks; the middle is the start that minimises the worst case, and its regime already
+   halves the range. (Starting at the coldest, the usual training recipe, wins only where the
+   coldest cell is the answer, at high density, and costs about one extra trial at the low
+   densities where the regime flip matters.)
 3. Otherwise the boundary is pinned down (or the labels leave no untried candidate): exploit,
    sampling the untried temperature nearest to the best objective value seen so far.
 
-Ties are broken by a seeded random generator, so a run is reproducible given the seed.
+Ties are broken by a seeded random generator, so a run is reproducible given the seed; a piece
+with two middles at one end of the grid takes the one nearer the end (free on average, and the
+ends are where the optimum sits at very low and at high density).
 """
 
 from __future__ import annotations
