@@ -169,3 +169,22 @@ def test_journal_study_is_resumed_by_name(tmp_path):
     study = tune(poisoned_lookup, n_trials=2, **kwargs)
     temps = [t.user_attrs["temperature"] for t in study.trials]
     assert len(temps) == 4 and len(set(temps)) == 4   # the regime sampler saw the first two
+
+
+def test_classifier_callables_phase_predicts_and_landscape_labels():
+    from selection.classifier import LANDSCAPE, PHASE, fit_classifier
+    from selection.regimes import label_regimes
+    from selection.synthetic import synthetic_table
+    from selection.tuner import classifier_callables
+
+    table, _ = label_regimes(synthetic_table(seed=0))
+    at = table[table.density == 0.05]
+    predictor, labeller = classifier_callables(fit_classifier(table, PHASE), 0.05)
+    assert labeller is None
+    predicted = [predictor(t) for t in at.temperature]
+    assert predicted == at.regime.tolist()   # the phase map of a clean table is learnable
+    predictor, labeller = classifier_callables(fit_classifier(table, LANDSCAPE), 0.05)
+    assert predictor is None
+    rows = at.to_dict("records")
+    assert [labeller(r) for r in rows] == at.regime.tolist()
+    assert labeller({"temperature": 2.0, "density": 0.05}) is None   # no metrics: no label
