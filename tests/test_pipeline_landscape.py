@@ -167,6 +167,16 @@ def test_bn_reestimation_is_the_batch_weighted_mean(trained):
         assert not torch.allclose(exp_var, h_all.var((0, 2)), rtol=1e-4)
 
 
+def test_bn_reestimation_with_a_last_batch_of_one_example():
+    """An MLP's BatchNorm1d cannot take a batch of one in train mode: 65 examples in batches
+    of 64 must still give finite statistics (e.g. by merging or skipping that batch)."""
+    data = load_dataset(DataSpec(name="digits", train_subset=200))
+    model = build_model(ModelSpec(name="mlp", width=0.1), data.input_shape, 10, seed=0)
+    reestimate_bn(model, data.x_train[:65], batch_size=64)
+    bn = model.features[1]
+    assert torch.isfinite(bn.running_mean).all() and torch.isfinite(bn.running_var).all()
+
+
 # --- CKA -----------------------------------------------------------------------------------
 
 def _cka_gram_reference(x: torch.Tensor, y: torch.Tensor) -> float:

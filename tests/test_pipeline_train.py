@@ -209,6 +209,15 @@ def test_trainer_follows_the_schedule_and_the_iteration_budget():
     assert lrs == pytest.approx([0.1, 0.01, 0.001])               # steps at 12 and 19 (of 25)
 
 
+def test_a_last_batch_of_one_example_does_not_crash_an_mlp():
+    """65 training examples in batches of 64 leave a last batch of one: BatchNorm1d over
+    [1, features] cannot compute batch statistics, so it must not be fed alone."""
+    data = load_dataset(DataSpec(name="digits", train_subset=65, val_fraction=0.0))
+    model = build_model(ModelSpec(name="mlp", width=0.1), data.input_shape, 10, seed=0)
+    train(model, data, TrainSpec(epochs=1, batch_size=64), [0])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def test_divergence_raises():
     data = load_dataset(DataSpec(name="mnist1d", train_subset=300))
     model = build_model(ModelSpec(name="cnn1d"), data.input_shape, 10, seed=0)
