@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from pipeline.config import load_config
@@ -38,7 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import OperationalError
+
     from pipeline.grid import GridRunner, cell_name, ensure_cell
+    from tracking.store import TrackingUnavailableError, redact_text, redact_uri
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -49,8 +54,21 @@ def main(argv: list[str] | None = None) -> int:
         options = {}
         if args.executor != "serial":
             options = {"workers": args.workers, "scheduler": args.scheduler}
-        runner = GridRunner(cfg, args.experiment, progress=not args.no_progress, tracking_uri=args.tracking_uri)
-        summary = runner.run(executor=args.executor, executor_options=options)
+        try:
+            runner = GridRunner(cfg, args.experiment, progress=not args.no_progress, tracking_uri=args.tracking_uri)
+        except (TrackingUnavailableError, MlflowException, OperationalError) as e:   # bad input: nothing computed
+            uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+            print(f"error: --tracking-uri={redact_uri(uri)!r}: the tracking store cannot be used: "
+                  f"{redact_text(str(e), uri)}; "
+                  "allowed: a reachable http(s):// tracking server, a database URL or sqlite:///PATH",
+                  file=sys.stderr)
+            return 2
+        try:
+            summary = runner.run(executor=args.executor, executor_options=options)
+        except TrackingUnavailableError as e:
+            print(f"error: {e}\nnothing half-written counts as finished: run the same command again "
+                  "when the tracking store is back, it resumes where this run stopped", file=sys.stderr)
+            return 1
         print("\n".join(summary.lines()))
         print(f"results: python -m tracking table --experiment {runner.experiment!r} --out results.csv")
         return 0 if summary.ok else 1

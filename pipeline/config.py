@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +26,22 @@ class Runtime:
 
     device: str = "cpu"
     threads: int = 0                 # torch threads; 0 = leave PyTorch's default
+    workers: int = 0                 # chunks of models computed side by side; 0 = one per core
     max_members: int = 64            # model copies trained/evaluated at once
     batch_cells: bool = True         # fine-tune several cells of one dense run together
+
+    def resolved_workers(self) -> int:
+        from pipeline.parallel import default_workers
+
+        return self.workers or default_workers()
+
+    def __post_init__(self) -> None:
+        for name, low in (("threads", 0), ("max_members", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"runtime.{name}={value!r}: must be an integer >= {low}")
+        if not isinstance(self.device, str) or not re.fullmatch(r"cpu|mps|cuda(:\d+)?", self.device):
+            raise ValueError(f"runtime.device={self.device!r}: allowed: cpu, cuda, cuda:N, mps")
 
 
 @dataclass(frozen=True)
@@ -81,8 +96,15 @@ def _build(cls, values: dict, where: str):
 
 
 def _finetune(values: dict) -> FinetuneSpec:
+    if not isinstance(values, dict):
+        raise ValueError(f"finetune: expected a mapping, got {values!r}")
     values = dict(values)
-    own = {k: values.pop(k) for k in ("seeds", "last_epochs", "recipe") if k in values}
+    own_names = ("seeds", "last_epochs", "recipe")
+    unknown = sorted(set(values) - set(own_names) - {f.name for f in dataclasses.fields(TrainSpec)})
+    if unknown:
+        allowed = sorted([*own_names, *(f.name for f in dataclasses.fields(TrainSpec))])
+        raise ValueError(f"finetune: unknown key(s) {unknown}; allowed: {allowed}")
+    own = {k: values.pop(k) for k in own_names if k in values}
     return _build(FinetuneSpec, {**own, "train": _build(TrainSpec, values, "finetune")}, "finetune")
 
 
@@ -122,6 +144,13 @@ def parse_config(raw: dict, overrides: list[str] | None = None) -> GridConfig:
     for d in kwargs["densities"]:
         if not isinstance(d, (int, float)) or not 0 < d <= 1:
             raise ValueError(f"config.densities contains {d!r}: densities must be in (0, 1] (fraction kept)")
+    seed_lists = [("config.dense_seeds", kwargs.get("dense_seeds", ()))]
+    if "finetune" in kwargs:
+        seed_lists.append(("finetune.seeds", kwargs["finetune"].seeds))
+    for where, seeds in seed_lists:
+        bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+        if bad:
+            raise ValueError(f"{where}={list(seeds)!r}: seeds must be integers >= 0; got {bad!r}")
     if len(set(kwargs.get("dense_seeds", (0,)))) != len(kwargs.get("dense_seeds", (0,))):
         raise ValueError(f"config.dense_seeds={kwargs['dense_seeds']!r}: seeds must be distinct")
     cfg = GridConfig(**kwargs)

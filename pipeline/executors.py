@@ -3,10 +3,17 @@
 A DAG is a list of ``Node``s; a node's function receives its dependencies' results (small:
 run ids) as keyword arguments. Every node is idempotent by spec hash (it looks up the
 tracking store before computing), so an executor may run a lost node again.
+
+- ``serial``: in this process, in order (the default, for tests and the demo).
+- ``dask``: Dask distributed futures with dependencies, on a ``LocalCluster`` of this machine
+  or on any running cluster given by its scheduler address (``dask-jobqueue`` on Slurm,
+  Kubernetes, ...; see docs/scaling.md).
 """
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -40,7 +47,91 @@ class SerialExecutor:
         return results
 
 
-_EXECUTORS: dict[str, Callable[..., object]] = {"serial": lambda **kw: SerialExecutor()}
+def _run_node(fn: Callable[..., object], torch_threads: int, deps: dict[str, object]) -> object:
+    """A node on a Dask worker: one torch thread per task (worker processes share the cores)."""
+    if torch_threads:
+        import torch
+
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
+    return fn(**deps)
+
+
+class DaskExecutor:
+    """Submits the DAG as Dask futures with dependencies and waits for all of them.
+
+    Args:
+        workers: worker processes of the ``LocalCluster`` started when no ``scheduler`` is
+            given (0: one per core). Ignored with ``scheduler``.
+        scheduler: address of a running Dask scheduler (``tcp://host:8786``); its workers
+            must have this project installed and reach the tracking store.
+        torch_threads: torch threads per task (0: leave them).
+
+    A node that raises makes its dependants fail with the same error (Dask propagates it), as
+    with :class:`SerialExecutor`. A task whose worker dies is run again by Dask elsewhere: the
+    node finds its claim's owner dead and takes it over (a dense run resumes).
+
+    Note: node functions are pickled to the workers (cloudpickle); objects they close over
+    must be picklable: ``pipeline.grid.GridRunner`` rebuilds its MLflow client from the
+    tracking URI on the worker. Create the stores first (``python -m tracking init``): the
+    workers must not create a fresh database concurrently.
+    """
+
+    name = "dask"
+
+    def __init__(self, workers: int = 0, scheduler: str | None = None, torch_threads: int = 1):
+        if workers < 0:
+            raise ValueError(f"workers={workers!r}: must be >= 0 (0 = one per core)")
+        self.workers = workers or os.cpu_count() or 1
+        self.scheduler = scheduler
+        self.torch_threads = torch_threads
+
+    def _client(self):
+        from distributed import Client, LocalCluster
+
+        if self.scheduler:
+            return Client(self.scheduler), None
+        # Loopback only, no dashboard: nothing listens beyond this machine unless asked to.
+        cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                               host="127.0.0.1", dashboard_address=None,
+                               env={"OMP_NUM_THREADS": str(self.torch_threads or 1),
+                                    "MKL_NUM_THREADS": str(self.torch_threads or 1)})
+        return Client(cluster), cluster
+
+    def run(self, nodes: list[Node]) -> dict[str, object]:
+        from distributed import wait
+
+        if not nodes:
+            return {}
+        client, cluster = self._client()
+        try:
+            # Keys unique to this run: a shared cluster must not hand us another grid's result.
+            token = uuid.uuid4().hex[:8]
+            futures = {}
+            for node in nodes:
+                deps = {k: futures[d] for k, d in node.deps.items()}
+                # deps as one dict argument: Dask resolves the futures inside it, and no node's
+                # argument name can clash with submit's own keywords
+                futures[node.key] = client.submit(_run_node, node.fn, self.torch_threads, deps,
+                                                  key=f"{node.key}-{token}", pure=False)
+            wait(list(futures.values()))
+            results: dict[str, object] = {}
+            for key, future in futures.items():
+                if future.status == "finished":
+                    results[key] = future.result()
+                elif future.status == "error":
+                    results[key] = future.exception()
+                else:
+                    results[key] = RuntimeError(f"dask task {key!r} ended {future.status}")
+            return results
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+
+_EXECUTORS: dict[str, Callable[..., object]] = {"serial": lambda **kw: SerialExecutor(),
+                                                "dask": lambda **kw: DaskExecutor(**kw)}
 
 
 def register_executor(name: str, factory: Callable[..., object]) -> None:

@@ -47,7 +47,8 @@ class GridSummary:
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        """Every cell is FINISHED (none failed, none left to another process)."""
+        return not self.failed and not self.busy
 
     def lines(self) -> list[str]:
         out = [f"grid {self.experiment!r}: {self.cells} cells: {self.computed} computed, "
@@ -55,6 +56,9 @@ class GridSummary:
                + (f", {self.busy} being computed elsewhere" if self.busy else "")
                + f"; {self.dense_computed} dense runs trained; {self.seconds:.1f} s"]
         out += [f"  FAILED {name}: {reason}" for name, reason in self.failed]
+        if self.busy:
+            out.append(f"  {self.busy} cell(s) still claimed by another live process: run the same "
+                       "command again later to collect them")
         return out
 
 
@@ -87,8 +91,25 @@ class GridRunner:
         self.experiment_id = init_experiment(self.experiment, cfg.description or None)
         self.client = get_client()
         self.cache = RunCache(self.client, self.experiment_id)
+        self.poll_seconds = 2.0                 # while waiting for another process's node
+        self.wait_busy = self.cache.stale_after  # how long run() waits for cells claimed elsewhere
         if cfg.runtime.threads:
             torch.set_num_threads(cfg.runtime.threads)
+
+    def __getstate__(self) -> dict:
+        # Node functions close over the runner and travel to Dask workers: MLflow clients hold
+        # database engines, so a worker rebuilds them from the tracking URI (all it needs).
+        state = {k: v for k, v in self.__dict__.items() if k not in ("client", "cache")}
+        state["stale_after"] = self.cache.stale_after
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        stale_after = state.pop("stale_after")
+        self.__dict__.update(state)
+        self.progress = False               # no progress bars in worker logs
+        configure(self.uri)
+        self.client = get_client()
+        self.cache = RunCache(self.client, self.experiment_id, stale_after)
 
     # -- the whole grid ------------------------------------------------------------------
     def run(self, points: list[Point] | None = None, executor: str = "serial",
@@ -96,23 +117,55 @@ class GridRunner:
         started = time.perf_counter()
         points = points if points is not None else self.cfg.cells()
         summary = GridSummary(self.experiment, None, cells=len(points))
-        hashes = {cell_hash(c, d): (d, c, s) for d, c, s in points}
-        grid_run = parent_run_id or self._grid_run(sorted(hashes))
+        remaining = {cell_hash(c, d): (d, c, s) for d, c, s in points}
+        grid_run = parent_run_id or self._grid_run(sorted(remaining))
         summary.grid_run_id = grid_run
-        looked = self.cache.lookup_many(hashes, keys.KIND_CELL)
-        pending: list[Point] = []
-        for h, (d, c, s) in hashes.items():
-            entry = looked[h]
-            if entry.finished is not None:
-                summary.cached += 1
-            elif entry.active is not None:
-                summary.busy += 1
+        waited = 0.0
+        # Rounds: compute what is free; cells another live process holds are polled until they
+        # finish (cached), or their owner dies (then computed here in the next round).
+        while True:
+            looked = self.cache.lookup_many(remaining, keys.KIND_CELL)
+            pending: list[Point] = []
+            busy: dict[str, Point] = {}
+            for h, point in remaining.items():
+                entry = looked[h]
+                if entry.finished is not None:
+                    summary.cached += 1
+                elif entry.active is not None:
+                    busy[h] = point
+                else:
+                    if entry.resumable is not None:
+                        self.cache.abandon(entry.resumable, "owner died before the cell finished")
+                    pending.append(point)
+            if pending:
+                for d, c, s in self._compute(pending, grid_run, executor, executor_options, summary):
+                    busy[cell_hash(c, d)] = (d, c, s)
+            remaining = busy
+            if not remaining or waited >= self.wait_busy:
+                break
+            time.sleep(self.poll_seconds)
+            waited += self.poll_seconds
+        summary.busy = len(remaining)
+        summary.seconds = time.perf_counter() - started
+        if not parent_run_id:
+            self.cache.log(grid_run, metrics={"cells_computed": summary.computed, "cells_cached": summary.cached,
+                                              "cells_failed": len(summary.failed),
+                                              "grid_seconds": summary.seconds})
+            if summary.failed:
+                self.cache.fail(grid_run, f"{len(summary.failed)} cell(s) failed")
+            elif summary.busy:
+                self.cache.fail(grid_run, f"{summary.busy} cell(s) still computed elsewhere; re-run")
             else:
-                if entry.resumable is not None:
-                    self.cache.abandon(entry.resumable, "owner died before the cell finished")
-                pending.append((d, c, s))
+                self.cache.finish(grid_run)
+        return summary
+
+    def _compute(self, pending: list[Point], grid_run: str, executor: str, executor_options: dict | None,
+                 summary: GridSummary) -> list[Point]:
+        """Run the DAG of ``pending`` and count it in ``summary``; returns the cells that another
+        process claimed or finished first (the caller looks at them again)."""
         nodes, batches = self._dag(pending, grid_run)
-        results = get_executor(executor, **(executor_options or {})).run(nodes) if nodes else {}
+        results = get_executor(executor, **(executor_options or {})).run(nodes)
+        elsewhere: list[Point] = []
         for node in nodes:
             outcome = results.get(node.key)
             if node.key.startswith("dense:"):
@@ -124,16 +177,8 @@ class GridRunner:
             else:
                 summary.computed += outcome["computed"]
                 summary.failed += outcome["failed"]
-        summary.seconds = time.perf_counter() - started
-        if not parent_run_id:
-            self.cache.log(grid_run, metrics={"cells_computed": summary.computed, "cells_cached": summary.cached,
-                                              "cells_failed": len(summary.failed),
-                                              "grid_seconds": summary.seconds})
-            if summary.failed:
-                self.cache.fail(grid_run, f"{len(summary.failed)} cell(s) failed")
-            else:
-                self.cache.finish(grid_run)
-        return summary
+                elsewhere += outcome["elsewhere"]
+        return elsewhere
 
     def _grid_run(self, cell_hashes: list[str]) -> str:
         cfg = self.cfg
@@ -142,7 +187,7 @@ class GridRunner:
         existing = entry.finished or entry.resumable or entry.active
         if existing is not None:
             return self.cache.reopen(existing)
-        run_id = self.cache.start(
+        claim = self.cache.claim(
             grid_hash, keys.KIND_GRID,
             f"grid {cfg.knob} {len(cfg.temperatures)}x{len(cfg.densities)}",
             params={keys.KNOB: cfg.knob, keys.DATASET: cfg.data.name, keys.MODEL: cfg.model.name,
@@ -150,8 +195,10 @@ class GridRunner:
                     "dense_seeds": list(cfg.dense_seeds), keys.PRUNE_METHOD: cfg.prune.method,
                     keys.FINETUNE_SEEDS: list(cfg.finetune.seeds), keys.FINETUNE_RECIPE: cfg.finetune.recipe},
             tags={keys.NOTE: cfg.description} if cfg.description else None)
-        log_files(self.client, run_id, {"config.json": _config_dict(cfg)})
-        return run_id
+        if not claim.won:
+            return claim.winner      # another grid process started at once: share its parent run
+        log_files(self.client, claim.run_id, {"config.json": _config_dict(cfg)})
+        return claim.run_id
 
     def _dag(self, pending: list[Point], grid_run: str) -> tuple[list[Node], dict[str, list[Point]]]:
         dense_specs = {dense_hash(d): d for d, _, _ in pending}
@@ -175,25 +222,17 @@ class GridRunner:
     def ensure_dense(self, dense: DenseSpec) -> tuple[str, bool, str]:
         """(run id, whether it was computed now, spec hash) of the FINISHED dense run."""
         h = dense_hash(dense)
-        entry = self.cache.lookup(h, keys.KIND_DENSE)
-        waited = 0.0
-        while entry.finished is None and entry.active is not None and waited < self.cache.stale_after:
-            time.sleep(5.0)      # another live process is training it: wait for its result
-            waited += 5.0
-            entry = self.cache.lookup(h, keys.KIND_DENSE)
-        if entry.finished is not None:
-            return entry.finished.info.run_id, False, h
+        how, run_id = self._take_dense(dense, h)
+        if how == "finished":
+            return run_id, False, h
         data = load_dataset(dense.data, self.cfg.runtime.device)
         resume = None
-        if entry.resumable is not None:
-            run_id = self.cache.reopen(entry.resumable)
+        if how == "reopened":
             try:
                 resume = TrainState.from_dict(load_file(self.client, run_id, keys.ARTIFACT_RESUME))
             except CorruptArtifactError:
                 resume = None   # nothing usable saved: start again inside the same run
         else:
-            run_id = self.cache.start(h, keys.KIND_DENSE, dense_name(self.cfg, dense),
-                                      params=_dense_params(self.cfg, dense))
             log_files(self.client, run_id, {keys.ARTIFACT_SPEC: {"spec": dense.to_dict(), "spec_hash": h}})
         keep_every = self.cfg.knob == "epochs"
         n = len(data.x_train)
@@ -232,21 +271,48 @@ class GridRunner:
                 self.cache.log(run_id, metrics={keys.DENSE_ACC: float(evaluate(model, data.x_test, data.y_test)[0])})
         return run_id, True, h
 
+    def _take_dense(self, dense: DenseSpec, h: str) -> tuple[str, str]:
+        """("finished", id) of a FINISHED dense run, or ("new" | "reopened", id) of the run this
+        process now owns. Waits while another live process trains it; only the holder of the
+        claim lock starts or reopens it, so two processes never train the same dense run."""
+        while True:
+            entry = self.cache.lookup(h, keys.KIND_DENSE)
+            if entry.finished is not None:
+                return "finished", entry.finished.info.run_id
+            if entry.active is None:
+                with self.cache.exclusive(h, keys.KIND_DENSE) as held:
+                    if held:
+                        entry = self.cache.lookup(h, keys.KIND_DENSE)     # again, under the lock
+                        if entry.finished is not None:
+                            return "finished", entry.finished.info.run_id
+                        if entry.active is None and entry.resumable is not None:
+                            return "reopened", self.cache.reopen(entry.resumable)
+                        if entry.active is None:
+                            return "new", self.cache.start(h, keys.KIND_DENSE, dense_name(self.cfg, dense),
+                                                           params=_dense_params(self.cfg, dense))
+            time.sleep(self.poll_seconds)   # another live process trains it: wait for its result
+
     # -- cells ---------------------------------------------------------------------------
     def compute_cells(self, batch: list[Point], dense_runs: dict[str, str], grid_run: str) -> dict:
-        """Claim, compute (batched) and log the cells of ``batch``."""
-        looked = self.cache.lookup_many([cell_hash(c, d) for d, c, _ in batch], keys.KIND_CELL)
-        todo = [(d, c, s) for d, c, s in batch
-                if looked[cell_hash(c, d)].finished is None and looked[cell_hash(c, d)].active is None]
+        """Claim, compute (batched) and log the cells of ``batch``.
+
+        Returns ``{"computed": n, "failed": [(cell name, reason)], "elsewhere": [points]}``,
+        ``elsewhere`` being the cells another process claimed or finished first.
+        """
+        points = {cell_hash(c, d): (d, c, s) for d, c, s in batch}
+        looked = self.cache.lookup_many(points, keys.KIND_CELL)
+        claims = self.cache.claim_many(
+            {h: {"run_name": cell_name(c, s), "parent_run_id": grid_run,
+                 "params": _cell_params(self.cfg, d, c, s, dense_runs[dense_hash(d)]),
+                 "tags": {keys.KNOB: c.knob, keys.TEMPERATURE: c.temperature, keys.DENSITY: c.prune.density}}
+             for h, (d, c, s) in points.items() if looked[h].finished is None and looked[h].active is None},
+            keys.KIND_CELL)
+        runs = {h: claim.run_id for h, claim in claims.items() if claim.won}
+        elsewhere = [p for h, p in points.items() if h not in runs]
+        todo = [p for h, p in points.items() if h in runs]
         if not todo:
-            return {"computed": 0, "failed": []}
+            return {"computed": 0, "failed": [], "elsewhere": elsewhere}
         data = load_dataset(todo[0][0].data, self.cfg.runtime.device)
-        runs = {}
-        for d, c, s in todo:
-            runs[cell_hash(c, d)] = self.cache.start(
-                cell_hash(c, d), keys.KIND_CELL, cell_name(c, s), parent_run_id=grid_run,
-                params=_cell_params(self.cfg, d, c, s, dense_runs[dense_hash(d)]),
-                tags={keys.KNOB: c.knob, keys.TEMPERATURE: c.temperature, keys.DENSITY: c.prune.density})
         failed: list[tuple[str, str]] = []
         jobs, ok_points = [], []
         for d, c, s in todo:
@@ -264,7 +330,8 @@ class GridRunner:
         computed = 0
         with self._bar(steps, f"fine-tune {len(jobs)} cells") as bar:
             try:
-                results = run_cells(jobs, data, self.cfg.runtime.max_members, progress=bar.update)
+                results = run_cells(jobs, data, self.cfg.runtime.max_members,
+                                    progress=self._beating(list(runs.values()), bar.update))
             except Exception:   # noqa: BLE001 - isolate the failing cell(s): one at a time
                 results = []
                 for job, (d, c, s) in zip(jobs, ok_points, strict=True):
@@ -276,18 +343,36 @@ class GridRunner:
                         failed.append((cell_name(c, s), reason))
         for r in results:
             run_id = runs[r.spec_hash]
-            with self.cache.computing(run_id):
+            with self.cache.computing(run_id, r.spec_hash, keys.KIND_CELL) as done:
                 self._log_cell(run_id, r)
-            computed += 1
-        return {"computed": computed, "failed": failed}
+            if done.finished:
+                computed += 1
+            else:
+                elsewhere.append(points[r.spec_hash])   # another run of it finished first
+        return {"computed": computed, "failed": failed, "elsewhere": elsewhere}
+
+    def _beating(self, run_ids: list[str], update):
+        """``update`` (a progress callback) that also refreshes the runs' heartbeats: on other
+        hosts a claim is live only while its heartbeat is younger than ``stale_after``."""
+        last = [time.time()]
+
+        def progress(n: int) -> None:
+            update(n)
+            if time.time() - last[0] > HEARTBEAT_SECONDS:
+                last[0] = time.time()
+                for run_id in run_ids:
+                    self.cache.heartbeat(run_id)
+
+        return progress
 
     def _checkpoint(self, dense: DenseSpec, dense_runs: dict[str, str], epoch: int):
         run_id = dense_runs[dense_hash(dense)]
         try:
             return load_file(self.client, run_id, checkpoint_path(epoch))
-        except CorruptArtifactError:
-            # never use a bad checkpoint: retrain the dense run, then read it again
-            self.cache.fail(run_id, "corrupt or missing checkpoint; recomputed")
+        except CorruptArtifactError as e:
+            # never use a bad checkpoint: retrain the dense run from scratch in a new run (its
+            # resume state would skip the bad epoch), then read it again
+            self.cache.discard(run_id, f"{e}; recomputed in a new run")
             new_id, _, _ = self.ensure_dense(dense)
             dense_runs[dense_hash(dense)] = new_id
             return load_file(self.client, new_id, checkpoint_path(epoch))

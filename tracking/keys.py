@@ -132,3 +132,8 @@ def cv_accuracy_metric(feature_set: str) -> str:
 def mean_regret_metric(method: str) -> str:
     """Mean regret (test accuracy) of a model-selection method over the target densities."""
     return f"mean_regret_{method}"
+
+
+# --- scale-out and faults (tracking/cache.py claim protocol) ------------------------------
+KIND_CLAIM = "claim"               # short-lived lock run: who may start or resume a dense run
+RESUMABLE = "resumable"            # tag "false": never reopen this run (corrupt or lost claim)

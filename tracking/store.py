@@ -159,6 +159,12 @@ def redact_uri(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
+def redact_text(text: str, uri: str) -> str:
+    """``text`` (an error message) with the password of ``uri``, if any, replaced by ``***``."""
+    password = urlsplit(uri).password
+    return text.replace(password, "***") if password else text
+
+
 def _is_connection_error(error: BaseException) -> bool:
     import requests
     import sqlalchemy.exc
@@ -199,6 +205,8 @@ def with_retries(fn: Callable[..., T], *args, attempts: int = 5, backoff: float 
             if not _is_connection_error(e):
                 raise
             error = e
+    uri = mlflow.get_tracking_uri()
+    # the client's own message may repeat the URI, password included (http://user:pw@host)
     raise TrackingUnavailableError(
-        f"tracking store {redact_uri(mlflow.get_tracking_uri())} unreachable after "
-        f"{attempts} attempts: {error}") from error
+        f"tracking store {redact_uri(uri)} unreachable after {attempts} attempts: "
+        f"{redact_text(str(error), uri)}") from error
