@@ -22,6 +22,7 @@ import torch
 from pipeline.data import Dataset
 from pipeline.landscape import PairMetrics, all_pairs, measure_pairs
 from pipeline.models import build_model, split_members, stack_members
+from pipeline.parallel import map_chunks, split
 from pipeline.prune import Masks, prune, realized_density
 from pipeline.specs import CellSpec, DenseSpec, cell_hash
 from pipeline.train import EpochReport, evaluate, total_epochs, train
@@ -76,13 +77,15 @@ def run_cell(cell: CellSpec, dense: DenseSpec, dense_state: State, data: Dataset
 
 
 def run_cells(jobs: list[tuple[CellSpec, DenseSpec, State]], data: Dataset, max_members: int = 64,
-              eval_every: int = 5, progress=None) -> list[CellResult]:
+              eval_every: int = 5, workers: int = 1, progress=None) -> list[CellResult]:
     """Compute several cells; fine-tunes and measurements are batched across them.
 
     Args:
         jobs: (cell spec, the dense run's spec, the dense checkpoint's state_dict) per cell.
             All jobs must share the model and the fine-tuning and measurement specs.
         max_members: the most model copies trained or evaluated at once.
+        workers: chunks of members computed side by side (one torch thread each); the
+            results do not depend on it.
         eval_every: validation/test curves are sampled every this many epochs (and at each
             of the last ``finetune.last_epochs`` epochs, whose mean is the reported accuracy).
         progress: optional callable taking a number of completed steps (a progress bar).
@@ -118,13 +121,13 @@ def run_cells(jobs: list[tuple[CellSpec, DenseSpec, State]], data: Dataset, max_
     members = [(c, s) for c in range(len(jobs)) for s in ft.seeds]
     finetuned: list[State] = [None] * len(members)  # type: ignore[list-item]
     curves = {k: [[] for _ in members] for k in ("train_loss", "val_acc", "test_acc")}
-    for start in range(0, len(members), max_members):
-        chunk = list(range(start, min(start + max_members, len(members))))
+
+    def finetune_chunk(chunk: range) -> None:
         model = build(len(chunk))
         model.load_state_dict(stack_members([pruned_states[members[i][0]] for i in chunk]))
         stacked_masks = {k: torch.cat([masks[members[i][0]][k] for i in chunk]) for k in names}
 
-        def record(report: EpochReport, m, _snapshot, chunk=chunk) -> None:
+        def record(report: EpochReport, m, _snapshot) -> None:
             # Accuracies are needed for the last N epochs (the reported means); elsewhere the
             # curves are sampled every ``eval_every`` epochs, since evaluating M models on the
             # validation and test sets every epoch costs as much as a quarter of the training.
@@ -143,11 +146,13 @@ def run_cells(jobs: list[tuple[CellSpec, DenseSpec, State]], data: Dataset, max_
                                               len(chunk)), strict=True):
             finetuned[i] = st
 
+    map_chunks(finetune_chunk, split(len(members), max_members, workers), workers)
+
     k = len(ft.seeds)
     local_pairs = all_pairs(k)
     global_pairs = [(c * k + a, c * k + b) for c in range(len(jobs)) for a, b in local_pairs]
     measured = measure_pairs(build, [{kk: v.to(device) for kk, v in s.items()} for s in finetuned],
-                             global_pairs, data.x_train, data.y_train, cell0.measure, max_members)
+                             global_pairs, data.x_train, data.y_train, cell0.measure, max_members, workers)
     results = []
     elapsed = time.perf_counter() - started
     for c, (cell, dense, _) in enumerate(jobs):
@@ -167,9 +172,9 @@ def run_cells(jobs: list[tuple[CellSpec, DenseSpec, State]], data: Dataset, max_
     return results
 
 
-def finetune_steps(jobs_count: int, cell: CellSpec, n_train: int, max_members: int = 64) -> int:
+def finetune_steps(jobs_count: int, cell: CellSpec, n_train: int, max_members: int = 64,
+                   workers: int = 1) -> int:
     """Optimizer steps ``run_cells`` will take (for progress bars)."""
-    members = jobs_count * len(cell.finetune.seeds)
-    chunks = math.ceil(members / max_members)
+    chunks = len(split(jobs_count * len(cell.finetune.seeds), max_members, workers))
     tr = cell.finetune.train
     return chunks * (tr.iterations or total_epochs(tr, n_train) * math.ceil(n_train / min(tr.batch_size, n_train)))

@@ -16,8 +16,16 @@ import yaml
 
 from pipeline.dense import dense_for
 from pipeline.knobs import get_knob
-from pipeline.specs import (CellSpec, DataSpec, DenseSpec, FinetuneSpec, MeasureSpec, ModelSpec,
-                            PruneSpec, TrainSpec)
+from pipeline.specs import (
+    CellSpec,
+    DataSpec,
+    DenseSpec,
+    FinetuneSpec,
+    MeasureSpec,
+    ModelSpec,
+    PruneSpec,
+    TrainSpec,
+)
 
 
 @dataclass(frozen=True)

@@ -28,22 +28,29 @@ class Node:
 class SerialExecutor:
     """Runs nodes in order, in this process (the default, for tests and the demo).
 
-    A node that raises makes its dependants fail with the same error; others go on.
+    A node that raises makes its dependants fail with the same error; others go on, except
+    after a ``TrackingUnavailableError``: nothing could be recorded, so every node left gets
+    that error without running.
     """
 
     name = "serial"
 
     def run(self, nodes: list[Node]) -> dict[str, object]:
+        from tracking.store import TrackingUnavailableError
+
         results: dict[str, object] = {}
+        fatal: BaseException | None = None
         for node in nodes:
             failed = [results[d] for d in node.deps.values() if isinstance(results.get(d), BaseException)]
-            if failed:
-                results[node.key] = failed[0]
+            if fatal is not None or failed:
+                results[node.key] = fatal or failed[0]
                 continue
             try:
                 results[node.key] = node.fn(**{k: results[d] for k, d in node.deps.items()})
             except Exception as e:  # noqa: BLE001 - reported per node by the grid summary
                 results[node.key] = e
+                if isinstance(e, TrackingUnavailableError):
+                    fatal = e
         return results
 
 

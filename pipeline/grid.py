@@ -27,7 +27,7 @@ from pipeline.train import TrainState, total_epochs
 from tracking import keys
 from tracking.artifacts import CorruptArtifactError, load_file, log_files
 from tracking.cache import RunCache
-from tracking.store import configure, get_client, init_experiment
+from tracking.store import TrackingUnavailableError, configure, get_client, init_experiment
 
 Point = tuple[DenseSpec, CellSpec, int]
 HEARTBEAT_SECONDS = 60.0
@@ -73,6 +73,15 @@ def dense_name(cfg: GridConfig, dense: DenseSpec) -> str:
         return f"dense epochs<={dense.train.epochs} s={dense.seed}"
     value = getattr(dense.train, cfg.knob)
     return f"dense {cfg.knob}={value} s={dense.seed}"
+
+
+def resume_path(epoch: int) -> str:
+    """Where the training state after ``epoch`` is saved: two slots, alternating by epoch.
+
+    A file is uploaded before its checksum tag is logged, so an owner killed in between leaves
+    the file it was writing unverifiable; the other slot still holds the previous epoch.
+    """
+    return keys.ARTIFACT_RESUME_SLOT.format(epoch % 2)
 
 
 def checkpoint_path(epoch: int) -> str:
@@ -168,6 +177,8 @@ class GridRunner:
         elsewhere: list[Point] = []
         for node in nodes:
             outcome = results.get(node.key)
+            if isinstance(outcome, TrackingUnavailableError):
+                raise outcome      # nothing can be recorded: stop; a re-run resumes
             if node.key.startswith("dense:"):
                 summary.dense_computed += isinstance(outcome, tuple) and outcome[1]
                 continue
@@ -228,10 +239,7 @@ class GridRunner:
         data = load_dataset(dense.data, self.cfg.runtime.device)
         resume = None
         if how == "reopened":
-            try:
-                resume = TrainState.from_dict(load_file(self.client, run_id, keys.ARTIFACT_RESUME))
-            except CorruptArtifactError:
-                resume = None   # nothing usable saved: start again inside the same run
+            resume = self._resume_state(run_id)   # None: nothing usable, start again in the same run
         else:
             log_files(self.client, run_id, {keys.ARTIFACT_SPEC: {"spec": dense.to_dict(), "spec_hash": h}})
         keep_every = self.cfg.knob == "epochs"
@@ -248,7 +256,7 @@ class GridRunner:
             files = dict(pending_files)
             pending_files.clear()
             if state.epoch < epochs:
-                files[keys.ARTIFACT_RESUME] = state.to_dict()
+                files[resume_path(state.epoch)] = state.to_dict()
             if files:
                 log_files(self.client, run_id, files)
             if time.time() - last_beat[0] > HEARTBEAT_SECONDS:
@@ -270,6 +278,17 @@ class GridRunner:
                 model.load_state_dict(kept[last_key])
                 self.cache.log(run_id, metrics={keys.DENSE_ACC: float(evaluate(model, data.x_test, data.y_test)[0])})
         return run_id, True, h
+
+    def _resume_state(self, run_id: str) -> TrainState | None:
+        """The newest saved training state of ``run_id`` whose checksum verifies, or None."""
+        states = []
+        for slot in (0, 1):
+            try:
+                states.append(TrainState.from_dict(load_file(self.client, run_id,
+                                                             keys.ARTIFACT_RESUME_SLOT.format(slot))))
+            except CorruptArtifactError:
+                pass   # never written, or the owner died mid-upload: the other slot is intact
+        return max(states, key=lambda state: state.epoch, default=None)
 
     def _take_dense(self, dense: DenseSpec, h: str) -> tuple[str, str]:
         """("finished", id) of a FINISHED dense run, or ("new" | "reopened", id) of the run this
@@ -325,18 +344,19 @@ class GridRunner:
                 continue
             jobs.append((c, d, state))
             ok_points.append((d, c, s))
+        workers = self.cfg.runtime.resolved_workers()
         steps = finetune_steps(len(jobs), jobs[0][0], len(data.x_train),
-                               self.cfg.runtime.max_members) if jobs else 0
+                               self.cfg.runtime.max_members, workers) if jobs else 0
         computed = 0
         with self._bar(steps, f"fine-tune {len(jobs)} cells") as bar:
             try:
-                results = run_cells(jobs, data, self.cfg.runtime.max_members,
+                results = run_cells(jobs, data, self.cfg.runtime.max_members, workers=workers,
                                     progress=self._beating(list(runs.values()), bar.update))
             except Exception:   # noqa: BLE001 - isolate the failing cell(s): one at a time
                 results = []
                 for job, (d, c, s) in zip(jobs, ok_points, strict=True):
                     try:
-                        results += run_cells([job], data, self.cfg.runtime.max_members)
+                        results += run_cells([job], data, self.cfg.runtime.max_members, workers=workers)
                     except Exception as e:  # noqa: BLE001
                         reason = f"{type(e).__name__}: {e}"
                         self.cache.fail(runs[cell_hash(c, d)], reason)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.models import EnsembleModel, repeat_input, stack_members
+from pipeline.parallel import map_chunks, split
 from pipeline.specs import MeasureSpec
 
 State = dict[str, torch.Tensor]
@@ -35,9 +36,11 @@ def lmc_barrier_from_curve(errors: list[float]) -> float:
     Note: t* may be an endpoint, so a monotone path gives -|e(1) - e(0)| / 2.
     """
     e = torch.tensor(errors, dtype=torch.float64)
-    e_bar = (e[0] + e[-1]) / 2
-    t_star = int(torch.argmax((e_bar - e).abs()))
-    return float(e_bar - e[t_star])
+    dev = (e[0] + e[-1]) / 2 - e
+    # |e_bar - e(0)| = |e_bar - e(1)| always: on a tie the endpoint below e_bar wins, so a
+    # monotone path reads -|e(1) - e(0)| / 2 as in the authors' code, whichever way it runs.
+    top = dev.abs().max()
+    return float(dev[dev.abs() >= top - 1e-12].min())
 
 
 def interpolate(a: State, b: State, t: float) -> State:
@@ -67,6 +70,8 @@ def reestimate_bn(model: EnsembleModel, x: torch.Tensor, batch_size: int = 64) -
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size]
         b = len(xb)
+        if b < 2:
+            continue    # a trailing batch of one has no variance (and BatchNorm1d rejects it)
         for bn in bns:
             bn.momentum = b / (seen + b)
         model(repeat_input(xb, model.members))
@@ -89,7 +94,7 @@ def _errors(model: EnsembleModel, x: torch.Tensor, y: torch.Tensor, batch_size: 
 
 def lmc_curves(build: Callable[[int], EnsembleModel], states: list[State], pairs: list[tuple[int, int]],
                x: torch.Tensor, y: torch.Tensor, points: int = 11, bn_batch_size: int = 64,
-               max_members: int = 64) -> list[list[float]]:
+               max_members: int = 64, workers: int = 1) -> list[list[float]]:
     """Train error along the linear path of each pair, BN re-estimated at every point.
 
     Args:
@@ -100,8 +105,9 @@ def lmc_curves(build: Callable[[int], EnsembleModel], states: list[State], pairs
     ts = torch.linspace(0, 1, points).tolist()
     jobs = [(p, i, t) for p in range(len(pairs)) for i, t in enumerate(ts)]
     curves = [[float("nan")] * points for _ in pairs]
-    for start in range(0, len(jobs), max_members):
-        chunk = jobs[start:start + max_members]
+
+    def run(chunk_range: range) -> None:
+        chunk = [jobs[j] for j in chunk_range]
         model = build(len(chunk))
         model.load_state_dict(stack_members(
             [interpolate(states[pairs[p][0]], states[pairs[p][1]], t) for p, _, t in chunk]))
@@ -109,6 +115,8 @@ def lmc_curves(build: Callable[[int], EnsembleModel], states: list[State], pairs
         errs = _errors(model, x, y)
         for (p, i, _), e in zip(chunk, errs.tolist(), strict=True):
             curves[p][i] = e
+
+    map_chunks(run, split(len(jobs), max_members, workers), workers)
     return curves
 
 
@@ -127,19 +135,20 @@ def linear_cka(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @torch.no_grad()
 def softmax_outputs(build: Callable[[int], EnsembleModel], states: list[State], x: torch.Tensor,
-                    max_members: int = 64, batch_size: int = 2000) -> list[torch.Tensor]:
+                    max_members: int = 64, batch_size: int = 2000, workers: int = 1) -> list[torch.Tensor]:
     """Softmax outputs ``[n, classes]`` of each model in eval mode with its own BN statistics."""
-    outs: list[torch.Tensor] = []
-    for start in range(0, len(states), max_members):
-        chunk = states[start:start + max_members]
+    @torch.no_grad()   # grad mode is per thread: the decorator above does not reach workers
+    def run(chunk_range: range) -> list[torch.Tensor]:
+        chunk = [states[j] for j in chunk_range]
         model = build(len(chunk))
         model.load_state_dict(stack_members(chunk))
         model.eval()
         parts = [model.logits(repeat_input(x[i:i + batch_size], len(chunk))).softmax(-1)
                  for i in range(0, len(x), batch_size)]
         probs = torch.cat(parts)                                  # [n, M, K]
-        outs += [probs[:, m].cpu() for m in range(len(chunk))]
-    return outs
+        return [probs[:, m].cpu() for m in range(len(chunk))]
+
+    return [o for outs in map_chunks(run, split(len(states), max_members, workers), workers) for o in outs]
 
 
 # --- metric registry -----------------------------------------------------------------------
@@ -168,16 +177,16 @@ def check_metrics(spec: MeasureSpec) -> None:
 
 
 @register_metric("lmc")
-def _lmc_metric(results, build, states, x, y, spec: MeasureSpec, max_members):
+def _lmc_metric(results, build, states, x, y, spec: MeasureSpec, max_members, workers):
     curves = lmc_curves(build, states, [r.pair for r in results], x, y, spec.lmc_points,
-                        spec.bn_batch_size, max_members)
+                        spec.bn_batch_size, max_members, workers)
     for r, c in zip(results, curves, strict=True):
         r.lmc_errors, r.lmc_barrier = c, lmc_barrier_from_curve(c)
 
 
 @register_metric("cka")
-def _cka_metric(results, build, states, x, y, spec: MeasureSpec, max_members):
-    outs = softmax_outputs(build, states, x[: spec.cka_examples], max_members)
+def _cka_metric(results, build, states, x, y, spec: MeasureSpec, max_members, workers):
+    outs = softmax_outputs(build, states, x[: spec.cka_examples], max_members, workers=workers)
     for r in results:
         r.cka = linear_cka(outs[r.pair[0]], outs[r.pair[1]])
 
@@ -189,7 +198,7 @@ def all_pairs(n: int) -> list[tuple[int, int]]:
 
 def measure_pairs(build: Callable[[int], EnsembleModel], states: list[State],
                   pairs: list[tuple[int, int]], x: torch.Tensor, y: torch.Tensor,
-                  spec: MeasureSpec, max_members: int = 64) -> list[PairMetrics]:
+                  spec: MeasureSpec, max_members: int = 64, workers: int = 1) -> list[PairMetrics]:
     """Every metric of ``spec`` on each pair of indices into ``states``.
 
     The pairs may come from many cells: all of them are measured together.
@@ -197,5 +206,5 @@ def measure_pairs(build: Callable[[int], EnsembleModel], states: list[State],
     check_metrics(spec)
     results = [PairMetrics(p) for p in pairs]
     for name in spec.metrics:
-        _METRICS[name](results, build, states, x, y, spec, max_members)
+        _METRICS[name](results, build, states, x, y, spec, max_members, workers)
     return results

@@ -141,6 +141,8 @@ def train(model: EnsembleModel, data: Dataset, spec: TrainSpec, seeds: list[int]
         for start in range(0, n, bs):
             if iteration >= last_iteration:
                 break
+            if n - start == 1 and n > 1:
+                break   # a trailing batch of one example has no BatchNorm statistics: skip it
             idx = perms[:, start:start + bs]                          # [M, b]
             xb = data.x_train[idx]                                     # [M, b, C, ...]
             if data.augment is not None:
