@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from selection import classify_cli, select_cli, tune_cli
+from selection import classify_cli, demo, select_cli, tune_cli
 
 # one entry per command module; a module may add several commands (tune_cli: tune, replay)
-_COMMAND_MODULES = [classify_cli, select_cli, tune_cli]
+_COMMAND_MODULES = [classify_cli, select_cli, tune_cli, demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
