@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m pipeline demo --config configs/demo.yaml
+	$(BIN)/python -m selection demo --config configs/demo.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
