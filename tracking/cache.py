@@ -38,7 +38,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 
 from tracking import keys
-from tracking.store import search_all_runs, with_retries
+from tracking.store import TrackingUnavailableError, search_all_runs, with_retries
 
 MAX_BATCH = 900   # MLflow's log_batch limit is 1000 metrics per call
 # runs that can hold a node (RUNNING or FINISHED); MLflow's search has no IN for status
@@ -286,6 +286,10 @@ class RunCache:
         done = Computation(run_id)
         try:
             yield done
+        except TrackingUnavailableError:
+            # the store is down: recording the failure would only wait out more retries. The
+            # run stays RUNNING under this (soon dead) owner and is taken over on a re-run.
+            raise
         except BaseException as e:
             self.fail(run_id, f"{type(e).__name__}: {e}")
             raise

@@ -137,3 +137,4 @@ def mean_regret_metric(method: str) -> str:
 # --- scale-out and faults (tracking/cache.py claim protocol) ------------------------------
 KIND_CLAIM = "claim"               # short-lived lock run: who may start or resume a dense run
 RESUMABLE = "resumable"            # tag "false": never reopen this run (corrupt or lost claim)
+ARTIFACT_RESUME_SLOT = "resume/state_{}.pt"    # two slots (0, 1) alternating by epoch, see grid

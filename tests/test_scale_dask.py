@@ -1,0 +1,86 @@
+"""The Dask executor: the same DAG semantics as the serial one, and the same results table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_scale_helpers import tiny
+
+from pipeline.config import parse_config
+from pipeline.executors import DaskExecutor, Node, get_executor, list_executors
+from pipeline.grid import GridRunner
+from tracking import keys
+from tracking.tables import results_table
+
+
+def _boom():
+    raise ValueError("boom")
+
+
+def _dag() -> list[Node]:
+    return [
+        Node("a", lambda: 1),
+        Node("b", _boom),
+        Node("c", lambda x: x + 1, {"x": "a"}),
+        Node("d", lambda z: z, {"z": "b"}),                 # depends on a failing node
+        # an argument named like a keyword of Client.submit must reach the function
+        Node("e", lambda key, workers: key + workers, {"key": "a", "workers": "c"}),
+    ]
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    """An in-process Dask cluster (threads): its address exercises the ``scheduler`` option."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.mark.parametrize("executor", ["serial", "dask"])
+def test_executors_map_results_and_failures_per_node(executor, scheduler):
+    options = {"scheduler": scheduler, "torch_threads": 0} if executor == "dask" else {}
+    results = get_executor(executor, **options).run(_dag())
+    assert results["a"] == 1 and results["c"] == 2 and results["e"] == 3
+    assert isinstance(results["b"], ValueError) and str(results["b"]) == "boom"
+    # the dependant of a failed node fails with the same error and is not run
+    assert isinstance(results["d"], ValueError) and str(results["d"]) == "boom"
+
+
+def test_dask_is_registered_and_checks_its_options():
+    assert "dask" in list_executors()
+    with pytest.raises(ValueError, match="workers=-1"):
+        get_executor("dask", workers=-1)
+    assert DaskExecutor(workers=0).workers >= 1          # 0 = one per core
+
+
+def test_grid_runner_pickles_to_a_worker_with_its_own_client(tracking_uri):
+    import cloudpickle
+
+    runner = GridRunner(parse_config(tiny()), progress=True)
+    clone = cloudpickle.loads(cloudpickle.dumps(runner))
+    assert clone.client is not runner.client and clone.uri == tracking_uri
+    assert clone.cache.experiment_id == runner.experiment_id and not clone.progress
+    # the rebuilt client really talks to the same store
+    assert clone.client.get_experiment(runner.experiment_id).name == runner.experiment
+
+
+@pytest.mark.slow
+def test_serial_and_dask_grids_give_the_same_results_table(tracking_uri):
+    cfg = parse_config(tiny())
+    serial = GridRunner(cfg, experiment="via-serial", progress=False).run()
+    dask = GridRunner(cfg, experiment="via-dask", progress=False).run(
+        executor="dask", executor_options={"workers": 2})
+    assert serial.ok and dask.ok, (serial.lines(), dask.lines())
+    assert (serial.computed, dask.computed) == (4, 4)
+    assert (serial.dense_computed, dask.dense_computed) == (1, 1)
+
+    a, b = results_table("via-serial"), results_table("via-dask")
+    assert len(a) == len(b) == 4
+    cols = [keys.KNOB, keys.TEMPERATURE, keys.DENSITY, keys.DENSE_SEED, keys.SPEC_HASH]
+    assert a[cols].equals(b[cols])              # same cells, same spec hashes, same order
+    for metric in (keys.TEST_ACC, keys.VAL_ACC, keys.LMC_BARRIER, keys.CKA, keys.PRUNED_ACC,
+                   keys.DENSE_ACC, keys.TEST_ACC_STD, keys.CKA_STD):
+        np.testing.assert_allclose(a[metric].to_numpy(float), b[metric].to_numpy(float),
+                                   rtol=0, atol=1e-6, err_msg=metric)
+    assert set(a["run_id"]).isdisjoint(b["run_id"])  # really computed twice, not shared
