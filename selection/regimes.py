@@ -264,16 +264,21 @@ def regime_counts(df: pd.DataFrame) -> dict[str, int]:
     return {r: int(counts.get(r, 0)) for r in REGIMES}
 
 
-def default_sensitivity_grid(thresholds: Thresholds) -> tuple[list[float], list[float]]:
-    """Thresholds around ``thresholds``: eps x (0.5, 0.75, 1, 1.5, 2) and tau +- 0.01, 0.02.
+def default_sensitivity_grid(thresholds: Thresholds,
+                             factors: Iterable[float] = (0.5, 0.75, 1, 1.5, 2)
+                             ) -> tuple[list[float], list[float]]:
+    """Thresholds around ``thresholds``, each scaled on its natural scale by ``factors``.
 
-    With no tau (no Regime-II cell) the tau values are 0.8, 0.9 and 0.95.
+    eps values are ``eps * f`` (the barrier height scaled); tau values are
+    ``1 - (1 - tau) * f`` (the dissimilarity 1 - CKA scaled: CKA of fine-tuned copies sits
+    close to 1, where an absolute step such as 0.02 would sweep over every cell). With no tau
+    (no Regime-II cell) the tau values are 0.8, 0.9 and 0.95.
     """
-    eps_values = [float(np.clip(thresholds.eps * f, -1, 1)) for f in (0.5, 0.75, 1, 1.5, 2)]
+    factors = list(factors)
+    eps_values = sorted({float(np.clip(thresholds.eps * f, -1, 1)) for f in factors})
     if math.isnan(thresholds.tau):
         return eps_values, [0.8, 0.9, 0.95]
-    tau_values = sorted({float(np.clip(thresholds.tau + d, 0, 1))
-                         for d in (-0.02, -0.01, 0, 0.01, 0.02)})
+    tau_values = sorted({float(np.clip(1 - (1 - thresholds.tau) * f, 0, 1)) for f in factors})
     return eps_values, tau_values
 
 

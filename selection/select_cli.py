@@ -42,7 +42,7 @@ def format_selection(result: SelectionResult) -> str:
              f"{'test_acc':>8} {'regret':>7}"]
     for row in result.table.itertuples(index=False):
         flag = "  (fallback: every candidate Regime I)" if row.fallback else ""
-        lines.append(f"{100 * row.density:>7g}% {row.method:>11} {row.temperature!s:>11} "
+        lines.append(f"{100 * row.density:>7g}% {row.method:>11} {float(row.temperature):>11g} "
                      f"{row.regime:>6} {100 * row.test_acc:>7.2f}% {100 * row.regret:>7.2f}"
                      + flag)
     lines.append("mean regret (%-points): " + ", ".join(
