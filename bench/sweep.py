@@ -69,8 +69,10 @@ def run_sweep(cfg: GridConfig) -> tuple[list[CellResult], dict[str, float]]:
     jobs = [(cell, dense, checkpoints[dense.spec_hash()][cell.checkpoint_epoch]) for dense, cell, _ in points]
     started = time.perf_counter()
     _log(f"{len(jobs)} cells x {len(cfg.finetune.seeds)} fine-tune seeds "
-         f"({cfg.finetune.train.epochs} epochs each), max {cfg.runtime.max_members} members at once ...")
-    results = run_cells(jobs, data, max_members=cfg.runtime.max_members)
+         f"({cfg.finetune.train.epochs} epochs each), max {cfg.runtime.max_members} members at once, "
+         f"{cfg.runtime.resolved_workers()} worker(s) ...")
+    results = run_cells(jobs, data, max_members=cfg.runtime.max_members,
+                        workers=cfg.runtime.resolved_workers())
     timings["cells_s"] = time.perf_counter() - started
     _log(f"cells: {timings['cells_s']:.1f} s")
     return results, timings
@@ -174,8 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any config override, e.g. --set finetune.epochs=10 (repeatable)")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (default 1: these models are tiny, and with other processes "
-                        "on the cores more threads are several times slower; 0 = PyTorch's default)")
+                   help="torch threads of the dense run (default 1: these models are tiny, and with "
+                        "other processes on the cores more threads are several times slower; 0 = "
+                        "PyTorch's default); fine-tuning runs runtime.workers chunks of one thread "
+                        "each (--set runtime.workers=N)")
     p.add_argument("--csv", help="also write the results table (DESIGN.md 6) to this CSV")
     args = p.parse_args(argv)
 
@@ -190,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sweep: {cfg.data.name} / {cfg.model.name}, knob {cfg.knob}, temperatures "
           f"{list(cfg.temperatures)}, densities {list(cfg.densities)}, dense seeds {list(cfg.dense_seeds)}, "
           f"fine-tune seeds {list(cfg.finetune.seeds)} x {cfg.finetune.train.epochs} epochs, "
-          f"pruning {cfg.prune.method}; torch threads {torch.get_num_threads()}")
+          f"pruning {cfg.prune.method}; torch threads {torch.get_num_threads()}, "
+          f"workers {cfg.runtime.resolved_workers()}")
     started = time.perf_counter()
     results, timings = run_sweep(cfg)
     timings["total_s"] = time.perf_counter() - started

@@ -104,11 +104,11 @@ def _max_rel_diff(a: dict, b: dict) -> float:
 
 def test_run_cells_equals_separate_runs(dense_run):
     """Batching cells together, in chunks of 4 members that cut across the cells' 3 + 3
-    fine-tunes and 33 + 33 LMC points, changes nothing."""
+    fine-tunes and 33 + 33 LMC points, computed by 2 workers side by side, changes nothing."""
     data, dense, checkpoints = dense_run
     short = FT.replace(train=FT.train.replace(epochs=2), last_epochs=1)
     jobs = [(_cell(2, 0.3, short), dense, checkpoints[2]), (_cell(3, 0.1, short), dense, checkpoints[3])]
-    together = run_cells(jobs, data, max_members=4)
+    together = run_cells(jobs, data, max_members=4, workers=2)
     for job, got in zip(jobs, together, strict=True):
         alone = run_cell(*job, data)
         assert got.spec_hash == alone.spec_hash

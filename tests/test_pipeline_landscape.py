@@ -109,13 +109,14 @@ def test_endpoints_use_reestimated_bn_statistics(trained):
         assert curve[i] == pytest.approx(1 - float(evaluate(model, x, y)[0]), abs=1e-6)
 
 
-@pytest.mark.parametrize("max_members", [5, 64])
-def test_batched_lmc_equals_plain(trained, max_members):
+@pytest.mark.parametrize("max_members, workers", [(5, 1), (64, 1), (5, 2)])
+def test_batched_lmc_equals_plain(trained, max_members, workers):
     data, states = trained
     x, y = data.x_train[:1000], data.y_train[:1000]
     pairs = all_pairs(3)
     plain = lmc_curves(_build(data), states, pairs, x, y, points=5, max_members=1)
-    batched = lmc_curves(_build(data), states, pairs, x, y, points=5, max_members=max_members)
+    batched = lmc_curves(_build(data), states, pairs, x, y, points=5, max_members=max_members,
+                         workers=workers)
     for p, b in zip(plain, batched, strict=True):
         assert b == pytest.approx(p, abs=1e-6)
 
@@ -125,7 +126,9 @@ def test_batched_softmax_outputs_equal_plain(trained):
     x = data.x_train[:500]
     plain = softmax_outputs(_build(data), states, x, max_members=1)
     batched = softmax_outputs(_build(data), states, x, max_members=64)
-    for p, b in zip(plain, batched, strict=True):
+    side_by_side = softmax_outputs(_build(data), states, x, max_members=2, workers=2)
+    for p, b, s in zip(plain, batched, side_by_side, strict=True):
+        assert torch.allclose(p, s, atol=1e-6)
         assert p.shape == (500, 10)
         assert torch.allclose(p.sum(1), torch.ones(500), atol=1e-5)
         assert torch.allclose(p, b, atol=1e-6)
