@@ -60,7 +60,8 @@ def test_sigkill_mid_dense_and_mid_cells_then_rerun_finishes(tracking_uri, tmp_p
         return runs and f"{keys.CHECKSUM_PREFIX}{checkpoint_path(n)}" in runs[0].data.tags and runs[0]
 
     proc = start_cli(args, env, tmp_path / "run1.log")
-    dense = wait_for(lambda: dense_run_at_epoch(2), 240, what="the dense run's epoch-2 checkpoint")
+    dense = wait_for(lambda: dense_run_at_epoch(2), 240, what="the dense run's epoch-2 checkpoint",
+                     proc=proc, log=tmp_path / "run1.log")
     stop(proc, signal.SIGKILL)
     killed_at = time.time()
     epoch1 = next(root.rglob(f"{dense.info.run_id}/artifacts/{checkpoint_path(1)}"))
@@ -73,7 +74,8 @@ def test_sigkill_mid_dense_and_mid_cells_then_rerun_finishes(tracking_uri, tmp_p
         return done and running and (done, running)
 
     proc = start_cli(args, env, tmp_path / "run2.log")
-    wait_for(cells_in_flight, 300, interval=0.1, what="a finished and a running cell")
+    wait_for(cells_in_flight, 300, interval=0.1, what="a finished and a running cell",
+             proc=proc, log=tmp_path / "run2.log")
     stop(proc, signal.SIGKILL)
     finished_before = {r.data.tags[keys.SPEC_HASH] for r in runs_of(client, exp, keys.KIND_CELL, "FINISHED")}
     in_flight = runs_of(client, exp, keys.KIND_CELL, "RUNNING")

@@ -95,13 +95,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.25, what: str = "condition"):
-    """Poll ``predicate`` until it returns a truthy value; fail the test after ``timeout`` s."""
+def wait_for(predicate, timeout: float, interval: float = 0.25, what: str = "condition",
+             proc: subprocess.Popen | None = None, log: Path | None = None):
+    """Poll ``predicate`` until it returns a truthy value; fail the test after ``timeout`` s,
+    or as soon as ``proc`` (whose output is ``log``) has exited."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = predicate()
         if value:
             return value
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"exited {proc.returncode} while waiting for {what}: "
+                        f"{log.read_text()[-3000:] if log else ''}")
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 

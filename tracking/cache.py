@@ -144,6 +144,8 @@ class RunCache:
                     keys.HEARTBEAT: f"{time.time():.0f}", **(tags or {})}
         if parent_run_id:
             all_tags[keys.PARENT_RUN_ID] = parent_run_id
+        # a tracking server's REST client takes string tag values only (SQL stores coerce)
+        all_tags = {k: str(v) for k, v in all_tags.items()}
         run = with_retries(self.client.create_run, self.experiment_id, tags=all_tags, run_name=run_name)
         if params:
             self.log(run.info.run_id, params=params)
