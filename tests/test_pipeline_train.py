@@ -218,6 +218,17 @@ def test_a_last_batch_of_one_example_does_not_crash_an_mlp():
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_iteration_budget_is_kept_when_a_batch_of_one_is_skipped():
+    """65 examples in batches of 64: if the trailing one-example batch is skipped, the
+    iteration budget must still be met (steps per epoch and the epoch count must agree)."""
+    data = load_dataset(DataSpec(name="digits", train_subset=65, val_fraction=0.0))
+    model = build_model(ModelSpec(name="mlp", width=0.1), data.input_shape, 10, seed=0)
+    iters = []
+    train(model, data, TrainSpec(iterations=6, batch_size=64), [0],
+          on_epoch_end=lambda r, _m, _s: iters.append(r.iteration))
+    assert iters[-1] == 6
+
+
 def test_divergence_raises():
     data = load_dataset(DataSpec(name="mnist1d", train_subset=300))
     model = build_model(ModelSpec(name="cnn1d"), data.input_shape, 10, seed=0)
