@@ -117,9 +117,14 @@ def _die(*args, **kwargs):
     raise _Killed()
 
 
-def test_kill_between_upload_and_checksum_resumes_from_the_previous_epoch(tracking_uri, monkeypatch):
-    """An owner killed after uploading epoch 3's files but before their checksum tags: the
-    resume state being written is unverifiable, the other slot (epoch 2) is used."""
+@pytest.mark.parametrize("killed, resumed", [
+    ("mid-upload", 2),    # after epoch 3's files, before their checksums: slot 1 is unverifiable
+    ("after", 1),         # right after epoch 1 was recorded: slot 0 was never written
+])
+def test_a_killed_dense_run_resumes_from_its_newest_verifiable_state(killed, resumed, tracking_uri,
+                                                                      monkeypatch):
+    """The training state is saved in two slots by epoch parity, so whatever moment the owner
+    dies at, one slot verifies and the run resumes from it (never from epoch 0)."""
     cfg = parse_config(tiny(dense={"epochs": 4, "batch_size": 32}))
     dense, _ = cfg.cell(4, 0.5, 0)
     runner = GridRunner(cfg, progress=False)
@@ -127,11 +132,13 @@ def test_kill_between_upload_and_checksum_resumes_from_the_previous_epoch(tracki
     client = get_client()
 
     def dying(cl, run_id, files):
-        if checkpoint_path(3) in files:
+        if killed == "mid-upload" and checkpoint_path(3) in files:
             with monkeypatch.context() as m:     # the upload happens, the tags never do
                 m.setattr(cl, "log_batch", _die)
                 real_log(cl, run_id, files)
         real_log(cl, run_id, files)
+        if killed == "after" and checkpoint_path(1) in files:
+            _die()
 
     monkeypatch.setattr(grid_mod, "log_files", dying)
     with pytest.raises(_Killed):
@@ -149,5 +156,6 @@ def test_kill_between_upload_and_checksum_resumes_from_the_previous_epoch(tracki
     monkeypatch.setattr(grid_mod, "train_dense", spy)
     run_id, computed, _ = GridRunner(cfg, progress=False).ensure_dense(dense)
     assert computed and run_id == run.info.run_id
-    assert resumed_from == [2]                  # not 0: the epoch-2 state verified
-    assert load_file(client, run_id, checkpoint_path(3))   # redone and verifiable now
+    assert resumed_from == [resumed]
+    for epoch in (1, 2, 3, 4):                   # every checkpoint verifies in the end
+        assert load_file(client, run_id, checkpoint_path(epoch))

@@ -76,7 +76,12 @@ def load_file(client: MlflowClient, run_id: str, artifact_path: str, dst: str | 
                                   artifact_path=artifact_path, dst_path=tmp,
                                   tracking_uri=mlflow.get_tracking_uri()))
     except Exception as e:
-        if "not found" in str(e).lower() or "no such file" in str(e).lower() or isinstance(e, OSError):
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+        missing = (isinstance(e, MlflowException)
+                   and e.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST))
+        if missing or "not found" in str(e).lower() or "no such file" in str(e).lower() or isinstance(e, OSError):
             raise CorruptArtifactError(f"artifact {artifact_path!r} of run {run_id} is missing") from e
         raise
     if expected is None or sha256(local) != expected:
