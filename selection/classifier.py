@@ -255,7 +255,9 @@ def log_classifier(model: Pipeline, df: pd.DataFrame, feature_set: str = LANDSCA
     the feature set, knob, classes and the CV result. ``cv`` also becomes the metric
     ``cv_accuracy_<feature_set>``. With ``registered_name`` the model is registered as a new
     version of that registered model and ``alias`` (default ``champion``) is pointed at it;
-    stages are never used.
+    stages are never used. The registered model and the version get the descriptions of
+    :func:`registered_model_description` and :func:`model_version_description` (shown in the
+    MLflow UI's Model registry).
 
     Note: the signature types every input column as double. Through ``mlflow.pyfunc`` an
     integer column (e.g. epochs) is refused ("can not safely convert int64 to float64"):
@@ -291,10 +293,44 @@ def log_classifier(model: Pipeline, df: pd.DataFrame, feature_set: str = LANDSCA
         client = MlflowClient()
         with_retries(client.set_model_version_tag, registered_name, version, keys.FEATURE_SET,
                      feature_set)
+        # descriptions are what the Model registry page shows: what the model is, how to use it
+        with_retries(client.update_registered_model, registered_name,
+                     registered_model_description(feature_set, registered_name, alias))
+        with_retries(client.update_model_version, registered_name, version,
+                     model_version_description(df, feature_set, run.info.run_id, cv))
         if alias:
             with_retries(client.set_registered_model_alias, registered_name, alias, version)
     return LoggedClassifier(run.info.run_id, info.model_uri, registered_name, version,
                             alias if registered_name else None)
+
+
+def registered_model_description(feature_set: str, name: str, alias: str | None) -> str:
+    """The Model registry description of a regime classifier of ``feature_set``."""
+    features = ", ".join(_check_feature_set(feature_set))
+    use = (f"Load it with `mlflow.sklearn.load_model('models:/{name}@{alias}')` or "
+           f"`python -m selection tune --classifier {name}@{alias} ...`." if alias else "")
+    purpose = ("labels measured cells" if feature_set == LANDSCAPE
+               else "predicts the regime of cells never run (the phase map)")
+    return (f"Regime classifier (I / II-A / II-B) of the three-regime model of pruning, "
+            f"feature set `{feature_set}` ({features}): it {purpose}. Scaled features "
+            f"(log density, knob-oriented temperature) -> multinomial logistic regression. "
+            f"{use}").strip()
+
+
+def model_version_description(df: pd.DataFrame, feature_set: str, run_id: str,
+                              cv: CVResult | None) -> str:
+    """The description of one registered version: its data, CV accuracy and source run."""
+    counts = df[keys.REGIME].value_counts() if keys.REGIME in df.columns else None
+    regimes = "" if counts is None else " (" + ", ".join(
+        f"{r}: {int(counts.get(r, 0))}" for r in REGIMES) + ")"
+    if cv is None:
+        accuracy = "not cross-validated"
+    elif np.isnan(cv.accuracy):
+        accuracy = "cross-validation not possible (" + "; ".join(cv.notes) + ")"
+    else:
+        accuracy = f"CV accuracy {cv.accuracy:.3f} ({cv.splitter}, {cv.n_splits} folds)"
+    return (f"Fitted on {len(df)} labelled cells of knob `{_one_knob(df)}`{regimes}; "
+            f"{accuracy}; logged by run {run_id}.")
 
 
 def load_classifier(name: str, alias: str = DEFAULT_ALIAS) -> Pipeline:

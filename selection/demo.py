@@ -32,6 +32,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_demo)
 
 
+def ui_runs_url(server: str, experiment: str) -> str:
+    """The MLflow UI page of ``experiment``'s runs table on ``server``.
+
+    Note: MLflow 3's UI opens an experiment in its GenAI view (traces) by default; the
+    ``workflowType=machine_learning`` parameter opens the runs table of model training.
+    """
+    from tracking.store import experiment_id
+
+    return (f"{server.rstrip('/')}/#/experiments/{experiment_id(experiment)}/runs"
+            "?workflowType=machine_learning")
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from pipeline.__main__ import main as pipeline_main
     from pipeline.config import load_config
@@ -74,6 +86,9 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"phase diagrams, regime map, selection and replay: {out.resolve()}")
     print(f"tracking store: {redact_uri(uri)}")
     if uri.startswith("sqlite:///"):
-        print(f"open the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000"
-              "   then http://127.0.0.1:5000")
+        print(f"open the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000")
+        try:
+            print(f"then the grid's runs:  {ui_runs_url('http://127.0.0.1:5000', exp)}")
+        except ValueError:   # the grid step failed before creating the experiment
+            pass
     return 0 if all(v == 0 for v in codes.values()) else 1

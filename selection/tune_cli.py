@@ -89,13 +89,18 @@ def run_tune(args: argparse.Namespace,
     try:
         cfg = load_config(args.config)
         experiment = args.experiment or cfg.experiment
+        configure(args.tracking_uri)
         if lookup is None:
             from pipeline.grid import ensure_cell
 
+            # A cell the tuner computes joins the experiment's grid run in the UI; without a
+            # parent, each trial would open a grid run of its own (one cell each), and the
+            # newest of those would become the run that report and classify log to.
+            parent = _grid_run_or_none(experiment)
+
             def lookup(temperature: float, density: float) -> Mapping[str, Any]:
                 return ensure_cell(cfg, temperature, density, dense_seed=args.dense_seed,
-                                   experiment=experiment)
-        configure(args.tracking_uri)
+                                   experiment=experiment, parent_run_id=parent)
         predictor = labeller = None
         if args.classifier:
             from selection.classifier import DEFAULT_ALIAS, load_classifier
@@ -129,6 +134,16 @@ def run_tune(args: argparse.Namespace,
           f"({cfg.knob}), val_acc {best.value:.4f}, regime {best.user_attrs.get(keys.REGIME)}, "
           f"trial {best.number}")
     return 0
+
+
+def _grid_run_or_none(experiment: str) -> str | None:
+    """The latest FINISHED grid run of ``experiment``; None if it has none or does not exist."""
+    from selection._mlflow import grid_parent_run_id
+
+    try:
+        return grid_parent_run_id(experiment)
+    except ValueError:   # no such experiment yet: the first cell creates it
+        return None
 
 
 def run_replay(args: argparse.Namespace) -> int:

@@ -150,7 +150,8 @@ def phase_diagrams(df: pd.DataFrame, out_dir: str | Path, title: str | None = No
         subtitle = f"mean over {seeds} dense seeds" if seeds > 1 else ""
         prefix = f"{knob}_" if len(knobs) > 1 else ""
         rows, columns = grids["test_error"].shape
-        width, height = 3.5 + 0.55 * columns, 2.0 + 0.4 * rows
+        # a floor, so that on a small grid the titles and colour-bar labels do not overlap
+        width, height = max(5.5, 3.5 + 0.55 * columns), max(3.4, 2.0 + 0.4 * rows)
 
         for panel in panels:
             fig = Figure(figsize=(width, height), layout="constrained")
