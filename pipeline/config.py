@@ -86,6 +86,21 @@ class GridConfig:
                 for t in knob.sort_cold_to_hot(self.temperatures) for d in sorted(self.densities)]
 
 
+class _SafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no Python objects) that also reads ``1e9`` as a float, as YAML 1.2
+    does: PyYAML follows YAML 1.1, where a float needs a dot (``1.0e9``), and ``lr: 1e9`` would
+    be the string '1e9'."""
+
+
+_SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def _safe_load(text: str):
+    return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 _SECTIONS = {"data": DataSpec, "model": ModelSpec, "dense": TrainSpec, "prune": PruneSpec,
              "measure": MeasureSpec, "runtime": Runtime}
 
@@ -121,7 +136,7 @@ def _set(tree: dict, dotted: str, raw: str) -> None:
     node = tree
     for k in keys[:-1]:
         node = node.setdefault(k, {})
-    node[keys[-1]] = yaml.safe_load(raw)
+    node[keys[-1]] = _safe_load(raw)
 
 
 def parse_config(raw: dict, overrides: list[str] | None = None) -> GridConfig:
@@ -182,12 +197,12 @@ def validate(cfg: GridConfig) -> None:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> GridConfig:
-    """Read and validate a YAML grid config (``yaml.safe_load``)."""
+    """Read and validate a YAML grid config (safe loading: no Python objects)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = _safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ValueError(f"config file {str(path)!r} is not valid YAML: {e}") from None
     if not isinstance(raw, dict):
