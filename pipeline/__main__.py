@@ -7,7 +7,7 @@ import os
 import sys
 
 from pipeline.config import load_config
-from pipeline.executors import list_executors
+from pipeline.executors import get_executor, list_executors
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -54,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         options = {}
         if args.executor != "serial":
             options = {"workers": args.workers, "scheduler": args.scheduler}
+        try:
+            get_executor(args.executor, **options)      # bad options fail before any compute
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         try:
             runner = GridRunner(cfg, args.experiment, progress=not args.no_progress, tracking_uri=args.tracking_uri)
         except (TrackingUnavailableError, MlflowException, OperationalError) as e:   # bad input: nothing computed

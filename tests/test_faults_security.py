@@ -1,0 +1,104 @@
+"""Security: no code runs from a checkpoint or a config; passwords in store URLs stay secret."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from mlflow.entities import ViewType
+from test_scale_helpers import cli, cli_env, pg_url, postgres_database, tiny, write_config
+
+from pipeline.__main__ import main
+from tracking.artifacts import CorruptArtifactError, load_file, log_files
+from tracking.store import get_client, init_experiment
+
+
+class _Payload:
+    """Unpickling this runs code: it creates ``path``."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+def test_a_checkpoint_carrying_code_is_refused_not_run(tracking_uri, tmp_path):
+    marker = tmp_path / "pwned"
+    client = get_client()
+    run = client.create_run(init_experiment("security"))
+    # written through the project's own writer: the checksum matches, only weights_only stops it
+    log_files(client, run.info.run_id, {"checkpoints/epoch_0001.pt": {"w": torch.ones(2), "x": _Payload(marker)}})
+    with pytest.raises(CorruptArtifactError, match="cannot be read"):
+        load_file(client, run.info.run_id, "checkpoints/epoch_0001.pt")
+    assert not marker.exists()
+
+
+def test_a_config_with_python_tags_is_refused_not_run(tracking_uri, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    config = tmp_path / "evil.yaml"
+    config.write_text(f"experiment: !!python/object/apply:os.mkdir ['{marker}']\nknob: epochs\n"
+                      "temperatures: [2]\ndensities: [0.5]\n")
+    assert main(["grid", str(config)]) == 2
+    assert "is not valid YAML" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_a_password_in_an_unreachable_server_url_is_never_printed(tracking_uri, monkeypatch, tmp_path, capsys):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    config = write_config(tmp_path / "grid.yaml", tiny())
+    try:
+        assert main(["grid", str(config), "--tracking-uri", "http://alice:S3cretPw@127.0.0.1:9"]) == 2
+    finally:
+        mlflow.set_tracking_uri(tracking_uri)        # configure() set the bad one process-wide
+    err = capsys.readouterr().err
+    assert "http://alice:***@127.0.0.1:9" in err and "S3cretPw" not in err
+
+
+PASSWORD = "S3cretPw42"
+
+
+@pytest.mark.slow
+def test_passwords_in_store_urls_are_never_logged_or_printed(tmp_path):
+    """The tuner runs a real cell with both stores behind password URLs (PostgreSQL trusts
+    local connections, so the password is accepted and ignored): nothing shows it."""
+    with postgres_database("three_regime_mlflow") as tracking_db, postgres_database("three_regime_optuna") as study_db:
+        tracking_uri, storage = pg_url(tracking_db, PASSWORD), pg_url(study_db, PASSWORD)
+        config = write_config(tmp_path / "grid.yaml", tiny(temperatures=[3], densities=[0.5]))
+        env = cli_env(tracking_uri, tmp_path / "mlruns")
+        tuned = cli(["selection", "tune", "--config", str(config), "--density", "0.5", "--n-trials", "1",
+                     "--storage", storage, "--tracking-uri", tracking_uri], env)
+        assert tuned.returncode == 0, tuned.stdout + tuned.stderr
+        assert PASSWORD not in tuned.stdout + tuned.stderr
+
+        # a storage that cannot be reached: the error does not show the password either
+        down = cli(["selection", "tune", "--config", str(config), "--density", "0.5", "--n-trials", "1",
+                    "--storage", pg_url("nowhere", PASSWORD).replace(":5432/", ":9/"),
+                    "--tracking-uri", tracking_uri], env)
+        assert down.returncode != 0 and PASSWORD not in down.stdout + down.stderr
+
+        client = MlflowClient(tracking_uri)
+        experiments = client.search_experiments(view_type=ViewType.ALL)
+        runs = client.search_runs([e.experiment_id for e in experiments], run_view_type=ViewType.ALL)
+        assert {r.data.tags.get("run_kind") for r in runs} >= {"dense", "cell", "study", "trial"}
+        for run in runs:
+            assert PASSWORD not in json.dumps([run.data.params, run.data.tags]), run.info.run_name
+        for e in experiments:
+            assert PASSWORD not in json.dumps(e.tags)
+        for path in (tmp_path / "mlruns").rglob("*.json"):
+            assert PASSWORD not in path.read_text(), path
+        import optuna
+
+        from selection.tuner import make_storage
+
+        for summary in optuna.get_all_study_summaries(make_storage(storage)):
+            study = optuna.load_study(study_name=summary.study_name, storage=make_storage(storage))
+            assert PASSWORD not in json.dumps(study.user_attrs, default=str)
+            for trial in study.trials:
+                assert PASSWORD not in json.dumps([trial.user_attrs, trial.system_attrs, trial.params],
+                                                  default=str)
