@@ -3,22 +3,21 @@ to every other cell and exits non-zero."""
 
 from __future__ import annotations
 
-import pytest
 from mlflow import MlflowClient
-from test_scale_helpers import cli, cli_env, runs_of, tiny, write_config
+from test_scale_helpers import runs_of, tiny, write_config
 
+from pipeline.__main__ import main
 from tracking import keys
 
 
-@pytest.mark.slow
-def test_nan_loss_fails_each_cell_with_the_reason_and_exits_non_zero(tracking_uri, tmp_path):
+def test_nan_loss_fails_each_cell_with_the_reason_and_exits_non_zero(tracking_uri, tmp_path, capsys):
     config = write_config(tmp_path / "grid.yaml", tiny())
-    result = cli(["pipeline", "grid", str(config), "--no-progress", "--set", "finetune.lr=1e9"],
-                 cli_env(tracking_uri, tmp_path / "mlruns"))
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "4 cells: 0 computed, 0 cached, 4 failed" in result.stdout
+    code = main(["grid", str(config), "--no-progress", "--set", "finetune.lr=1e9"])
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert "4 cells: 0 computed, 0 cached, 4 failed" in out
     # every cell was attempted and reported (the grid did not stop at the first failure)
-    failed_lines = [line for line in result.stdout.splitlines() if line.strip().startswith("FAILED")]
+    failed_lines = [line for line in out.splitlines() if line.strip().startswith("FAILED")]
     assert len(failed_lines) == 4 and all("non-finite training loss" in line for line in failed_lines)
 
     client = MlflowClient(tracking_uri)

@@ -62,13 +62,20 @@ def test_missing_config_file(tracking_uri, tmp_path, capsys):
     assert "nope.yaml" in capsys.readouterr().err
 
 
-def test_unreachable_tracking_server_is_a_clear_error(monkeypatch, tmp_path, capsys):
+def test_unreachable_tracking_server_is_a_clear_error_without_the_password(tracking_uri, monkeypatch,
+                                                                            tmp_path, capsys):
+    import mlflow
+
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")     # only the project's backoff
     config = write_config(tmp_path / "grid.yaml", tiny())
-    assert main(["grid", str(config), "--tracking-uri", "http://127.0.0.1:9"]) == 2
+    try:
+        assert main(["grid", str(config), "--tracking-uri", "http://alice:S3cretPw@127.0.0.1:9"]) == 2
+    finally:
+        mlflow.set_tracking_uri(tracking_uri)        # configure() set the bad one process-wide
     err = capsys.readouterr().err
-    assert "--tracking-uri='http://127.0.0.1:9'" in err and "unreachable after 5 attempts" in err
+    assert "--tracking-uri='http://alice:***@127.0.0.1:9'" in err and "unreachable after 5 attempts" in err
     assert "allowed: a reachable http(s):// tracking server" in err
+    assert "S3cretPw" not in err                      # MLflow's own message repeats the URL
 
 
 def test_malformed_yaml_through_the_real_command(tmp_path):

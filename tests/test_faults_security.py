@@ -47,19 +47,7 @@ def test_a_config_with_python_tags_is_refused_not_run(tracking_uri, tmp_path, ca
     assert not marker.exists()
 
 
-def test_a_password_in_an_unreachable_server_url_is_never_printed(tracking_uri, monkeypatch, tmp_path, capsys):
-    import mlflow
-
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    config = write_config(tmp_path / "grid.yaml", tiny())
-    try:
-        assert main(["grid", str(config), "--tracking-uri", "http://alice:S3cretPw@127.0.0.1:9"]) == 2
-    finally:
-        mlflow.set_tracking_uri(tracking_uri)        # configure() set the bad one process-wide
-    err = capsys.readouterr().err
-    assert "http://alice:***@127.0.0.1:9" in err and "S3cretPw" not in err
-
-
+# An unreachable server URL with a password: tests/test_faults_input.py (not printed either).
 PASSWORD = "S3cretPw42"
 
 
