@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -116,6 +116,9 @@ class GridRunner:
         stale_after = state.pop("stale_after")
         self.__dict__.update(state)
         self.progress = False               # no progress bars in worker logs
+        if not self.cfg.runtime.workers:
+            # "one per core" on a worker: the executor already runs a worker process per core
+            self.cfg = replace(self.cfg, runtime=replace(self.cfg.runtime, workers=1))
         configure(self.uri)
         self.client = get_client()
         self.cache = RunCache(self.client, self.experiment_id, stale_after)

@@ -61,6 +61,8 @@ def test_grid_runner_pickles_to_a_worker_with_its_own_client(tracking_uri):
     clone = cloudpickle.loads(cloudpickle.dumps(runner))
     assert clone.client is not runner.client and clone.uri == tracking_uri
     assert clone.cache.experiment_id == runner.experiment_id and not clone.progress
+    # a worker process is one core's share: no second fan-out of model chunks inside it
+    assert runner.cfg.runtime.workers == 0 and clone.cfg.runtime.workers == 1
     # the rebuilt client really talks to the same store
     assert clone.client.get_experiment(runner.experiment_id).name == runner.experiment
 
