@@ -236,3 +236,21 @@ def dense_hash(dense: DenseSpec) -> str:
 
 def cell_hash(cell: CellSpec, dense: DenseSpec) -> str:
     return cell.spec_hash(parent=dense_hash(dense))
+
+
+def spec_from_dict(cls: type, values: dict):
+    """Rebuild a spec from ``to_dict()`` output (nested specs included); unknown keys are errors."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        value = values[f.name]
+        hint = hints[f.name]
+        if isinstance(hint, type) and issubclass(hint, Spec) and isinstance(value, dict):
+            value = spec_from_dict(hint, value)
+        kwargs[f.name] = value
+    unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}")
+    return cls(**kwargs)

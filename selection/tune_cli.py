@@ -50,6 +50,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                       "$MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db)")
     tune.add_argument("--no-mlflow", action="store_true",
                       help="do not log the study and its trials to MLflow")
+    tune.add_argument("--no-register", action="store_true",
+                      help="do not register the best trial's pruned model "
+                           "(default: registered as <study>-pruned, alias champion)")
     tune.set_defaults(func=run_tune)
 
     replay = subparsers.add_parser(
@@ -110,7 +113,8 @@ def run_tune(args: argparse.Namespace,
             predictor, labeller = classifier_callables(model, args.density)
         logger = None if args.no_mlflow else MlflowTrialLogger(
             experiment, study_params={keys.KNOB: cfg.knob, keys.DENSITY: args.density,
-                                      keys.SAMPLER: args.sampler})
+                                      keys.SAMPLER: args.sampler},
+            register_best=None if args.no_register else _register_best)
         study = tune(lookup, density=args.density, temperature_space=list(cfg.temperatures),
                      knob=cfg.knob, n_trials=args.n_trials, sampler=args.sampler,
                      seed=args.seed, storage=args.storage, study_name=args.study,
@@ -134,6 +138,19 @@ def run_tune(args: argparse.Namespace,
           f"({cfg.knob}), val_acc {best.value:.4f}, regime {best.user_attrs.get(keys.REGIME)}, "
           f"trial {best.number}")
     return 0
+
+
+def _register_best(study, best, study_run_id: str) -> None:
+    """Register the best trial's pruned model (its cell run's best-validation copy)."""
+    from pipeline.registry import register_cell_model
+    from tracking.tables import RUN_ID
+
+    cell_run = best.user_attrs.get(RUN_ID)
+    if not cell_run:
+        return
+    name = f"{study.study_name}-pruned"
+    version = register_cell_model(cell_run, name)
+    print(f"registered the best trial's pruned model: models:/{name}@champion (version {version})")
 
 
 def _grid_run_or_none(experiment: str) -> str | None:

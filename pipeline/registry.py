@@ -1,0 +1,52 @@
+"""Register a selected pruned model in the MLflow model registry, with an alias.
+
+Checkpoints of every cell are plain ``state_dict`` artifacts (fast); only models a user (or
+the tuner) selects become registered models, logged with ``mlflow.pytorch.log_model`` (an
+input example and a signature, which takes seconds) and addressed by alias, never by stage.
+"""
+
+from __future__ import annotations
+
+import mlflow
+
+from pipeline.data import load_dataset
+from pipeline.models import build_model
+from pipeline.specs import CellSpec, DenseSpec, spec_from_dict
+from tracking import keys
+from tracking.artifacts import load_file
+from tracking.store import get_client, with_retries
+
+
+def register_cell_model(cell_run_id: str, name: str, alias: str = "champion",
+                        description: str | None = None) -> str:
+    """Register the fine-tuned copy of a cell with the best VALIDATION accuracy; returns the
+    model version. The logged model takes ``[N, C, ...]`` inputs and returns logits."""
+    client = get_client()
+    run = client.get_run(cell_run_id)
+    spec = load_file(client, cell_run_id, keys.ARTIFACT_SPEC)
+    cell: CellSpec = spec_from_dict(CellSpec, spec["cell"])
+    dense: DenseSpec = spec_from_dict(DenseSpec, spec["dense"])
+    seeds = list(cell.finetune.seeds)
+    val = [run.data.metrics.get(keys.member_metric(keys.VAL_ACC, s), float("-inf")) for s in seeds]
+    seed = seeds[max(range(len(seeds)), key=lambda i: val[i])]
+    state = load_file(client, cell_run_id, f"{keys.ARTIFACT_FINETUNED_DIR}/seed_{seed}.pt")
+    data = load_dataset(dense.data)
+    model = build_model(dense.model, data.input_shape, data.num_classes)
+    model.load_state_dict(state)
+    model.eval()
+    example = data.x_val[:2].cpu().numpy() if len(data.x_val) else data.x_test[:2].cpu().numpy()
+    with mlflow.start_run(run_id=cell_run_id, nested=True):
+        info = mlflow.pytorch.log_model(model, name="pruned_model", input_example=example)
+    version = with_retries(mlflow.register_model, info.model_uri, name)
+    with_retries(client.set_registered_model_alias, name, alias, version.version)
+    text = description or (
+        f"Pruned {dense.model.name} on {dense.data.name}: {cell.knob}={cell.temperature:g}, density "
+        f"{cell.prune.density:g} ({cell.prune.method}), fine-tune seed {seed} (best validation accuracy "
+        f"{max(val):.4f} of the cell's copies). Source cell run {cell_run_id}.")
+    with_retries(client.update_model_version, name, version.version, description=text)
+    with_retries(client.update_registered_model, name, description=(
+        "Pruned models selected by the regime-guided tuner; load with "
+        f"mlflow.pytorch.load_model('models:/{name}@{alias}')."))
+    return version.version
+
+
