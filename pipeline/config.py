@@ -189,6 +189,12 @@ def validate(cfg: GridConfig) -> None:
     from pipeline.prune import check_pruning
 
     check_dataset(cfg.data)
+    if cfg.runtime.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"runtime.device={cfg.runtime.device!r} but no CUDA GPU is visible; "
+                             "allowed here: cpu (--set runtime.device=cpu)")
     check_model(cfg.model)
     check_pruning(cfg.prune)
     check_metrics(cfg.measure)
