@@ -64,8 +64,7 @@ class GridSummary:
 
 def cell_name(cell: CellSpec, dense_seed: int) -> str:
     """A readable run name for the MLflow UI, e.g. ``epochs=40 d=0.10 s=0``."""
-    t = int(cell.temperature) if float(cell.temperature).is_integer() else cell.temperature
-    return f"{cell.knob}={t} d={cell.prune.density:.2f} s={dense_seed}"
+    return f"{cell.knob}={_number(cell.temperature)} d={cell.prune.density:.2f} s={dense_seed}"
 
 
 def dense_name(cfg: GridConfig, dense: DenseSpec) -> str:
@@ -131,6 +130,7 @@ class GridRunner:
         summary = GridSummary(self.experiment, None, cells=len(points))
         remaining = {cell_hash(c, d): (d, c, s) for d, c, s in points}
         grid_run = parent_run_id or self._grid_run(sorted(remaining))
+        self.grid_run_id = grid_run     # dense runs started by this grid nest under it
         summary.grid_run_id = grid_run
         waited = 0.0
         # Rounds: compute what is free; cells another live process holds are polled until they
@@ -311,6 +311,7 @@ class GridRunner:
                             return "reopened", self.cache.reopen(entry.resumable)
                         if entry.active is None:
                             return "new", self.cache.start(h, keys.KIND_DENSE, dense_name(self.cfg, dense),
+                                                           parent_run_id=getattr(self, "grid_run_id", None),
                                                            params=_dense_params(self.cfg, dense))
             time.sleep(self.poll_seconds)   # another live process trains it: wait for its result
 
@@ -326,7 +327,8 @@ class GridRunner:
         claims = self.cache.claim_many(
             {h: {"run_name": cell_name(c, s), "parent_run_id": grid_run,
                  "params": _cell_params(self.cfg, d, c, s, dense_runs[dense_hash(d)]),
-                 "tags": {keys.KNOB: c.knob, keys.TEMPERATURE: c.temperature, keys.DENSITY: c.prune.density}}
+                 "tags": {keys.KNOB: c.knob, keys.TEMPERATURE: _number(c.temperature),
+                          keys.DENSITY: c.prune.density}}
              for h, (d, c, s) in points.items() if looked[h].finished is None and looked[h].active is None},
             keys.KIND_CELL)
         runs = {h: claim.run_id for h, claim in claims.items() if claim.won}
@@ -452,6 +454,11 @@ def _cell_params(cfg: GridConfig, dense: DenseSpec, cell: CellSpec, seed: int, d
             keys.MODEL: dense.model.name, keys.DENSE_SPEC_HASH: dense_hash(dense), "dense_run_id": dense_run}
 
 
+def _number(value: float) -> int | float:
+    """40.0 -> 40 for tags and names shown in the UI; other floats unchanged."""
+    return int(value) if float(value).is_integer() else value
+
+
 def run_grid(cfg: GridConfig, experiment: str | None = None, executor: str = "serial",
              progress: bool = True, executor_options: dict | None = None) -> GridSummary:
     """Run (or resume) every cell of ``cfg``; see ``GridRunner``."""
@@ -462,11 +469,16 @@ def ensure_cell(cfg: GridConfig, temperature: float, density: float, dense_seed:
                 experiment: str | None = None, parent_run_id: str | None = None,
                 progress: bool = False) -> dict:
     """The results-table row of one cell, computing it (and its dense run) only if needed."""
+    from tracking.store import latest_finished_run
     from tracking.tables import run_row
 
     seed = cfg.dense_seeds[0] if dense_seed is None else dense_seed
     runner = GridRunner(cfg, experiment, progress)
     dense, cell = cfg.cell(temperature, density, seed)
+    if parent_run_id is None:
+        # a lone cell joins the experiment's latest grid rather than opening a one-cell grid run
+        latest = latest_finished_run(runner.client, runner.experiment_id, keys.KIND_GRID)
+        parent_run_id = latest.info.run_id if latest is not None else None
     summary = runner.run([(dense, cell, seed)], parent_run_id=parent_run_id)
     if summary.failed:
         raise RuntimeError(f"cell {cell_name(cell, seed)} failed: {summary.failed[0][1]}")

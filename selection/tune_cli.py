@@ -148,8 +148,17 @@ def _register_best(study, best, study_run_id: str) -> None:
     cell_run = best.user_attrs.get(RUN_ID)
     if not cell_run:
         return
+    from mlflow.exceptions import MlflowException
+
+    from tracking.artifacts import CorruptArtifactError
+
     name = f"{study.study_name}-pruned"
-    version = register_cell_model(cell_run, name)
+    try:
+        version = register_cell_model(cell_run, name)
+    except (MlflowException, CorruptArtifactError) as e:
+        # the study's result stands without it; say why nothing was registered
+        print(f"warning: the best trial's model was not registered: {e}", file=sys.stderr)
+        return
     print(f"registered the best trial's pruned model: models:/{name}@champion (version {version})")
 
 
