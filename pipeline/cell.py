@@ -25,7 +25,7 @@ from pipeline.models import build_model, split_members, stack_members
 from pipeline.parallel import map_chunks, split
 from pipeline.prune import Masks, prune, realized_density
 from pipeline.specs import CellSpec, DenseSpec, cell_hash
-from pipeline.train import EpochReport, evaluate, total_epochs, train
+from pipeline.train import EpochReport, evaluate, steps_per_epoch, total_epochs, train
 
 State = dict[str, torch.Tensor]
 
@@ -177,4 +177,4 @@ def finetune_steps(jobs_count: int, cell: CellSpec, n_train: int, max_members: i
     """Optimizer steps ``run_cells`` will take (for progress bars)."""
     chunks = len(split(jobs_count * len(cell.finetune.seeds), max_members, workers))
     tr = cell.finetune.train
-    return chunks * (tr.iterations or total_epochs(tr, n_train) * math.ceil(n_train / min(tr.batch_size, n_train)))
+    return chunks * (tr.iterations or total_epochs(tr, n_train) * steps_per_epoch(n_train, min(tr.batch_size, n_train)))

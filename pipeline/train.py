@@ -34,7 +34,10 @@ def derive_seed(*parts) -> int:
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
-    return math.ceil(n / batch_size)
+    """Optimizer steps per epoch: a trailing batch of ONE example is skipped (no BatchNorm
+    statistics from one example), so it is not counted."""
+    full, rest = divmod(n, batch_size)
+    return full + (rest > 1 or (full == 0 and rest == 1))
 
 
 def total_epochs(spec: TrainSpec, n: int) -> int:
