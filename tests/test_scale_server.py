@@ -60,8 +60,11 @@ def test_grid_on_a_postgresql_tracking_server_survives_a_server_outage(tmp_path)
 
             server.start()                     # same port, same database, same artifacts
             finished_before = set(finished_per_hash(client, exp, keys.KIND_CELL))
-            rerun = cli(args, env)
+            # credentials in the URI (this server ignores them): never printed
+            secret_uri = server.uri.replace("http://", "http://alice:S3cretPw@")
+            rerun = cli(args, cli_env(secret_uri))
             assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+            assert "S3cretPw" not in rerun.stdout + rerun.stderr
             assert _summary(rerun.stdout) == {"cells": 4, "computed": 4 - len(finished_before),
                                               "cached": len(finished_before), "failed": 0}
             per_hash = finished_per_hash(client, exp, keys.KIND_CELL)

@@ -49,6 +49,9 @@ def configure(tracking_uri: str | None = None) -> str:
     """
     uri = tracking_uri or os.environ.get(ENV_TRACKING_URI) or default_tracking_uri()
     os.environ[ENV_TRACKING_URI] = uri
+    # With a tracking server MLflow prints "View run <name> at: <URI>/..." for every run it
+    # ends: two lines per cell, and the URI's password with them (http://user:pw@host).
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     mlflow.set_tracking_uri(uri)
     return uri
 
