@@ -1,7 +1,9 @@
 """Benchmark (a): one demo cell, plain per-model loop vs batched, side by side.
 
-Fine-tuning: K seeds one model at a time (``max_members=1``) vs the K seeds -- and, as the grid
-runner does, all the cells of one dense checkpoint -- trained as one M-member model.
+Fine-tuning: K seeds one model at a time (``max_members=1``, one process with ``--threads``
+torch threads) vs the K seeds -- and, as the grid runner does, all the cells of one dense
+checkpoint -- trained as multi-member models, chunks side by side (``runtime.workers``, one
+torch thread each).
 LMC + CKA: every interpolation point of every pair evaluated one model at a time vs together.
 Both sides do the same work on the same inputs; the metrics are compared too.
 
@@ -32,6 +34,7 @@ from pipeline.models import (
     build_model,  # noqa: E402
     stack_members,  # noqa: E402
 )
+from pipeline.parallel import map_chunks, split  # noqa: E402
 from pipeline.train import train  # noqa: E402
 
 
@@ -71,7 +74,7 @@ def main() -> None:
           f"{k} seeds, {ft.train.epochs} fine-tune epochs over {n} examples; {args.threads} threads")
 
     # --- fine-tuning alone: same members, same seeds, same masks --------------------------
-    def finetune(members_at_once: int, cells: list) -> float:
+    def finetune(members_at_once: int, cells: list, workers: int) -> float:
         from pipeline.prune import prune
 
         plain = build_model(dense.model, data.input_shape, data.num_classes)
@@ -81,20 +84,23 @@ def main() -> None:
             mask = prune({n_: state[n_] for n_ in names}, cell.prune)
             pruned = {kk: (v * mask[kk] if kk in mask else v) for kk, v in state.items()}
             members += [(pruned, mask, s) for s in ft.seeds]
-        start = time.perf_counter()
-        for i in range(0, len(members), members_at_once):
-            chunk = members[i:i + members_at_once]
+        def run(rng: range) -> None:
+            chunk = [members[i] for i in rng]
             model = build_model(dense.model, data.input_shape, data.num_classes, len(chunk))
             model.load_state_dict(stack_members([c[0] for c in chunk]))
             masks = {nm: torch.cat([c[1][nm] for c in chunk]) for nm in names}
             train(model, data, ft.train, [c[2] for c in chunk], masks=masks, stream="finetune")
+
+        start = time.perf_counter()
+        map_chunks(run, split(len(members), members_at_once, workers), workers)
         return time.perf_counter() - start
 
     one_cell = jobs[:1]
-    ft_plain = finetune(1, one_cell)
-    ft_cell = finetune(k, one_cell)
-    ft_grid_plain = finetune(1, jobs)
-    ft_grid = finetune(cfg.runtime.max_members, jobs)
+    workers = cfg.runtime.resolved_workers()
+    ft_plain = finetune(1, one_cell, 1)
+    ft_cell = finetune(k, one_cell, workers)
+    ft_grid_plain = finetune(1, jobs, 1)
+    ft_grid = finetune(cfg.runtime.max_members, jobs, workers)
     print(f"fine-tune one cell ({k} models): plain {ft_plain:.2f} s, batched {ft_cell:.2f} s, "
           f"x{ft_plain / ft_cell:.2f}")
     print(f"fine-tune one dense checkpoint's cells ({len(jobs) * k} models): plain {ft_grid_plain:.2f} s, "
@@ -111,7 +117,8 @@ def main() -> None:
     land_plain, plain_m = timed(lambda: measure_pairs(build, fin, pairs, data.x_train, data.y_train,
                                                       cfg.measure, max_members=1))
     land_batched, batched_m = timed(lambda: measure_pairs(build, fin, pairs, data.x_train, data.y_train,
-                                                          cfg.measure, max_members=cfg.runtime.max_members))
+                                                          cfg.measure, max_members=cfg.runtime.max_members,
+                                                          workers=workers))
     diff_lmc = max(abs(a.lmc_barrier - b.lmc_barrier) for a, b in zip(plain_m, batched_m, strict=True))
     diff_cka = max(abs(a.cka - b.cka) for a, b in zip(plain_m, batched_m, strict=True))
     n_models = len(pairs) * cfg.measure.lmc_points
@@ -125,7 +132,7 @@ def main() -> None:
         "finetune_plain_s": round(ft_grid_plain, 3), "finetune_batched_s": round(ft_grid, 3),
         "landscape_plain_s": round(land_plain, 3), "landscape_batched_s": round(land_batched, 3),
         "landscape_max_abs_diff_barrier": diff_lmc, "landscape_max_abs_diff_cka": diff_cka,
-        "dense_seconds": round(dense_seconds, 3), "threads": args.threads,
+        "dense_seconds": round(dense_seconds, 3), "threads": args.threads, "workers": workers,
         "mean_test_acc": statistics.fmean(a for r in results for a in r.test_acc),
     }
     print(json.dumps(figures))

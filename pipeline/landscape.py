@@ -103,21 +103,34 @@ def lmc_curves(build: Callable[[int], EnsembleModel], states: list[State], pairs
         x, y: the NON-augmented training set (all of it: the average is exact).
     """
     ts = torch.linspace(0, 1, points).tolist()
-    jobs = [(p, i, t) for p in range(len(pairs)) for i, t in enumerate(ts)]
-    curves = [[float("nan")] * points for _ in pairs]
+    # The endpoints of pairs that share a copy are the same model (t=0 gives a exactly, t=1 gives
+    # b exactly) with the same re-estimated statistics: evaluate each distinct point once.
+    # K=3 copies in 3 pairs: 27 distinct models instead of 33.
+    keys: dict[tuple, int] = {}
+    where: list[list[int]] = []
+    for a, b in pairs:
+        row = []
+        for i in range(points):
+            key = ("copy", a) if i == 0 else ("copy", b) if i == points - 1 else ("path", a, b, i)
+            row.append(keys.setdefault(key, len(keys)))
+        where.append(row)
+    jobs = list(keys)
+    errors = [float("nan")] * len(jobs)
+
+    def state_of(key: tuple) -> State:
+        if key[0] == "copy":
+            return states[key[1]]
+        return interpolate(states[key[1]], states[key[2]], ts[key[3]])
 
     def run(chunk_range: range) -> None:
-        chunk = [jobs[j] for j in chunk_range]
-        model = build(len(chunk))
-        model.load_state_dict(stack_members(
-            [interpolate(states[pairs[p][0]], states[pairs[p][1]], t) for p, _, t in chunk]))
+        model = build(len(chunk_range))
+        model.load_state_dict(stack_members([state_of(jobs[j]) for j in chunk_range]))
         reestimate_bn(model, x, bn_batch_size)
-        errs = _errors(model, x, y)
-        for (p, i, _), e in zip(chunk, errs.tolist(), strict=True):
-            curves[p][i] = e
+        for j, e in zip(chunk_range, _errors(model, x, y).tolist(), strict=True):
+            errors[j] = e
 
     map_chunks(run, split(len(jobs), max_members, workers), workers)
-    return curves
+    return [[errors[j] for j in row] for row in where]
 
 
 def linear_cka(a: torch.Tensor, b: torch.Tensor) -> float:
