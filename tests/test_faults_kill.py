@@ -107,6 +107,8 @@ def test_sigkill_mid_dense_and_mid_cells_then_rerun_finishes(tracking_uri, tmp_p
     # no data lost: every finished cell's artifacts verify against their checksums
     for run in runs_of(client, exp, keys.KIND_CELL, "FINISHED"):
         assert load_file(client, run.info.run_id, keys.ARTIFACT_MASK)
+    print(f"SIGKILL: {len(finished_before)} cells finished before the kill, {len(in_flight)} in flight; "
+          f"re-run computed {counts['computed']}, duplicated 0; dense resumed in run {dense.info.run_id}")
 
 
 class _Killed(BaseException):
