@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from mlflow import MlflowClient
+from tiny import TINY  # noqa: E402  (tests are on sys.path)
 
 import pipeline.grid as grid_mod
 from pipeline.config import parse_config
@@ -12,19 +13,6 @@ from pipeline.grid import GridRunner, checkpoint_path, run_grid
 from tracking import keys
 from tracking.artifacts import load_file
 from tracking.tables import RESULT_COLUMNS, results_table
-
-TINY = {
-    "experiment": "tiny",
-    "knob": "epochs",
-    "temperatures": [1, 3],
-    "densities": [0.2, 0.6],
-    "data": {"name": "mnist1d", "train_subset": 300},
-    "model": {"name": "cnn1d", "width": 0.5},
-    "dense": {"epochs": 3, "batch_size": 32},
-    "finetune": {"epochs": 1, "batch_size": 32, "seeds": [0, 1], "last_epochs": 1},
-    "measure": {"lmc_points": 3, "cka_examples": 100},
-    "runtime": {"threads": 1},
-}
 
 
 def tiny(**changes) -> object:

@@ -14,7 +14,7 @@ from tracking.tables import results_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from test_grid import TINY  # noqa: E402  (tests are on sys.path)
+from tiny import TINY  # noqa: E402  (tests are on sys.path)
 
 
 def _mlflow_run(entry: str, params: dict, env: dict) -> subprocess.CompletedProcess:

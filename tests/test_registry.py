@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlflow
 import torch
 from mlflow import MlflowClient
-from test_grid import TINY  # noqa: E402  (tests are on sys.path: rootdir-relative)
+from tiny import TINY  # noqa: E402  (tests are on sys.path: rootdir-relative)
 
 from pipeline.config import parse_config
 from pipeline.grid import ensure_cell

@@ -17,24 +17,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny import TINY as TINY_GRID  # noqa: E402  (tests are on sys.path)
 
 REPO = Path(__file__).resolve().parent.parent
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 
-# 2 temperatures x 2 densities of MNIST-1D on a half-width 1-D CNN: seconds per cell on a CPU
-TINY = {
-    "experiment": "scale-tiny",
-    "knob": "epochs",
-    "temperatures": [2, 3],
-    "densities": [0.2, 0.6],
-    "data": {"name": "mnist1d", "train_subset": 300},
-    "model": {"name": "cnn1d", "width": 0.5},
-    "dense": {"epochs": 3, "batch_size": 32},
-    "finetune": {"epochs": 1, "batch_size": 32, "seeds": [0, 1], "last_epochs": 1},
-    "measure": {"lmc_points": 3, "cka_examples": 100},
-    "runtime": {"threads": 1},
-}
-
+TINY = {**TINY_GRID, "experiment": "scale-tiny", "temperatures": [2, 3]}
 
 def tiny(**changes) -> dict:
     """The tiny config with top-level keys replaced."""

@@ -27,6 +27,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from test_scale_helpers import REPO, MlflowServer, cli, cli_env, write_config
+from tiny import TINY  # noqa: E402  (tests are on sys.path)
 
 from tracking import keys
 
@@ -39,21 +40,8 @@ WAIT = 60            # seconds for a page element: the React app fetches after i
 
 EXPERIMENT = "ui-tiny"
 DESCRIPTION = "Tiny grid for the MLflow UI test: epochs x density on MNIST-1D."
-# 2 temperatures x 2 densities x 2 dense seeds of MNIST-1D on a half-width 1-D CNN
-CONFIG = {
-    "experiment": EXPERIMENT,
-    "description": DESCRIPTION,
-    "knob": "epochs",
-    "temperatures": [1, 3],
-    "densities": [0.2, 0.6],
-    "dense_seeds": [0, 1],
-    "data": {"name": "mnist1d", "train_subset": 300},
-    "model": {"name": "cnn1d", "width": 0.5},
-    "dense": {"epochs": 3, "batch_size": 32},
-    "finetune": {"epochs": 1, "batch_size": 32, "seeds": [0, 1], "last_epochs": 1},
-    "measure": {"lmc_points": 3, "cka_examples": 100},
-    "runtime": {"threads": 1},
-}
+# 2 temperatures x 2 densities x 2 dense seeds of the shared tiny grid
+CONFIG = {**TINY, "experiment": EXPERIMENT, "description": DESCRIPTION, "dense_seeds": [0, 1]}
 TUNE_DENSITY = 0.2
 TUNE_TRIALS = 2
 
