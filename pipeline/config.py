@@ -165,7 +165,7 @@ def parse_config(raw: dict, overrides: list[str] | None = None) -> GridConfig:
                 raise ValueError(f"config.{key}={value!r}: must be a non-empty list")
             kwargs[key] = tuple(value)
     for d in kwargs["densities"]:
-        if not isinstance(d, (int, float)) or not 0 < d <= 1:
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 < d <= 1:
             raise ValueError(f"config.densities contains {d!r}: densities must be in (0, 1] (fraction kept)")
     seed_lists = [("config.dense_seeds", kwargs.get("dense_seeds", ()))]
     if "finetune" in kwargs:

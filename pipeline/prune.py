@@ -51,7 +51,7 @@ def realized_density(masks: Masks) -> float:
 
 
 def _keep_top(scores: torch.Tensor, k: int) -> torch.Tensor:
-    mask = torch.zeros(scores.numel())
+    mask = torch.zeros(scores.numel(), device=scores.device)
     if k > 0:
         mask[torch.topk(scores.reshape(-1), k, sorted=False).indices] = 1.0
     return mask.view(scores.shape)

@@ -36,3 +36,8 @@ def test_cuda_device_without_gpu_is_a_clear_error(tmp_path):
         pytest.skip("a CUDA GPU is visible: the error cannot be provoked here")
     with pytest.raises(ValueError, match="runtime.device='cuda'"):
         load_config(CONFIGS[0].parent / "demo.yaml", ["runtime.device=cuda"])
+
+
+def test_a_boolean_density_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="densities contains True"):
+        load_config(CONFIGS[0].parent / "demo.yaml", ["densities=[true]"])
