@@ -23,7 +23,7 @@ import torch  # noqa: E402
 
 from pipeline.data import Dataset, _augmentation  # noqa: E402
 from pipeline.models import build_model, stack_members  # noqa: E402
-from pipeline.prune import prune  # noqa: E402
+from pipeline.prune import apply_masks, prune  # noqa: E402
 from pipeline.specs import ModelSpec, PruneSpec, TrainSpec  # noqa: E402
 from pipeline.train import train  # noqa: E402
 
@@ -66,7 +66,7 @@ def main() -> None:
     state = {k: v.detach().cpu() for k, v in dense.state_dict().items()}
     names = dense.prunable_names()
     mask = prune({k: state[k] for k in names}, PruneSpec(density=0.1, method="uniform"))
-    pruned = {k: (v * mask[k] if k in mask else v) for k, v in state.items()}
+    pruned = apply_masks(state, mask)
 
     def finetune(members: int):
         def run():

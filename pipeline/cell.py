@@ -23,9 +23,9 @@ from pipeline.data import Dataset
 from pipeline.landscape import PairMetrics, all_pairs, measure_pairs
 from pipeline.models import build_model, split_members, stack_members
 from pipeline.parallel import map_chunks, split
-from pipeline.prune import Masks, prune, realized_density
+from pipeline.prune import Masks, apply_masks, prune, realized_density
 from pipeline.specs import CellSpec, DenseSpec, cell_hash
-from pipeline.train import EpochReport, evaluate, steps_per_epoch, total_epochs, train
+from pipeline.train import EpochReport, evaluate, total_epochs, total_iterations, train
 
 State = dict[str, torch.Tensor]
 
@@ -111,7 +111,7 @@ def run_cells(jobs: list[tuple[CellSpec, DenseSpec, State]], data: Dataset, max_
         plain.load_state_dict(state)
         dense_accs.append(float(evaluate(plain, data.x_test, data.y_test)[0]))
         mask = prune(prunable_weights(state, names), cell.prune)
-        pruned = {k: (v * mask[k] if k in mask else v.clone()) for k, v in state.items()}
+        pruned = apply_masks(state, mask)
         plain.load_state_dict(pruned)
         pruned_accs.append(float(evaluate(plain, data.x_test, data.y_test)[0]))
         pruned_states.append(pruned)
@@ -176,5 +176,4 @@ def finetune_steps(jobs_count: int, cell: CellSpec, n_train: int, max_members: i
                    workers: int = 1) -> int:
     """Optimizer steps ``run_cells`` will take (for progress bars)."""
     chunks = len(split(jobs_count * len(cell.finetune.seeds), max_members, workers))
-    tr = cell.finetune.train
-    return chunks * (tr.iterations or total_epochs(tr, n_train) * steps_per_epoch(n_train, min(tr.batch_size, n_train)))
+    return chunks * total_iterations(cell.finetune.train, n_train)

@@ -23,7 +23,7 @@ from pipeline.data import load_dataset
 from pipeline.dense import FINAL, train_dense
 from pipeline.executors import Node, get_executor
 from pipeline.specs import CellSpec, DenseSpec, cell_hash, dense_hash
-from pipeline.train import TrainState, steps_per_epoch, total_epochs
+from pipeline.train import TrainState, total_epochs, total_iterations
 from tracking import keys
 from tracking.artifacts import CorruptArtifactError, load_file, log_files
 from tracking.cache import RunCache
@@ -266,7 +266,7 @@ class GridRunner:
                 self.cache.heartbeat(run_id)
                 last_beat[0] = time.time()
 
-        steps = dense.train.iterations or epochs * steps_per_epoch(n, min(dense.train.batch_size, n))
+        steps = total_iterations(dense.train, n)
         with self.cache.computing(run_id), self._bar(steps, dense_name(self.cfg, dense)) as bar:
             if resume is not None:
                 bar.update(resume.iteration)

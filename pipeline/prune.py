@@ -45,6 +45,11 @@ def prune(weights: dict[str, torch.Tensor], spec: PruneSpec) -> Masks:
     return _METHODS[spec.method]({k: w.detach().float() for k, w in weights.items()}, spec.density, spec.seed)
 
 
+def apply_masks(state: dict[str, torch.Tensor], masks: Masks) -> dict[str, torch.Tensor]:
+    """A copy of ``state`` with the pruned weights zeroed (entries without a mask copied)."""
+    return {k: (v * masks[k] if k in masks else v.clone()) for k, v in state.items()}
+
+
 def realized_density(masks: Masks) -> float:
     kept = sum(int(m.sum().item()) for m in masks.values())
     return kept / sum(m.numel() for m in masks.values())

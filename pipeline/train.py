@@ -47,6 +47,11 @@ def total_epochs(spec: TrainSpec, n: int) -> int:
     return spec.epochs
 
 
+def total_iterations(spec: TrainSpec, n: int) -> int:
+    """Optimizer steps the recipe takes over ``n`` examples (its length for schedules)."""
+    return spec.iterations or spec.epochs * steps_per_epoch(n, spec.batch_size)
+
+
 def lr_at(spec: TrainSpec, epoch: int, iteration: int, n: int) -> float:
     """Learning rate at a 0-based ``epoch`` / global ``iteration``.
 
@@ -55,7 +60,7 @@ def lr_at(spec: TrainSpec, epoch: int, iteration: int, n: int) -> float:
     """
     if spec.schedule == "constant":
         return spec.lr
-    length = spec.iterations or spec.epochs * steps_per_epoch(n, spec.batch_size)
+    length = total_iterations(spec, n)
     if spec.schedule == "cosine":
         return 0.5 * spec.lr * (1 + math.cos(math.pi * min(iteration, length) / length))
     if spec.iterations:
@@ -114,9 +119,8 @@ def train(model: EnsembleModel, data: Dataset, spec: TrainSpec, seeds: list[int]
     device = data.x_train.device
     n = len(data.x_train)
     bs = min(spec.batch_size, n)
-    spe = steps_per_epoch(n, bs)
     epochs = total_epochs(spec, n)
-    last_iteration = spec.iterations or epochs * spe
+    last_iteration = total_iterations(spec, n)
     opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum,
                           weight_decay=spec.weight_decay)
     gens = [torch.Generator().manual_seed(derive_seed(stream, s)) for s in seeds]
