@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from tracking import keys
-from tracking.tables import validate_table
+from tracking.tables import require_columns, validate_table
 
 # Columns holding fractions: a value beyond these bounds means the table is in percent.
 _ACCURACY_COLUMNS = (keys.TEST_ACC, keys.VAL_ACC, keys.DENSE_ACC, keys.PRUNED_ACC)
@@ -57,14 +57,7 @@ def check_table(df: pd.DataFrame, required: Sequence[str], *, allow_nan: bool = 
     Raises:
         ValueError: naming the column and the rows at fault.
     """
-    if not isinstance(df, pd.DataFrame):
-        raise ValueError(f"a results table must be a pandas DataFrame, got {type(df).__name__}")
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise ValueError(f"results table lacks required column(s) {missing}; "
-                         f"it has {list(df.columns)}")
-    if df.empty:
-        raise ValueError("results table is empty: it has no cells (rows)")
+    require_columns(df, required)   # before the units check, which reads the columns
     check_units(df)
     # tracking's check: numeric columns, allowed ranges, duplicate cells
     validate_table(df, list(required))

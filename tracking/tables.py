@@ -93,6 +93,18 @@ def _ended(run: Run) -> tuple[int, int]:
     return run.info.end_time or 0, run.info.start_time or 0
 
 
+def require_columns(df: pd.DataFrame, required: Sequence[str]) -> None:
+    """The table is a non-empty DataFrame with the ``required`` columns (ValueError naming them)."""
+    if not isinstance(df, pd.DataFrame):
+        raise ValueError(f"a results table must be a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise ValueError(f"results table lacks required columns {missing}; "
+                         f"it has {list(df.columns)}")
+    if df.empty:
+        raise ValueError("results table is empty: it has no cells (rows)")
+
+
 def validate_table(df: pd.DataFrame, required: Sequence[str] = RESULT_COLUMNS) -> None:
     """Check that ``df`` is a usable results table with at least the ``required`` columns.
 
@@ -104,14 +116,7 @@ def validate_table(df: pd.DataFrame, required: Sequence[str] = RESULT_COLUMNS) -
     Raises:
         ValueError: naming what is wrong (missing columns, bad values and their rows, ...).
     """
-    if not isinstance(df, pd.DataFrame):
-        raise ValueError(f"a results table must be a pandas DataFrame, got {type(df).__name__}")
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise ValueError(f"results table lacks required columns {missing}; "
-                         f"it has {list(df.columns)}")
-    if df.empty:
-        raise ValueError("results table is empty: it has no cells (rows)")
+    require_columns(df, required)
     for column in (c for c in _NUMERIC if c in required):
         if not pd.api.types.is_numeric_dtype(df[column]):
             bad = df[column][pd.to_numeric(df[column], errors="coerce").isna()
