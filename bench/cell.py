@@ -55,7 +55,8 @@ def main() -> None:
     ap.add_argument("--config", default="configs/demo.yaml")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    overrides = ["dense.epochs=10", "finetune.epochs=3", "finetune.last_epochs=1"] if args.quick else []
+    overrides = ["temperatures=[5,10]", "dense.epochs=10", "finetune.epochs=3",
+                 "finetune.last_epochs=1"] if args.quick else []
     cfg = load_config(args.config, overrides)
     temperature = max(cfg.temperatures) if not args.quick else 10
     data = load_dataset(cfg.data)
@@ -75,14 +76,15 @@ def main() -> None:
 
     # --- fine-tuning alone: same members, same seeds, same masks --------------------------
     def finetune(members_at_once: int, cells: list, workers: int) -> float:
-        from pipeline.prune import prune
+        from pipeline.cell import prunable_weights
+        from pipeline.prune import apply_masks, prune
 
         plain = build_model(dense.model, data.input_shape, data.num_classes)
         names = plain.prunable_names()
         members = []
         for cell, _, state in cells:
-            mask = prune({n_: state[n_] for n_ in names}, cell.prune)
-            pruned = {kk: (v * mask[kk] if kk in mask else v) for kk, v in state.items()}
+            mask = prune(prunable_weights(state, names), cell.prune)
+            pruned = apply_masks(state, mask)
             members += [(pruned, mask, s) for s in ft.seeds]
         def run(rng: range) -> None:
             chunk = [members[i] for i in rng]
