@@ -14,6 +14,7 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -28,6 +29,7 @@ from tracking import keys
 from tracking.artifacts import CorruptArtifactError, load_file, log_files
 from tracking.cache import RunCache
 from tracking.store import TrackingUnavailableError, configure, get_client, init_experiment
+from tracking.tables import best_temperature_per_density, format_best_temperatures, results_table
 
 Point = tuple[DenseSpec, CellSpec, int]
 HEARTBEAT_SECONDS = 60.0
@@ -44,6 +46,7 @@ class GridSummary:
     failed: list[tuple[str, str]] = field(default_factory=list)   # (cell name, reason)
     dense_computed: int = 0
     seconds: float = 0.0
+    best: pd.DataFrame | None = None  # best temperature per density (None: no finished cell)
 
     @property
     def ok(self) -> bool:
@@ -59,6 +62,11 @@ class GridSummary:
         if self.busy:
             out.append(f"  {self.busy} cell(s) still claimed by another live process: run the same "
                        "command again later to collect them")
+        if self.best is not None:
+            table = format_best_temperatures(self.best)
+            if self.failed or self.busy:
+                table[0] = table[0].replace(":", ", finished cells only:", 1)
+            out += table
         return out
 
 
@@ -129,6 +137,7 @@ class GridRunner:
         points = points if points is not None else self.cfg.cells()
         summary = GridSummary(self.experiment, None, cells=len(points))
         remaining = {cell_hash(c, d): (d, c, s) for d, c, s in points}
+        cell_hashes = set(remaining)
         grid_run = parent_run_id or self._grid_run(sorted(remaining))
         self.grid_run_id = grid_run     # dense runs started by this grid nest under it
         summary.grid_run_id = grid_run
@@ -163,6 +172,10 @@ class GridRunner:
             self.cache.log(grid_run, metrics={"cells_computed": summary.computed, "cells_cached": summary.cached,
                                               "cells_failed": len(summary.failed),
                                               "grid_seconds": summary.seconds})
+            summary.best = best_temperatures(self.experiment, cell_hashes, self.client)
+            if summary.best is not None:
+                log_files(self.client, grid_run,
+                          {keys.ARTIFACT_BEST_TEMPERATURES: summary.best.to_csv(index=False)})
             if summary.failed:
                 self.cache.fail(grid_run, f"{len(summary.failed)} cell(s) failed")
             elif summary.busy:
@@ -457,6 +470,24 @@ def _cell_params(cfg: GridConfig, dense: DenseSpec, cell: CellSpec, seed: int, d
 def _number(value: float) -> int | float:
     """40.0 -> 40 for tags and names shown in the UI; other floats unchanged."""
     return int(value) if float(value).is_integer() else value
+
+
+def best_temperatures(experiment: str, cell_hashes: set[str] | None = None,
+                      client=None) -> pd.DataFrame | None:
+    """:func:`~tracking.tables.best_temperature_per_density` over the FINISHED cells of
+    ``experiment`` (only those whose spec hash is in ``cell_hashes``, when given): read from
+    the results table, nothing recomputed. None when no such cell has a test accuracy.
+
+    The ``regime`` column appears once the cells carry regime tags (``python -m selection
+    classify`` writes them): labelling needs the whole grid's thresholds, which belong to the
+    selection layer, not to the grid.
+    """
+    table = results_table(experiment, client)
+    if cell_hashes is not None:
+        table = table[table[keys.SPEC_HASH].isin(cell_hashes)]
+    if table.empty or table[keys.TEST_ACC].isna().all():
+        return None
+    return best_temperature_per_density(table)
 
 
 def run_grid(cfg: GridConfig, experiment: str | None = None, executor: str = "serial",

@@ -44,6 +44,20 @@ def ui_runs_url(server: str, experiment: str) -> str:
             "?workflowType=machine_learning")
 
 
+def _print_best_temperatures(cfg, experiment: str) -> None:
+    """The grid's best temperature per density, now with the regimes ``classify`` tagged."""
+    from pipeline.grid import best_temperatures
+    from pipeline.specs import cell_hash
+    from tracking.tables import format_best_temperatures
+
+    try:
+        best = best_temperatures(experiment, {cell_hash(c, d) for d, c, _ in cfg.cells()})
+    except ValueError:   # the grid step failed before creating the experiment
+        return
+    if best is not None:
+        print("\n".join(format_best_temperatures(best)))
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from pipeline.__main__ import main as pipeline_main
     from pipeline.config import load_config
@@ -83,6 +97,7 @@ def run_demo(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     print(f"\n=== demo finished in {seconds:.0f} s; steps: "
           + ", ".join(f"{k} {'ok' if v == 0 else f'exit {v}'}" for k, v in codes.items()))
+    _print_best_temperatures(cfg, exp)
     print(f"phase diagrams, regime map, selection and replay: {out.resolve()}")
     print(f"tracking store: {redact_uri(uri)}")
     if uri.startswith("sqlite:///"):

@@ -52,6 +52,7 @@ def test_rerun_computes_nothing_and_extension_computes_only_new_cells(tracking_u
     first = run_grid(tiny(), progress=False)
     assert first.ok and first.computed == 4 and first.cached == 0
     assert counted == {"cells": 4, "dense": 1}          # ONE dense run serves both temperatures
+    _assert_best_temperatures(first, results_table("tiny"))
     n_cell_runs = len(_runs(keys.KIND_CELL))
 
     again = run_grid(tiny(), progress=False)
@@ -67,6 +68,23 @@ def test_rerun_computes_nothing_and_extension_computes_only_new_cells(tracking_u
     assert len(table) == 6
     assert table["density"].tolist() == [0.2, 0.6, 0.9] * 2
     assert table["lmc_barrier"].notna().all() and table["cka"].between(0, 1.001).all()
+
+
+def _assert_best_temperatures(summary, table) -> None:
+    """The grid's summary shows, and its run holds as CSV, the best temperature per density."""
+    best = summary.best
+    assert best[keys.DENSITY].tolist() == [0.2, 0.6]
+    for _, row in best.iterrows():
+        at_density = table[table[keys.DENSITY] == row[keys.DENSITY]]
+        assert row[keys.TEST_ACC] == pytest.approx(at_density[keys.TEST_ACC].max())
+        assert row[keys.TEMPERATURE] == at_density.loc[at_density[keys.TEST_ACC].idxmax(), keys.TEMPERATURE]
+    lines = summary.lines()
+    header = lines.index("best temperature per density (mean fine-tuned test accuracy):")
+    assert lines[header + 1].split() == ["density", "epochs", "test_acc"]   # no regimes yet
+    assert len(lines) == header + 2 + len(best)
+    logged = load_file(MlflowClient(), summary.grid_run_id, keys.ARTIFACT_BEST_TEMPERATURES)
+    assert logged.splitlines()[0] == "knob,density,temperature,test_acc,cells"
+    assert len(logged.splitlines()) == 1 + len(best)
 
 
 def test_failing_cell_is_marked_failed_and_the_grid_goes_on(tracking_uri, monkeypatch):

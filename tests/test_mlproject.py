@@ -34,6 +34,10 @@ def test_grid_and_report_entry_points_through_mlflow_run(tmp_path, tracking_uri)
     done = _mlflow_run("grid", {"config": config}, env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "4 computed" in done.stdout + done.stderr
+    printed = (done.stdout + done.stderr).splitlines()
+    header = printed.index("best temperature per density (mean fine-tuned test accuracy):")
+    assert printed[header + 1].split() == ["density", "epochs", "test_acc"]
+    assert [line.split()[0] for line in printed[header + 2:header + 4]] == ["0.2", "0.6"]
     table = results_table("tiny")
     assert len(table) == 4 and table["lmc_barrier"].notna().all()
 

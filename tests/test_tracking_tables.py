@@ -14,7 +14,16 @@ from mlflow.entities import Metric, Param, RunTag
 from tracking import keys
 from tracking.__main__ import main
 from tracking.store import REPO_ROOT, init_experiment
-from tracking.tables import RESULT_COLUMNS, read_table, results_table, validate_table, write_table
+from tracking.tables import (
+    BEST_COLUMNS,
+    RESULT_COLUMNS,
+    best_temperature_per_density,
+    format_best_temperatures,
+    read_table,
+    results_table,
+    validate_table,
+    write_table,
+)
 
 EXPERIMENT = "fake-grid"
 TEMPERATURES = [40, 5, 10]          # logged out of order on purpose
@@ -247,3 +256,51 @@ def test_cli_init_as_a_module(tracking_uri):
     assert "from-cli" in result.stdout
     experiment = MlflowClient().get_experiment_by_name("from-cli")
     assert experiment.tags[keys.NOTE] == "made by the CLI"
+
+
+def _cells(rows: list[tuple]) -> pd.DataFrame:
+    """A hand-built results table: (temperature, density, dense seed, test_acc, regime)."""
+    return pd.DataFrame(rows, columns=[keys.TEMPERATURE, keys.DENSITY, keys.DENSE_SEED,
+                                       keys.TEST_ACC, keys.REGIME]).assign(**{keys.KNOB: "epochs"})
+
+
+def test_best_temperature_per_density_averages_dense_seeds_and_keeps_the_regime():
+    df = _cells([
+        # density 0.1: T=5 wins on the mean over seeds (0.70) though T=40 has the best seed
+        (5, 0.1, 0, 0.70, "II-A"), (5, 0.1, 1, 0.70, "II-A"),
+        (40, 0.1, 0, 0.90, "I"), (40, 0.1, 1, 0.40, "I"),
+        # density 0.8: cold is best; the two dense seeds disagree on the regime
+        (5, 0.8, 0, 0.80, "II-A"), (5, 0.8, 1, 0.80, "II-A"),
+        (40, 0.8, 0, 0.85, "II-B"), (40, 0.8, 1, 0.87, "II-A"),
+        # density 0.5: a tie goes to the lower temperature; a NaN cell is left out
+        (5, 0.5, 0, 0.60, None), (10, 0.5, 0, 0.60, None), (40, 0.5, 0, math.nan, "II-B"),
+    ])
+    before = df.copy()
+    best = best_temperature_per_density(df)
+    pd.testing.assert_frame_equal(df, before)                     # pure: the input is unchanged
+    assert list(best.columns) == [*BEST_COLUMNS, keys.REGIME]
+    assert best[keys.DENSITY].tolist() == [0.1, 0.5, 0.8]
+    assert best[keys.TEMPERATURE].tolist() == [5, 5, 40]
+    assert best[keys.TEST_ACC].tolist() == pytest.approx([0.70, 0.60, 0.86])
+    assert best["cells"].tolist() == [2, 1, 2]
+    assert best[keys.REGIME].tolist() == ["II-A", "", "II-A/II-B"]
+
+    lines = format_best_temperatures(best)
+    assert lines[0].startswith("best temperature per density")
+    assert lines[1].split() == ["density", "epochs", "test_acc", "regime"]
+    assert lines[2].split() == ["0.1", "5", "0.7000", "II-A"]
+    assert lines[3].split() == ["0.5", "5", "0.6000", "-"]
+
+
+def test_best_temperature_per_density_without_regimes_or_rows():
+    df = _cells([(5, 0.1, 0, 0.5, None), (10, 0.1, 0, 0.6, None)]).drop(columns=keys.REGIME)
+    best = best_temperature_per_density(df)
+    assert list(best.columns) == BEST_COLUMNS               # no labels: no regime column
+    assert best[keys.TEMPERATURE].tolist() == [10]
+    assert format_best_temperatures(best)[1].split() == ["density", "epochs", "test_acc"]
+    unlabelled = _cells([(5, 0.1, 0, 0.5, "")])
+    assert keys.REGIME not in best_temperature_per_density(unlabelled).columns
+    with pytest.raises(ValueError, match="empty"):
+        best_temperature_per_density(df.iloc[:0])
+    with pytest.raises(ValueError, match="test_acc"):
+        best_temperature_per_density(df.drop(columns=keys.TEST_ACC))

@@ -91,6 +91,8 @@ PLOT_TEST_ERROR_NORMALIZED = "test_error_normalized.png"
 PLOT_LMC_BARRIER = "lmc_barrier.png"
 PLOT_CKA = "cka.png"
 PLOT_PHASE_DIAGRAMS = "phase_diagrams.png"       # the four panels in one figure
+# grid parent run: per density, the temperature of the best mean fine-tuned test accuracy
+ARTIFACT_BEST_TEMPERATURES = "best_temperature_per_density.csv"
 
 # --- selection (selection/: regime labels, classifier, model selection) ------------------
 REGIME_EPS = "regime_eps"                  # param: LMC-barrier threshold, Regime I iff < eps

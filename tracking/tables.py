@@ -172,3 +172,59 @@ def read_table(path: str | Path, required: Sequence[str] = RESULT_COLUMNS) -> pd
         # EmptyDataError is a ValueError too
         raise ValueError(f"{path}: {e}") from e
     return df
+
+
+BEST_COLUMNS = [keys.KNOB, keys.DENSITY, keys.TEMPERATURE, keys.TEST_ACC, "cells"]
+
+
+def best_temperature_per_density(df: pd.DataFrame) -> pd.DataFrame:
+    """Per knob and density, the temperature with the highest mean fine-tuned test accuracy.
+
+    ``df`` is a results table (one row per cell; ``test_acc`` is already the mean over the
+    fine-tune seeds). A (temperature, density) point's accuracy is the mean of its cells'
+    ``test_acc`` over dense seeds; cells without ``test_acc`` are left out. On a tie the lower
+    temperature is reported. Pure: nothing is recomputed or looked up.
+
+    Returns:
+        One row per (knob, density), sorted: ``knob``, ``density``, ``temperature`` (the best),
+        ``test_acc`` (its mean), ``cells`` (how many dense seeds that mean is over) and, when
+        any row of ``df`` has a ``regime`` label, ``regime``: the label(s) of the best
+        point's cells, several joined by ``/`` when the dense seeds disagree ("" if unlabelled).
+
+    Raises:
+        ValueError: ``df`` is empty or lacks knob, temperature, density or test_acc.
+    """
+    require_columns(df, [keys.KNOB, keys.TEMPERATURE, keys.DENSITY, keys.TEST_ACC])
+    scored = df[df[keys.TEST_ACC].notna()]
+    point = [keys.KNOB, keys.DENSITY, keys.TEMPERATURE]
+    means = (scored.groupby(point, sort=True)[keys.TEST_ACC].agg(["mean", "size"])
+             .rename(columns={"mean": keys.TEST_ACC, "size": "cells"}).reset_index())
+    # sorted by temperature within a density: idxmax keeps the first (lowest) on a tie
+    best = means.loc[means.groupby([keys.KNOB, keys.DENSITY], sort=True)[keys.TEST_ACC].idxmax()]
+    best = best[BEST_COLUMNS].reset_index(drop=True)
+    if keys.REGIME in df.columns and _labelled(df[keys.REGIME]).any():
+        labels = scored[_labelled(scored[keys.REGIME])].groupby(point)[keys.REGIME].agg(
+            lambda s: "/".join(sorted(set(s))))
+        best[keys.REGIME] = [labels.get(tuple(row), "") for row in best[point].itertuples(index=False)]
+    return best
+
+
+def _labelled(regimes: pd.Series) -> pd.Series:
+    return regimes.notna() & (regimes.astype(str).str.strip() != "")
+
+
+def format_best_temperatures(best: pd.DataFrame) -> list[str]:
+    """Lines of a :func:`best_temperature_per_density` table for a terminal, e.g.
+
+    ``best temperature per density (mean fine-tuned test accuracy):`` then one row per density:
+    ``density``, the knob's name as the temperature column, ``test_acc`` and ``regime``.
+    """
+    lines = ["best temperature per density (mean fine-tuned test accuracy):"]
+    for knob, rows in best.groupby(keys.KNOB, sort=True):
+        shown = pd.DataFrame({keys.DENSITY: rows[keys.DENSITY].map("{:g}".format),
+                              str(knob): rows[keys.TEMPERATURE].map("{:g}".format),
+                              keys.TEST_ACC: rows[keys.TEST_ACC].map("{:.4f}".format)})
+        if keys.REGIME in rows.columns:
+            shown[keys.REGIME] = rows[keys.REGIME].replace("", "-")
+        lines += ["  " + line for line in shown.to_string(index=False).splitlines()]
+    return lines
