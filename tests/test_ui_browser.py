@@ -15,18 +15,24 @@ also copied there (that is how ``docs/mlflow_ui*.png`` are made).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
+import signal
 import struct
+import subprocess
+import sys
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from test_scale_helpers import REPO, MlflowServer, cli, cli_env, write_config
+from test_scale_helpers import REPO, MlflowServer, cli, cli_env, free_port, wait_for, write_config
 from tiny import TINY  # noqa: E402  (tests are on sys.path)
 
 from tracking import keys
@@ -367,3 +373,79 @@ def test_registry_shows_classifier_alias_and_descriptions(store, browser):
     browser.get(f"{store['server']}/#/models/{name}")
     _wait(browser, "//*[contains(normalize-space(text()), 'Regime classifier (I / II-A / II-B)')]",
           "the registered model description")
+
+
+def _get(server: str, path: str, **query) -> dict:
+    """GET a REST endpoint of the MLflow server; the JSON answer."""
+    url = f"{server}{path}?{urllib.parse.urlencode(query)}"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+def test_readme_mlflow_ui_command_serves_the_grid(store):
+    """The README's ``.venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000``,
+    run in the folder of the store (a free port, loopback): its REST API serves the grid
+    experiment, every cell run with its regime, density and temperature, and the grid run's
+    best-temperature table; SIGTERM to its process group stops every process in it."""
+    port = free_port()
+    log = store["root"] / "mlflow-ui.log"
+    env = cli_env(None, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    with open(log, "w") as out:
+        ui = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri",
+             "sqlite:///mlflow.db", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=store["root"], env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    server = f"http://127.0.0.1:{port}"
+    try:
+        def answers() -> bool:
+            try:
+                with urllib.request.urlopen(f"{server}/health", timeout=2) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        wait_for(answers, 120, interval=0.5, what=f"mlflow ui on {server}", proc=ui, log=log)
+        experiment = _get(server, "/api/2.0/mlflow/experiments/get-by-name",
+                          experiment_name=EXPERIMENT)["experiment"]
+        assert experiment["experiment_id"] == store["experiment_id"]
+        request = urllib.request.Request(
+            f"{server}/api/2.0/mlflow/runs/search", method="POST",
+            headers={"Content-Type": "application/json"},
+            data=json.dumps({"experiment_ids": [experiment["experiment_id"]], "max_results": 1000,
+                             "filter": f"tags.{keys.RUN_KIND} = '{keys.KIND_CELL}'"}).encode())
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            served = json.loads(answer.read())["runs"]
+        expected = {r.info.run_id: r for r in store["runs"][keys.KIND_CELL]}
+        assert {r["info"]["run_id"] for r in served} == set(expected)
+        (grid,) = store["runs"][keys.KIND_GRID]
+        for run in served:
+            tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+            params = {p["key"]: p["value"] for p in run["data"]["params"]}
+            known = expected[run["info"]["run_id"]].data
+            assert run["info"]["status"] == "FINISHED"
+            assert tags[keys.REGIME] == known.tags[keys.REGIME] in ("I", "II-A", "II-B")
+            assert tags[keys.PARENT_RUN_ID] == grid.info.run_id
+            for key in (keys.DENSITY, keys.TEMPERATURE):
+                assert float(tags[key]) == float(params[key]) == float(known.params[key])
+        files = _get(server, "/api/2.0/mlflow/artifacts/list", run_id=grid.info.run_id)["files"]
+        assert keys.ARTIFACT_BEST_TEMPERATURES in {f["path"] for f in files}
+    finally:
+        if ui.poll() is None:
+            os.killpg(ui.pid, signal.SIGTERM)
+        try:
+            ui.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(ui.pid, signal.SIGKILL)
+            ui.wait(timeout=30)
+            pytest.fail(f"mlflow ui ignored SIGTERM for 30 s: {log.read_text()[-2000:]}")
+    deadline = time.time() + 30
+    while time.time() < deadline:   # its worker processes leave after the parent
+        try:
+            os.killpg(ui.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.killpg(ui.pid, signal.SIGKILL)
+        pytest.fail("processes of mlflow ui's group were still alive 30 s after SIGTERM")
