@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
-from test_scale_helpers import tiny
+from mlflow import MlflowClient
+from test_scale_helpers import REPO, cli, cli_env, free_port, runs_of, stop, tiny, write_config
 
 from pipeline.config import parse_config
 from pipeline.executors import DaskExecutor, Node, get_executor, list_executors
@@ -86,3 +92,59 @@ def test_serial_and_dask_grids_give_the_same_results_table(tracking_uri):
         np.testing.assert_allclose(a[metric].to_numpy(float), b[metric].to_numpy(float),
                                    rtol=0, atol=1e-6, err_msg=metric)
     assert set(a["run_id"]).isdisjoint(b["run_id"])  # really computed twice, not shared
+
+
+def _start_dask(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    """``dask <args>`` (the venv's ``dask`` command) in its own process group, from the repo."""
+    with open(log, "w") as out:
+        return subprocess.Popen([str(Path(sys.executable).parent / "dask"), *args], env=env,
+                                cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+@pytest.mark.slow
+def test_grid_on_a_separately_started_scheduler_and_worker(tmp_path):
+    """The README's ``--executor dask --scheduler ADDRESS``: ``dask scheduler`` and one
+    ``dask worker`` started by hand (as on a cluster), the stores created first by ``init``;
+    every cell is computed by that worker and FINISHED, and the grid says so."""
+    from distributed import Client
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = cli_env(uri, tmp_path / "mlruns")
+    config = write_config(tmp_path / "tiny.yaml", tiny())
+    init = cli(["tracking", "init", "--experiment", tiny()["experiment"]], env)
+    assert init.returncode == 0, init.stderr
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    scheduler = _start_dask(["scheduler", "--host", "127.0.0.1", "--port", str(port),
+                             "--no-dashboard"], env, tmp_path / "scheduler.log")
+    worker = None
+    try:
+        worker = _start_dask(["worker", address, "--nworkers", "1", "--nthreads", "1",
+                              "--no-dashboard", "--local-directory", str(tmp_path / "dask")],
+                             env, tmp_path / "worker.log")
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(1, timeout=120)
+            (worker_pid,) = client.run(os.getpid).values()
+        done = cli(["pipeline", "grid", str(config), "--executor", "dask", "--scheduler", address,
+                    "--no-progress"], env, timeout=600)
+        logs = "".join(f"\n--- {name}:\n{(tmp_path / name).read_text()[-2000:]}"
+                       for name in ("scheduler.log", "worker.log"))
+        assert done.returncode == 0, done.stdout + done.stderr + logs
+        assert "4 cells: 4 computed, 0 cached, 0 failed; 1 dense runs trained" in done.stdout
+        assert "best temperature per density" in done.stdout
+
+        client = MlflowClient(uri)
+        experiment_id = client.get_experiment_by_name(tiny()["experiment"]).experiment_id
+        cells = runs_of(client, experiment_id, keys.KIND_CELL)
+        assert len(cells) == 4 and {r.info.status for r in cells} == {"FINISHED"}
+        (dense,) = runs_of(client, experiment_id, keys.KIND_DENSE)
+        # computed by the separately started worker, not by the grid process
+        owners = {r.data.tags[keys.OWNER].rsplit(":", 1)[1] for r in [*cells, dense]}
+        assert owners == {str(worker_pid)}
+        assert len(results_table(tiny()["experiment"], client)) == 4
+    finally:
+        if worker is not None:
+            stop(worker)
+        stop(scheduler)
+    assert worker.returncode is not None and scheduler.returncode is not None
