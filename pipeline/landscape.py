@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.models import EnsembleModel, repeat_input, stack_members
+from pipeline.models import EnsembleModel, eval_batch_size, stack_members
 from pipeline.parallel import map_chunks, split
 from pipeline.specs import MeasureSpec
 
@@ -74,7 +74,7 @@ def reestimate_bn(model: EnsembleModel, x: torch.Tensor, batch_size: int = 64) -
             continue    # a trailing batch of one has no variance (and BatchNorm1d rejects it)
         for bn in bns:
             bn.momentum = b / (seen + b)
-        model(repeat_input(xb, model.members))
+        model.logits_shared(xb)
         seen += b
     for bn in bns:
         bn.momentum = 0.1
@@ -82,13 +82,14 @@ def reestimate_bn(model: EnsembleModel, x: torch.Tensor, batch_size: int = 64) -
 
 
 @torch.no_grad()
-def _errors(model: EnsembleModel, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+def _errors(model: EnsembleModel, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     model.eval()
+    batch_size = batch_size or eval_batch_size(model, x)
     wrong = torch.zeros(model.members, dtype=torch.float64, device=x.device)
     for start in range(0, len(x), batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-        pred = model.logits(repeat_input(xb, model.members)).argmax(-1)
-        wrong += (pred != yb[:, None]).sum(0)
+        pred = model.logits_shared(xb).argmax(-1)                 # [M, B]
+        wrong += (pred != yb[None, :]).sum(1)
     return (wrong / len(x)).cpu()
 
 
@@ -148,7 +149,7 @@ def linear_cka(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @torch.no_grad()
 def softmax_outputs(build: Callable[[int], EnsembleModel], states: list[State], x: torch.Tensor,
-                    max_members: int = 64, batch_size: int = 2000, workers: int = 1) -> list[torch.Tensor]:
+                    max_members: int = 64, batch_size: int | None = None, workers: int = 1) -> list[torch.Tensor]:
     """Softmax outputs ``[n, classes]`` of each model in eval mode with its own BN statistics."""
     @torch.no_grad()   # grad mode is per thread: the decorator above does not reach workers
     def run(chunk_range: range) -> list[torch.Tensor]:
@@ -156,10 +157,10 @@ def softmax_outputs(build: Callable[[int], EnsembleModel], states: list[State], 
         model = build(len(chunk))
         model.load_state_dict(stack_members(chunk))
         model.eval()
-        parts = [model.logits(repeat_input(x[i:i + batch_size], len(chunk))).softmax(-1)
-                 for i in range(0, len(x), batch_size)]
-        probs = torch.cat(parts)                                  # [n, M, K]
-        return [probs[:, m].cpu() for m in range(len(chunk))]
+        bs = batch_size or eval_batch_size(model, x)
+        parts = [model.logits_shared(x[i:i + bs]).softmax(-1) for i in range(0, len(x), bs)]
+        probs = torch.cat(parts, 1)                               # [M, n, K]
+        return [probs[m].cpu() for m in range(len(chunk))]
 
     return [o for outs in map_chunks(run, split(len(states), max_members, workers), workers) for o in outs]
 

@@ -41,11 +41,14 @@ def torch_threads(n: int):
 
 
 def split(n_items: int, max_size: int, workers: int) -> list[range]:
-    """Contiguous chunks of at most ``max_size`` items, at least ``workers`` of them when
-    there are enough items, of nearly equal sizes."""
+    """Contiguous chunks of at most ``max_size`` items, of nearly equal sizes, their number a
+    multiple of ``workers`` where there are enough items (3 chunks on 2 workers would leave
+    one worker idle a third of the time)."""
     if n_items == 0:
         return []
     chunks = max(-(-n_items // max_size), min(workers, n_items))
+    if workers > 1 and chunks % workers:
+        chunks = min(n_items, chunks + workers - chunks % workers)
     base, extra = divmod(n_items, chunks)
     out, start = [], 0
     for i in range(chunks):

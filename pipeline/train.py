@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.data import Dataset
-from pipeline.models import EnsembleModel, repeat_input, stack_inputs
+from pipeline.models import EnsembleModel, eval_batch_size, stack_inputs
 from pipeline.specs import TrainSpec
 
 
@@ -238,12 +238,13 @@ def _clone(obj):
 
 
 @torch.no_grad()
-def evaluate(model: EnsembleModel, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
+def evaluate(model: EnsembleModel, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """Accuracy of every member on the same examples, eval mode: ``[M]`` fractions."""
     model.eval()
+    batch_size = batch_size or eval_batch_size(model, x)
     correct = torch.zeros(model.members, device=x.device)
     for start in range(0, len(x), batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-        pred = model.logits(repeat_input(xb, model.members)).argmax(-1)   # [b, M]
-        correct += (pred == yb[:, None]).sum(0)
+        pred = model.logits_shared(xb).argmax(-1)                          # [M, b]
+        correct += (pred == yb[None, :]).sum(1)
     return (correct / len(x)).cpu()
