@@ -43,3 +43,29 @@ def test_paper_config_runs_on_a_users_cifar10_folder(tmp_path, tracking_uri):
     assert pipeline_main(argv) == 0
     table = results_table("paper-cifar10-preresnet20-epochs")
     assert len(table) == 1 and table["lmc_barrier"].notna().all()
+
+
+@pytest.mark.slow
+def test_demo_ends_with_the_labelled_best_temperature_per_density(tmp_path, tracking_uri, capsys,
+                                                                    monkeypatch):
+    """``make demo``'s command on the tiny grid: the grid step prints the best temperature per
+    density, and the demo ends with it again, labelled by the regimes ``classify`` tagged."""
+    import selection.tuner
+    from selection.__main__ import main as selection_main
+
+    monkeypatch.setattr(selection.tuner, "default_storage_path", lambda: tmp_path / "optuna.journal")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    argv = ["demo", "--config", str(config), "--density", "0.2", "--n-trials", "2",
+            "--replay-repeats", "2", "--out", str(tmp_path / "out")]
+    assert selection_main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = "best temperature per density (mean fine-tuned test accuracy):"
+    grid_step, last = [i for i, line in enumerate(lines) if line == header]
+    assert lines[grid_step + 1].split() == ["density", "epochs", "test_acc"]
+    assert lines[last + 1].split() == ["density", "epochs", "test_acc", "regime"]
+    labelled = results_table("tiny").set_index(["temperature", "density"])["regime"]
+    for line in lines[last + 2:last + 4]:
+        density, temperature, _, regime = line.split()
+        assert regime == labelled[(int(temperature), float(density))]
+    assert lines[grid_step + 2].split()[:3] == lines[last + 2].split()[:3]
