@@ -154,3 +154,63 @@ def test_stack_split_round_trip():
     # split returns copies: changing one does not change the batched model
     back[0]["conv.weight"].zero_()
     assert batched.state_dict()["conv.weight"].abs().sum() > 0
+
+
+def _randomise_bn(model: torch.nn.Module) -> None:
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            mod.running_mean.normal_()
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.normal_()
+            mod.bias.data.normal_()
+
+
+@pytest.mark.parametrize("case", ALL_CASES, ids=_id)
+@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_shared_input_logits_equal_the_grouped_forward(case, mode, momentum):
+    """``logits_shared`` (member-major bmm where the model supports it) gives the grouped
+    forward's logits and, in train mode, the same BatchNorm running statistics."""
+    spec, shape, k = case
+    grouped = build_model(spec, shape, k, members=4, seed=3)
+    _randomise_bn(grouped)
+    for mod in grouped.modules():
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            mod.momentum = momentum
+    shared = build_model(spec, shape, k, members=4)
+    shared.load_state_dict(grouped.state_dict())
+    for mod_g, mod_s in zip(grouped.modules(), shared.modules(), strict=True):
+        if isinstance(mod_g, torch.nn.modules.batchnorm._BatchNorm):
+            mod_s.momentum = mod_g.momentum
+    x = torch.randn(9, *shape)
+    getattr(grouped, mode)()
+    getattr(shared, mode)()
+    with torch.no_grad():
+        for _ in range(2):               # twice: the second pass sees updated running stats
+            want = grouped.logits(repeat_input(x, 4)).transpose(0, 1)
+            got = shared.logits_shared(x)
+            assert got.shape == (4, 9, k)
+            assert _close(got, want)
+    sg, ss = grouped.state_dict(), shared.state_dict()
+    for name in sg:
+        assert _close(ss[name].float(), sg[name].float()), name
+
+
+def test_cnn1d_and_mlp_take_the_member_major_path():
+    """The fast path is in use for the demo's models (a refactor must not drop it silently)."""
+    for name in ("cnn1d", "mlp"):
+        assert build_model(ModelSpec(name=name), (1, 40), 10, members=3).member_major
+
+
+@pytest.mark.parametrize("stride, padding, bias", [(1, 0, False), (2, 1, True), (1, 2, True)])
+def test_member_major_2d_convolution_equals_grouped(stride, padding, bias):
+    from pipeline.models import EConv, _conv_mm
+
+    conv = EConv(3, 2, 4, 6, 3, stride, padding, bias=bias)
+    x = torch.randn(5, 3 * 4, 9, 9)
+    want = conv(x)                                                   # [B, M*C, H, W]
+    h = x.view(5, 3, 4, 9, 9).permute(1, 0, 3, 4, 2)                 # [M, B, H, W, C]
+    h = torch.nn.functional.pad(h, (0, 0) + (padding, padding) * 2)
+    got = _conv_mm(conv, h)                                          # [M, B, H', W', C']
+    got = got.permute(1, 0, 4, 2, 3).reshape(want.shape)
+    assert _close(got, want)
