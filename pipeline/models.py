@@ -81,9 +81,10 @@ def _flatten(x: torch.Tensor, members: int) -> torch.Tensor:
 # parameters are the model's own (same state_dict): only the activation layout differs.
 
 
-def _conv_mm(conv: EConv, h: torch.Tensor) -> torch.Tensor:
+def _conv_mm(conv: EConv, h: torch.Tensor, fold: nn.Module | None = None) -> torch.Tensor:
     """``h [M, B, *spatial, Cin]``, ALREADY zero-padded by ``conv.padding`` on each spatial
-    side -> ``[M, B, *spatial', Cout]``, exactly the grouped convolution."""
+    side -> ``[M, B, *spatial', Cout]``, exactly the grouped convolution; ``fold``: an
+    eval-mode BatchNorm applied to the output, folded into the weights and bias."""
     m, b, s = conv.members, h.shape[1], conv.stride
     k = conv.weight.shape[-1]
     cout = conv.weight.shape[0] // m
@@ -95,7 +96,13 @@ def _conv_mm(conv: EConv, h: torch.Tensor) -> torch.Tensor:
     cols = h.reshape(m, -1, conv.weight[0].numel())
     w = conv.weight.view(m, cout, -1, *([k] * conv.dims))
     w = w.permute(0, *range(3, w.dim()), 2, 1).reshape(m, -1, cout)
-    y = torch.bmm(cols, w) if conv.bias is None else torch.baddbmm(conv.bias.view(m, 1, cout), cols, w)
+    bias = conv.bias
+    if fold is not None:
+        scale = fold.weight * torch.rsqrt(fold.running_var + fold.eps)
+        shift = fold.bias - fold.running_mean * scale
+        w = w * scale.view(m, 1, cout)
+        bias = shift if bias is None else shift + bias * scale
+    y = torch.bmm(cols, w) if bias is None else torch.baddbmm(bias.view(m, 1, cout), cols, w)
     return y.view(m, b, *out_sizes, cout)
 
 
@@ -197,24 +204,31 @@ class EnsembleModel(nn.Module):
             inner.copy_(h)
             h = buf
         i = 0
+        bn_type = nn.modules.batchnorm._BatchNorm
         while i < len(layers):
             layer = layers[i]
-            if isinstance(layer, EConv):
+            nxt = layers[i + 1] if i + 1 < len(layers) else None
+            if isinstance(layer, EConv) and isinstance(nxt, bn_type) and not nxt.training:
+                # eval mode: the BatchNorm is an affine map per channel, folded into the conv
+                h = _conv_mm(layer, h, fold=nxt)
+                i += 1
+            elif isinstance(layer, EConv):
                 h = _conv_mm(layer, h)
             elif isinstance(layer, ELinear):
                 h = _linear_mm(layer, h)
-            elif isinstance(layer, nn.modules.batchnorm._BatchNorm):
-                buf, inner = _padded(h, pads[i + 1], dims)
-                _bn_mm(layer, h, m, out=inner)
-                if i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU):
-                    inner.relu_()
-                    i += 1
-                h = buf
+            elif isinstance(layer, bn_type):
+                h = _bn_mm(layer, h, m)
             elif isinstance(layer, nn.ReLU):
                 h = torch.relu(h)
             else:
                 raise TypeError(f"no member-major form for {type(layer).__name__}")
             i += 1
+            if i < len(layers) and isinstance(layers[i], nn.ReLU):
+                # the ReLU writes straight into the zero-padded buffer the next conv reads
+                buf, inner = _padded(h, pads[i + 1], dims)
+                torch.clamp_min(h, 0, out=inner)
+                h = buf
+                i += 1
         return _classifier_mm(self.classifier, h)
 
     def prunable_names(self, include_classifier: bool = False) -> list[str]:
