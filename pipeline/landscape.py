@@ -3,8 +3,10 @@
 Both evaluate many models on the same examples, so both run as one M-member model
 (``pipeline.models``): every interpolation point of every pair is one member, BatchNorm
 statistics of all of them are re-estimated in ONE pass over the training set, and their
-train errors in another. ``max_members`` bounds the members evaluated at once (memory);
-``max_members=1`` is the plain one-model-at-a-time computation.
+train errors in another. All members see the same examples, so the forward runs
+``EnsembleModel.logits_shared`` (member-major batched matmuls on CPUs). ``max_members``
+bounds the members evaluated at once (memory); ``max_members=1`` is the plain
+one-model-at-a-time computation.
 """
 
 from __future__ import annotations
