@@ -32,7 +32,10 @@ How a temperature is chosen, with positions ordered from the coldest to the hott
 3. Otherwise the boundary is pinned down (or the labels leave no untried candidate): exploit,
    sampling the untried temperature nearest to the best objective value seen so far.
 
-Ties are broken by a seeded random generator, so a run is reproducible given the seed; a piece
+Ties are broken by a random generator seeded by the sampler's seed (or the study's name) and
+the trial number, so a run is reproducible given the seed, and a worker can replay the choice
+of any other: workers that ask for trials at the same moment take the 1st, 2nd, ... choice
+instead of the same one (SCIENCE.md's Algorithm 1 is sequential; this is its parallel form). A piece
 with two middles at one end of the grid takes the one nearer the end (free on average, and the
 ends are where the optimum sits at very low and at high density).
 """
@@ -40,6 +43,8 @@ ends are where the optimum sits at very low and at high density).
 from __future__ import annotations
 
 import math
+import threading
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -101,7 +106,8 @@ class RegimeGuidedSampler(BaseSampler):
         are not repeated while untried temperatures remain (a cell that failed would likely
         fail again); PRUNED trials contribute their regime if they have one. RUNNING trials of
         other workers are never duplicated on a discrete space and split the interval, so that
-        parallel workers bisect different pieces.
+        parallel workers bisect different pieces; a RUNNING trial that has not chosen its
+        temperature yet (a worker choosing at the same moment) has its choice replayed.
     """
 
     def __init__(
@@ -117,7 +123,8 @@ class RegimeGuidedSampler(BaseSampler):
         self.temperature_param = temperature_param
         self.knob = get_knob(knob) if isinstance(knob, str) else knob
         self._inner = inner if inner is not None else TPESampler(seed=seed)
-        self._rng = np.random.RandomState(seed)
+        self._seed = seed
+        self._local = threading.local()      # the tie-breaking generator of the current choice
         self.regime_predictor = regime_predictor
         self.regime_attr = regime_attr
         if not 0 < resolution < 1:
@@ -152,8 +159,21 @@ class RegimeGuidedSampler(BaseSampler):
         self._inner.after_trial(study, trial, state, values)
 
     def reseed_rng(self) -> None:
-        self._rng.seed()
+        # Our tie-breaks already differ per trial (seeded by the trial number) and must stay
+        # the same in every worker, so that a worker can replay another's choice: only the
+        # inner sampler is reseeded.
         self._inner.reseed_rng()
+
+    @property
+    def _rng(self) -> np.random.RandomState:
+        return self._local.rng
+
+    def _rng_for(self, study: optuna.Study, number: int) -> np.random.RandomState:
+        """The tie-breaking generator of trial ``number``: the same in every worker process
+        (seeded by the sampler's seed, or by the study's name when it has none)."""
+        base = self._seed if self._seed is not None else zlib.crc32(study.study_name.encode())
+        state = np.random.SeedSequence([int(base) % 2**32, number]).generate_state(1)[0]
+        return np.random.RandomState(int(state))
 
     def sample_independent(
         self,
@@ -167,15 +187,40 @@ class RegimeGuidedSampler(BaseSampler):
         self._raise_error_if_multi_objective(study)
         maximize = study.direction == StudyDirection.MAXIMIZE
         space = _Space.of(param_distribution, self.knob, self.temperature_param)
-        observations = self._observations(study, trial, space)
-        if space.values is not None:
-            return self._sample_discrete(space, observations, maximize)
-        return self._sample_continuous(space, observations, maximize)
+        history = self._observations(study, trial, space)
+        choose = self._sample_discrete if space.values is not None else self._sample_continuous
+
+        def choice_of(number: int) -> Any:
+            # A trial's choice depends only on the trials asked before it (lower numbers) and
+            # on its own tie-breaks, so any worker can replay it.
+            self._local.rng = self._rng_for(study, number)
+            return choose(space, [obs for n, obs in history if n < number], maximize)
+
+        # Workers that asked for their trials before this one and have not chosen a temperature
+        # yet are choosing it now from the same history: replay their choices in trial order and
+        # count them as running, so that simultaneous workers take the 1st, 2nd, ... choice
+        # instead of all taking the same one.
+        for number in self._choosing_now(study, trial):
+            coord = space.coord_of(float(choice_of(number)))
+            if coord is not None:
+                history.append((number, _Observation(coord, None, None, True)))
+        return choice_of(trial.number)
+
+    def _choosing_now(self, study: optuna.Study, trial: FrozenTrial) -> list[int]:
+        """Numbers of the RUNNING trials before ``trial`` without a temperature yet.
+
+        (A trial left RUNNING by a crashed worker before it chose counts too, until it is
+        marked FAILED: it costs the later trials their first choice, never a duplicate.)
+        """
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        return sorted(t.number for t in running
+                      if t.number < trial.number and self.temperature_param not in t.params)
 
     # --- reading the history ------------------------------------------------------------
     def _observations(
         self, study: optuna.Study, trial: FrozenTrial, space: _Space
-    ) -> list[_Observation]:
+    ) -> list[tuple[int, _Observation]]:
+        """Every other trial with a temperature in ``space``, with its number."""
         observations = []
         for other in study.get_trials(deepcopy=False):
             if other.number == trial.number:
@@ -194,8 +239,8 @@ class RegimeGuidedSampler(BaseSampler):
             objective = other.value if other.state == TrialState.COMPLETE else None
             if objective is not None and not math.isfinite(objective):
                 objective = None
-            observations.append(_Observation(coord, None if pending else label, objective,
-                                             pending))
+            observations.append((other.number, _Observation(coord, None if pending else label,
+                                                            objective, pending)))
         return observations
 
     def _predict(self, temperature: float) -> int | None:

@@ -157,6 +157,34 @@ def test_running_trials_of_other_workers_are_not_duplicated_and_split_the_interv
     assert got == 5
 
 
+@pytest.mark.parametrize("seed", [0, 1, None])
+@pytest.mark.parametrize("space", ["discrete", "continuous"])
+def test_workers_choosing_at_the_same_time_take_different_temperatures(tmp_path, seed, space):
+    """Four workers (separate samplers, one shared storage) each ask for a trial before any
+    of them has chosen: they replay each other's choices and take four different ones; the
+    first to ask gets what it would have got alone, whoever chooses first."""
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.journal")))
+    name = "simultaneous"
+    optuna.create_study(study_name=name, storage=storage, direction="maximize")
+
+    def suggest(trial):
+        if space == "discrete":
+            return trial.suggest_categorical("temperature", EPOCHS)
+        return trial.suggest_float("temperature", 1.0, 100.0, log=True)
+
+    workers = [optuna.load_study(study_name=name, storage=storage,
+                                 sampler=RegimeGuidedSampler("temperature", "epochs", seed=seed))
+               for _ in range(4)]
+    trials = [w.ask() for w in workers]                 # all RUNNING, none has a temperature
+    got = {t.number: suggest(t) for t in reversed(trials)}   # the last to ask chooses first
+    assert len(set(got.values())) == 4, got
+    alone = optuna.create_study(direction="maximize",
+                                sampler=RegimeGuidedSampler("temperature", "epochs", seed=seed),
+                                study_name=name)
+    assert got[trials[0].number] == suggest(alone.ask())
+
+
 @pytest.mark.parametrize("n", [1, 2, 6, 10, 16])
 def test_bisection_reaches_the_boundary_in_log_trials(n):
     """On a monotone grid the best cell (coldest connected) is reached within
