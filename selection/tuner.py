@@ -128,7 +128,11 @@ def make_storage(url: str | None = None) -> BaseStorage:
     - a path ending in ``.journal``: a journal file there;
     - ``memory``: in-memory (one process; the replay benchmark);
     - any SQLAlchemy URL (``postgresql://...``, ``sqlite:///...``): an RDB storage, the choice
-      for workers on several machines (PostgreSQL).
+      for workers on several machines (PostgreSQL; a database of its own, not MLflow's: both
+      keep an ``alembic_version`` table).
+
+    Raises:
+        RuntimeError: the database cannot be opened (the message says why and what to try).
 
     Note: create an RDB study once (the ``init`` step) before starting workers: creating the
     schema from several processes at once races.
@@ -140,7 +144,16 @@ def make_storage(url: str | None = None) -> BaseStorage:
     if url == "memory":
         return InMemoryStorage()
     if "://" in url:
-        return RDBStorage(url)
+        try:
+            return RDBStorage(url)
+        except Exception as e:   # sqlalchemy's OperationalError, a missing driver, bad schema
+            from tracking.store import redact_text, redact_uri
+
+            reason = redact_text(str(e).strip().splitlines()[0], url)
+            raise RuntimeError(
+                f"cannot open the Optuna storage {redact_uri(url)}: {type(e).__name__}: {reason}. "
+                "Check that the database server is running and the database exists "
+                "(createdb NAME), or use a local journal file (--storage PATH.journal)") from e
     raise ValueError(f"unknown Optuna storage {url!r}: give a path ending in .journal, "
                      "'memory', or a database URL such as postgresql://user@host/db")
 

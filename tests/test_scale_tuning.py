@@ -84,3 +84,21 @@ def test_parallel_tuners_share_one_study_without_duplicates(backend, tracking_ur
         run = by_number[t.number]
         assert float(run.data.params[keys.TEMPERATURE]) == t.params[keys.TEMPERATURE]
         assert run.data.metrics[keys.VAL_ACC] == pytest.approx(t.value)
+
+
+@pytest.mark.slow
+def test_a_bare_postgresql_url_opens_both_stores(tracking_uri, tmp_path):
+    """``postgresql://`` (SQLAlchemy 2.1 maps it to psycopg 3, which the project installs) works
+    for the MLflow tracking store and the Optuna storage, each in a database of its own."""
+    with postgres_database("three_regime_bare_mlflow") as mlflow_db, \
+            postgres_database("three_regime_bare_optuna") as optuna_db:
+        bare = pg_url(mlflow_db).replace("postgresql+psycopg2://", "postgresql://")
+        assert bare.startswith("postgresql://")
+        configure(bare)
+        client = MlflowClient()
+        exp = client.create_experiment("bare-url")
+        assert client.get_experiment(exp).name == "bare-url"
+        storage = make_storage(pg_url(optuna_db).replace("postgresql+psycopg2://", "postgresql://"))
+        study = optuna.create_study(storage=storage, study_name="bare")
+        study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+        assert len(optuna.load_study(study_name="bare", storage=storage).trials) == 2

@@ -158,6 +158,10 @@ def test_storage_urls(tmp_path):
     with pytest.raises(ValueError, match="journal"):
         make_storage("somewhere")
     assert default_storage_path().name == "optuna.journal"
+    # an unreachable server: one line saying what to try, the password not echoed
+    with pytest.raises(RuntimeError, match="cannot open the Optuna storage .*createdb") as err:
+        make_storage("postgresql://alice:hunter2@127.0.0.1:9/optuna")
+    assert "hunter2" not in str(err.value)
     assert (default_storage_path().parent / "selection").is_dir()
 
 
