@@ -383,18 +383,26 @@ class MlflowTrialLogger:
         name = study.study_name
         if name in self._study_runs:
             return self._study_runs[name]
-        runs = search_all_runs(
-            self.client, [self.experiment_id],
-            f"tags.{keys.RUN_KIND} = '{keys.KIND_STUDY}' and tags.{keys.STUDY_NAME} = '{name}'",
-            order_by=["attributes.start_time ASC"])
-        if runs:
-            run_id = runs[0].info.run_id
-        else:
+        def first_study_run() -> str | None:
+            runs = search_all_runs(
+                self.client, [self.experiment_id],
+                f"tags.{keys.RUN_KIND} = '{keys.KIND_STUDY}' and tags.{keys.STUDY_NAME} = '{name}'",
+                order_by=["attributes.start_time ASC"])
+            first = min(runs, key=lambda r: (r.info.start_time, r.info.run_id), default=None)
+            return first.info.run_id if first is not None else None
+
+        run_id = first_study_run()
+        if run_id is None:
             run = with_retries(self.client.create_run, self.experiment_id, run_name=name,
                                tags={keys.RUN_KIND: keys.KIND_STUDY, keys.STUDY_NAME: name})
-            run_id = run.info.run_id
-            params = [Param(k, str(v)) for k, v in sorted(self.study_params.items())]
-            with_retries(self.client.log_batch, run_id, params=params)
+            # Workers starting at the same moment may each have created one: every worker keeps
+            # the earliest (start time, then id) and the others delete their own.
+            run_id = first_study_run() or run.info.run_id
+            if run_id != run.info.run_id:
+                with_retries(self.client.delete_run, run.info.run_id)
+            else:
+                params = [Param(k, str(v)) for k, v in sorted(self.study_params.items())]
+                with_retries(self.client.log_batch, run_id, params=params)
         self._study_runs[name] = run_id
         return run_id
 

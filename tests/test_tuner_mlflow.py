@@ -101,3 +101,30 @@ def test_tune_command_reports_a_bad_config(tmp_path, capsys):
                               "0.1", "--n-trials", "1", "--no-mlflow"])
     assert run_tune(args, lookup=fake_lookup) == 1
     assert "not found" in capsys.readouterr().err
+
+
+
+def test_workers_creating_the_study_run_at_the_same_moment_share_one(tracking_uri, monkeypatch):
+    """Workers A and B both search before either has created the study run (the race): each
+    creates one; both end up on the earliest, the other is deleted."""
+    import selection.tuner as tuner_mod
+
+    real_search = tuner_mod.search_all_runs
+    calls = []
+
+    def search(*args, **kwargs):
+        calls.append(1)
+        # call 1: A's first look, call 3: B's first look -- both before any run existed
+        return [] if len(calls) in (1, 3) else real_search(*args, **kwargs)
+
+    monkeypatch.setattr(tuner_mod, "search_all_runs", search)
+    study = optuna.create_study(study_name="race", direction="maximize")
+    a = MlflowTrialLogger("race-exp", study_params={keys.DENSITY: 0.1})
+    b = MlflowTrialLogger("race-exp", study_params={keys.DENSITY: 0.1})
+    id_a = a.study_run_id(study)
+    id_b = b.study_run_id(study)
+    assert len(calls) == 4
+    assert id_a == id_b
+    live = _runs(MlflowClient(tracking_uri), "race-exp", keys.KIND_STUDY)
+    assert [r.info.run_id for r in live] == [id_a]
+    assert live[0].data.params[keys.DENSITY] == "0.1"
