@@ -65,6 +65,7 @@ def reestimate_bn(model: EnsembleModel, x: torch.Tensor, batch_size: int = 64) -
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return
+    momenta = [bn.momentum for bn in bns]
     for bn in bns:
         bn.reset_running_stats()
     model.train()
@@ -78,8 +79,8 @@ def reestimate_bn(model: EnsembleModel, x: torch.Tensor, batch_size: int = 64) -
             bn.momentum = b / (seen + b)
         model.logits_shared(xb)
         seen += b
-    for bn in bns:
-        bn.momentum = 0.1
+    for bn, momentum in zip(bns, momenta, strict=True):
+        bn.momentum = momentum
     model.eval()
 
 

@@ -170,6 +170,17 @@ def test_bn_reestimation_is_the_batch_weighted_mean(trained):
         assert not torch.allclose(exp_var, h_all.var((0, 2)), rtol=1e-4)
 
 
+def test_bn_reestimation_keeps_the_models_momentum(trained):
+    data, states = trained
+    model = _build(data)(1)
+    model.load_state_dict(states[0])
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for i, bn in enumerate(bns):
+        bn.momentum = None if i == 0 else 0.01 * (i + 1)
+    reestimate_bn(model, data.x_train[:200], batch_size=64)
+    assert [bn.momentum for bn in bns] == [None] + [0.01 * (i + 1) for i in range(1, len(bns))]
+
+
 def test_bn_reestimation_with_a_last_batch_of_one_example():
     """An MLP's BatchNorm1d cannot take a batch of one in train mode: 65 examples in batches
     of 64 must still give finite statistics (e.g. by merging or skipping that batch)."""
