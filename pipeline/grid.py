@@ -339,7 +339,7 @@ class GridRunner:
         looked = self.cache.lookup_many(points, keys.KIND_CELL)
         claims = self.cache.claim_many(
             {h: {"run_name": cell_name(c, s), "parent_run_id": grid_run,
-                 "params": _cell_params(self.cfg, d, c, s, dense_runs[dense_hash(d)]),
+                 "params": _cell_params(self.cfg, d, c, s),
                  "tags": {keys.KNOB: c.knob, keys.TEMPERATURE: _number(c.temperature),
                           keys.DENSITY: c.prune.density}}
              for h, (d, c, s) in points.items() if looked[h].finished is None and looked[h].active is None},
@@ -382,7 +382,8 @@ class GridRunner:
         for r in results:
             run_id = runs[r.spec_hash]
             with self.cache.computing(run_id, r.spec_hash, keys.KIND_CELL) as done:
-                self._log_cell(run_id, r)
+                # a tag, set now: the dense run may have been replaced (a corrupt checkpoint)
+                self._log_cell(run_id, r, dense_runs[dense_hash(r.dense)])
             if done.finished:
                 computed += 1
             else:
@@ -415,7 +416,7 @@ class GridRunner:
             dense_runs[dense_hash(dense)] = new_id
             return load_file(self.client, new_id, checkpoint_path(epoch))
 
-    def _log_cell(self, run_id: str, r: CellResult) -> None:
+    def _log_cell(self, run_id: str, r: CellResult, dense_run: str) -> None:
         metrics = dict(r.metrics())
         metrics[keys.CELL_SECONDS] = r.seconds
         for k, seed in enumerate(r.spec.finetune.seeds):
@@ -430,7 +431,8 @@ class GridRunner:
             series[keys.member_metric(keys.CURVE_TRAIN_LOSS, seed)] = r.curves["train_loss"][k]
             series[keys.member_metric(keys.CURVE_VAL_ACC, seed)] = r.curves["val_acc"][k]
             series[keys.member_metric(keys.CURVE_TEST_ACC, seed)] = r.curves["test_acc"][k]
-        self.cache.log(run_id, metrics={k: v for k, v in metrics.items() if not math.isnan(v)}, series=series)
+        self.cache.log(run_id, metrics={k: v for k, v in metrics.items() if not math.isnan(v)}, series=series,
+                       tags={keys.DENSE_RUN_ID: dense_run})
         files: dict[str, object] = {
             keys.ARTIFACT_SPEC: {"cell": r.spec.to_dict(), "dense": r.dense.to_dict(), "spec_hash": r.spec_hash},
             keys.ARTIFACT_MASK: r.mask,
@@ -459,12 +461,12 @@ def _dense_params(cfg: GridConfig, dense: DenseSpec) -> dict:
             keys.SAM_RHO: t.sam_rho}
 
 
-def _cell_params(cfg: GridConfig, dense: DenseSpec, cell: CellSpec, seed: int, dense_run: str) -> dict:
+def _cell_params(cfg: GridConfig, dense: DenseSpec, cell: CellSpec, seed: int) -> dict:
     return {keys.KNOB: cell.knob, keys.TEMPERATURE: cell.temperature, keys.DENSITY: cell.prune.density,
             keys.DENSE_SEED: seed, keys.FINETUNE_SEEDS: list(cell.finetune.seeds),
             keys.PRUNE_METHOD: cell.prune.method, keys.FINETUNE_RECIPE: cell.finetune.recipe,
             keys.FINETUNE_EPOCHS: cell.finetune.train.epochs, keys.DATASET: dense.data.name,
-            keys.MODEL: dense.model.name, keys.DENSE_SPEC_HASH: dense_hash(dense), "dense_run_id": dense_run}
+            keys.MODEL: dense.model.name, keys.DENSE_SPEC_HASH: dense_hash(dense)}
 
 
 def _number(value: float) -> int | float:

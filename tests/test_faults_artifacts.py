@@ -65,6 +65,11 @@ def test_corrupt_then_missing_checkpoint_is_recomputed_never_used(tracking_uri):
     assert _only_finished_dense(client, exp).info.run_id not in (dense.info.run_id, recomputed.info.run_id)
     finished = runs_of(client, exp, keys.KIND_CELL, "FINISHED")
     assert len(finished) == 6 and not runs_of(client, exp, keys.KIND_CELL, "FAILED")
+    # every cell names the dense run its checkpoint really came from, never a discarded one
+    source = {r.data.tags[keys.DENSE_RUN_ID] for r in finished}
+    assert source <= {dense.info.run_id, recomputed.info.run_id, _only_finished_dense(client, exp).info.run_id}
+    newest = [r for r in finished if float(r.data.params[keys.DENSITY]) == 0.9]
+    assert {r.data.tags[keys.DENSE_RUN_ID] for r in newest} == {_only_finished_dense(client, exp).info.run_id}
 
 
 def test_a_checkpoint_without_a_recorded_checksum_is_refused(tracking_uri, tmp_path):

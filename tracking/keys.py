@@ -42,6 +42,7 @@ LR = "lr"
 WEIGHT_DECAY = "weight_decay"
 SAM_RHO = "sam_rho"
 DENSE_SPEC_HASH = "dense_spec_hash"
+DENSE_RUN_ID = "dense_run_id"         # tag of a cell: the dense run its checkpoint came from
 
 # --- metrics ----------------------------------------------------------------------------
 TEST_ACC = "test_acc"
