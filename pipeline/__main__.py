@@ -37,6 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def executor_options(args: argparse.Namespace, cfg) -> dict:
+    """Options of ``--executor``: Dask gets the workers, the scheduler and the torch threads
+    per task (``runtime.threads``, default 1: a worker runs one task per thread)."""
+    if args.executor == "serial":
+        return {}
+    return {"workers": args.workers, "scheduler": args.scheduler,
+            "torch_threads": cfg.runtime.threads or 1}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from mlflow.exceptions import MlflowException
@@ -51,9 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.command == "grid":
-        options = {}
-        if args.executor != "serial":
-            options = {"workers": args.workers, "scheduler": args.scheduler}
+        options = executor_options(args, cfg)
         try:
             get_executor(args.executor, **options)      # bad options fail before any compute
         except ValueError as e:

@@ -148,3 +148,17 @@ def test_grid_on_a_separately_started_scheduler_and_worker(tmp_path):
             stop(worker)
         stop(scheduler)
     assert worker.returncode is not None and scheduler.returncode is not None
+
+
+def test_dask_tasks_get_the_configs_torch_threads():
+    """``runtime.threads`` reaches each Dask task (multi-core workers); unset it is 1 thread."""
+    from pipeline.__main__ import build_parser, executor_options
+
+    args = build_parser().parse_args(["grid", "x.yaml", "--executor", "dask", "--scheduler", "tcp://h:1"])
+    assert executor_options(args, parse_config(tiny()))["torch_threads"] == 1
+    options = executor_options(args, parse_config(tiny(runtime={"threads": 4})))
+    assert options == {"workers": args.workers, "scheduler": "tcp://h:1", "torch_threads": 4}
+    executor = get_executor("dask", **options)
+    assert isinstance(executor, DaskExecutor) and executor.torch_threads == 4
+    serial = build_parser().parse_args(["grid", "x.yaml"])
+    assert executor_options(serial, parse_config(tiny(runtime={"threads": 4}))) == {}
