@@ -123,8 +123,7 @@ def _padded(h: torch.Tensor, pad: int, dims: int) -> tuple[torch.Tensor, torch.T
     return buf, inner
 
 
-def _bn_mm(bn: nn.modules.batchnorm._BatchNorm, h: torch.Tensor, members: int,
-           out: torch.Tensor | None = None) -> torch.Tensor:
+def _bn_mm(bn: nn.modules.batchnorm._BatchNorm, h: torch.Tensor, members: int) -> torch.Tensor:
     """BatchNorm over ``h [M, B, *spatial, C]`` with nn.BatchNorm's train/eval semantics.
 
     Train mode normalises with the batch statistics and updates the running ones the way
@@ -147,7 +146,7 @@ def _bn_mm(bn: nn.modules.batchnorm._BatchNorm, h: torch.Tensor, members: int,
     else:
         mean, var = bn.running_mean.view(shape), bn.running_var.view(shape)
     scale = torch.rsqrt(var + bn.eps) * bn.weight.view(shape)
-    return torch.addcmul(bn.bias.view(shape) - mean * scale, h, scale, out=out)
+    return torch.addcmul(bn.bias.view(shape) - mean * scale, h, scale)
 
 
 def _linear_mm(lin: ELinear, h: torch.Tensor) -> torch.Tensor:
