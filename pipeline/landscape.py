@@ -19,6 +19,7 @@ import torch
 from pipeline.models import EnsembleModel, eval_batch_size, stack_members
 from pipeline.parallel import map_chunks, split
 from pipeline.specs import MeasureSpec
+from pipeline.train import correct_counts
 
 State = dict[str, torch.Tensor]
 
@@ -84,18 +85,6 @@ def reestimate_bn(model: EnsembleModel, x: torch.Tensor, batch_size: int = 64) -
     model.eval()
 
 
-@torch.no_grad()
-def _errors(model: EnsembleModel, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-    model.eval()
-    batch_size = batch_size or eval_batch_size(model, x)
-    wrong = torch.zeros(model.members, dtype=torch.float64, device=x.device)
-    for start in range(0, len(x), batch_size):
-        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-        pred = model.logits_shared(xb).argmax(-1)                 # [M, B]
-        wrong += (pred != yb[None, :]).sum(1)
-    return (wrong / len(x)).cpu()
-
-
 def lmc_curves(build: Callable[[int], EnsembleModel], states: list[State], pairs: list[tuple[int, int]],
                x: torch.Tensor, y: torch.Tensor, points: int = 11, bn_batch_size: int = 64,
                max_members: int = 64, workers: int = 1) -> list[list[float]]:
@@ -130,7 +119,8 @@ def lmc_curves(build: Callable[[int], EnsembleModel], states: list[State], pairs
         model = build(len(chunk_range))
         model.load_state_dict(stack_members([state_of(jobs[j]) for j in chunk_range]))
         reestimate_bn(model, x, bn_batch_size)
-        for j, e in zip(chunk_range, _errors(model, x, y).tolist(), strict=True):
+        errors_now = (len(x) - correct_counts(model, x, y)).double() / len(x)
+        for j, e in zip(chunk_range, errors_now.tolist(), strict=True):
             errors[j] = e
 
     map_chunks(run, split(len(jobs), max_members, workers), workers)

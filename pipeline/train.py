@@ -238,13 +238,19 @@ def _clone(obj):
 
 
 @torch.no_grad()
-def evaluate(model: EnsembleModel, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-    """Accuracy of every member on the same examples, eval mode: ``[M]`` fractions."""
+def correct_counts(model: EnsembleModel, x: torch.Tensor, y: torch.Tensor,
+                   batch_size: int | None = None) -> torch.Tensor:
+    """How many of ``x`` every member classifies correctly, eval mode: ``[M]`` integers."""
     model.eval()
     batch_size = batch_size or eval_batch_size(model, x)
-    correct = torch.zeros(model.members, device=x.device)
+    correct = torch.zeros(model.members, dtype=torch.long, device=x.device)
     for start in range(0, len(x), batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
         pred = model.logits_shared(xb).argmax(-1)                          # [M, b]
         correct += (pred == yb[None, :]).sum(1)
-    return (correct / len(x)).cpu()
+    return correct.cpu()
+
+
+def evaluate(model: EnsembleModel, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """Accuracy of every member on the same examples, eval mode: ``[M]`` fractions."""
+    return correct_counts(model, x, y, batch_size).float() / len(x)
