@@ -295,9 +295,23 @@ class MLP(EnsembleModel):
         return self.classifier(self.features(_flatten(x, self.members)))
 
 
+SHORTCUTS = ("preact", "raw")
+
+
 class PreActBlock(nn.Module):
-    def __init__(self, members: int, cin: int, cout: int, stride: int):
+    """Pre-activation residual block: BN-ReLU-conv3x3, BN-ReLU-conv3x3, plus a shortcut.
+
+    Where the shape changes the shortcut is a 1x1 convolution, fed by ``shortcut``:
+    ``"preact"`` = the block's pre-activated input ``relu(bn1(x))`` (He et al.'s code),
+    ``"raw"`` = its raw input ``x`` (the code of the pruning paper's authors). An identity
+    shortcut always adds the raw ``x``.
+    """
+
+    def __init__(self, members: int, cin: int, cout: int, stride: int, shortcut: str = "preact"):
         super().__init__()
+        if shortcut not in SHORTCUTS:
+            raise ValueError(f"model.shortcut={shortcut!r}: allowed: {', '.join(SHORTCUTS)}")
+        self.raw_shortcut = shortcut == "raw"
         self.bn1 = _bn(members, 2, cin)
         self.conv1 = EConv(members, 2, cin, cout, 3, stride, 1)
         self.bn2 = _bn(members, 2, cout)
@@ -306,7 +320,10 @@ class PreActBlock(nn.Module):
 
     def forward(self, x):
         out = F.relu(self.bn1(x))
-        short = self.shortcut(out) if self.shortcut is not None else x
+        if self.shortcut is None:
+            short = x
+        else:
+            short = self.shortcut(x if self.raw_shortcut else out)
         out = self.conv1(out)
         out = self.conv2(F.relu(self.bn2(out)))
         return out + short
@@ -316,12 +333,16 @@ class PreResNet(EnsembleModel):
     """Pre-activation ResNet for 32x32 images (He et al. 2016), depth 6n+2 (20, 56, ...).
 
     Three stages of 16, 32, 64 channels (times ``width``); 1x1 convolution shortcuts where the
-    shape changes, applied after the block's first BN-ReLU as in the paper's code. With depth
-    20 the prunable convolutions are 21 (stem, 18 block convs, 2 shortcuts).
+    shape changes (the first block of stages 2 and 3). ``shortcut`` says what feeds them:
+    ``"raw"``, the block's input ``x``, is the pruning paper's own network (its authors' code;
+    ``configs/paper/*.yaml`` use it); ``"preact"`` (the default, kept so that existing spec
+    hashes keep their meaning), the block's ``relu(bn1(x))``, is He et al.'s official
+    pre-activation ResNet. The two compute different functions on the same weights. With
+    depth 20 the prunable convolutions are 21 (stem, 18 block convs, 2 shortcuts).
     """
 
     def __init__(self, members: int, in_shape: tuple[int, ...], num_classes: int,
-                 width: float = 1.0, depth: int = 20):
+                 width: float = 1.0, depth: int = 20, shortcut: str = "preact"):
         super().__init__()
         depth = depth or 20
         if (depth - 2) % 6:
@@ -333,7 +354,8 @@ class PreResNet(EnsembleModel):
         blocks, cin = [], widths[0]
         for stage, cout in enumerate(widths):
             for i in range(n):
-                blocks.append(PreActBlock(members, cin, cout, 2 if stage > 0 and i == 0 else 1))
+                blocks.append(PreActBlock(members, cin, cout, 2 if stage > 0 and i == 0 else 1,
+                                          shortcut))
                 cin = cout
         self.blocks = nn.Sequential(*blocks)
         self.bn = _bn(members, 2, cin)
@@ -396,11 +418,15 @@ def list_models() -> list[str]:
 def check_model(spec: ModelSpec) -> None:
     if spec.name not in _MODELS:
         raise ValueError(f"model.name={spec.name!r}: unknown model; allowed: {', '.join(list_models())}")
+    if spec.shortcut != "preact" and spec.name != "preresnet":
+        raise ValueError(f"model.shortcut={spec.shortcut!r}: only model.name=preresnet has a "
+                         f"shortcut choice (got model.name={spec.name!r})")
 
 
 register_model("cnn1d", lambda m, s, k, spec: CNN1D(m, s, k, spec.width))
 register_model("mlp", lambda m, s, k, spec: MLP(m, s, k, spec.width, spec.depth))
-register_model("preresnet", lambda m, s, k, spec: PreResNet(m, s, k, spec.width, spec.depth))
+register_model("preresnet", lambda m, s, k, spec: PreResNet(m, s, k, spec.width, spec.depth,
+                                                             spec.shortcut))
 register_model("vgg", lambda m, s, k, spec: VGG(m, s, k, spec.width, spec.depth))
 
 

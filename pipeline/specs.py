@@ -110,12 +110,17 @@ class ModelSpec(Spec):
     name: str = "cnn1d"
     width: float = 1.0
     depth: int = 0                   # 0 = the model's default (PreResNet 20, VGG 16, MLP 2)
+    # PreResNet only: what feeds the 1x1 shortcut of a stage's first block: "preact" =
+    # relu(bn1(x)) (He et al.'s code), "raw" = the block's input x (the paper's code)
+    shortcut: str = "preact"
 
     def validate(self) -> None:
         if self.width <= 0:
             raise ValueError(f"model.width={self.width!r}: must be > 0")
         if self.depth < 0:
             raise ValueError(f"model.depth={self.depth!r}: must be >= 0")
+        if self.shortcut not in ("preact", "raw"):
+            raise ValueError(f"model.shortcut={self.shortcut!r}: allowed: preact, raw")
 
 
 @dataclass(frozen=True)
