@@ -6,15 +6,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from tracking.store import TrackingUnavailableError, configure, init_experiment, redact_uri
+from tracking.cli import add_store_options, open_store
+from tracking.store import TrackingUnavailableError, init_experiment, redact_uri
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tracking",
         description="MLflow stores, results tables and phase diagrams of pruning experiments.")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: "
-                        "$MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db)")
+    add_store_options(parser)
     commands = parser.add_subparsers(dest="command", required=True)
 
     init = commands.add_parser("init", help="create the store and the experiment (run once, "
@@ -36,8 +36,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 on success, 1 on a reported error)."""
     args = _parser().parse_args(argv)
-    uri = configure(args.tracking_uri)
     try:
+        uri = open_store(args)        # before any compute: the store answers, or a clear error
         if args.command == "init":
             exp_id = init_experiment(args.experiment, args.description)
             print(f"experiment {args.experiment!r} (id {exp_id}) ready in {redact_uri(uri)}")
