@@ -8,6 +8,7 @@ global methods keep exactly round(density * total) weights.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -42,7 +43,8 @@ def prune(weights: dict[str, torch.Tensor], spec: PruneSpec) -> Masks:
     check_pruning(spec)
     if spec.density == 1.0:
         return {k: torch.ones_like(w) for k, w in weights.items()}
-    return _METHODS[spec.method]({k: w.detach().float() for k, w in weights.items()}, spec.density, spec.seed)
+    return _METHODS[spec.method]({k: w.detach().float() for k, w in weights.items()}, spec.density, spec.seed,
+                                 **_method_options(spec))
 
 
 def apply_masks(state: dict[str, torch.Tensor], masks: Masks) -> dict[str, torch.Tensor]:
@@ -110,3 +112,78 @@ def _random(weights, density, seed):
     """A baseline: random weights kept, the same density in every layer."""
     g = torch.Generator().manual_seed(seed)
     return _per_layer({k: torch.rand(w.shape, generator=g) for k, w in weights.items()}, density)
+
+
+# --- AlphaPruning (Lu et al., NeurIPS 2024): per-layer densities from heavy-tailed spectra ------
+
+def _method_options(spec: PruneSpec) -> dict:
+    """Extra keyword arguments a method takes from its spec (most take none)."""
+    return {"eps": spec.alpha_eps} if spec.method == "alpha" else {}
+
+
+def alpha_layer_densities(alphas: dict[str, float], sizes: dict[str, int], density: float,
+                          eps: float) -> dict[str, int]:
+    """Weights to keep per layer, from per-layer alpha (AlphaPruning's allocation).
+
+    Alphas are mapped linearly onto [1 + eps, 1 - eps] (the smallest alpha, the best-trained
+    layer, to 1 + eps; the largest to 1 - eps) and multiplied by ``density``; the factors are
+    then rescaled so that the kept weights total exactly round(density * total), with a layer
+    that would exceed density 1 held at 1 and its excess spread over the others. Each layer
+    keeps at least one weight. A NaN alpha (a layer too small to fit) counts as the mean of
+    the others; without two distinct finite alphas every layer gets ``density``.
+
+    The paper maps the per-layer *sparsity* (pruned fraction) into [1 - eps, 1 + eps] x target;
+    at the low densities of this project's grids (sparsity 0.8-0.95) that leaves (0, 1], so we
+    map the kept fraction instead (ours). Both prune layers with larger alpha more.
+    """
+    names = list(sizes)
+    finite = [a for a in (alphas.get(k, math.nan) for k in names) if math.isfinite(a)]
+    mean = sum(finite) / len(finite) if finite else 0.0
+    a = {k: (alphas[k] if math.isfinite(alphas.get(k, math.nan)) else mean) for k in names}
+    lo, hi = min(a.values()), max(a.values())
+    factor = {k: (1.0 + eps - 2.0 * eps * (a[k] - lo) / (hi - lo)) if hi > lo else 1.0 for k in names}
+    total = sum(sizes.values())
+    target = round(density * total)
+    # water-filling: scale the free layers so the total is exact, holding layers at density 1
+    full: set[str] = set()
+    while True:
+        free = [k for k in names if k not in full]
+        room = target - sum(sizes[k] for k in full)
+        weight = sum(factor[k] * sizes[k] for k in free)
+        scale = room / weight if weight > 0 else 0.0
+        over = {k for k in free if scale * factor[k] >= 1.0}
+        if not over:
+            break
+        full |= over
+    want = {k: (float(sizes[k]) if k in full else scale * factor[k] * sizes[k]) for k in names}
+    keep = {k: min(sizes[k], max(1, math.floor(want[k]))) for k in names}
+    # largest remainders first until the total is exact (to the weight)
+    order = sorted(names, key=lambda k: want[k] - math.floor(want[k]), reverse=True)
+    gap = target - sum(keep.values())
+    while gap != 0:
+        moved = False
+        for k in (order if gap > 0 else reversed(order)):
+            if gap > 0 and keep[k] < sizes[k]:
+                keep[k] += 1
+                gap -= 1
+                moved = True
+            elif gap < 0 and keep[k] > 1:
+                keep[k] -= 1
+                gap += 1
+                moved = True
+            if gap == 0:
+                break
+        if not moved:
+            break      # fewer weights than layers: each layer keeps one
+    return keep
+
+
+@register_pruning("alpha")
+def _alpha(weights, density, seed, eps=0.2):
+    """AlphaPruning: per-layer densities from the layers' WeightWatcher alpha (larger alpha,
+    less well trained, pruned more), then magnitude pruning within each layer."""
+    from pipeline.spectra import layer_spectra
+
+    alphas = {k: s.alpha for k, s in layer_spectra(weights).items()}
+    keep = alpha_layer_densities(alphas, {k: w.numel() for k, w in weights.items()}, density, eps)
+    return {k: _keep_top(w.abs(), keep[k]) for k, w in weights.items()}

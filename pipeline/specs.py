@@ -179,10 +179,15 @@ class PruneSpec(Spec):
     method: str = "global"
     prune_classifier: bool = False
     seed: int = 0                    # only the ``random`` method uses it
+    # only the ``alpha`` method (AlphaPruning) uses it: per-layer densities span
+    # [1 - alpha_eps, 1 + alpha_eps] x density before the rescaling to the exact total
+    alpha_eps: float = 0.2
 
     def validate(self) -> None:
         if not 0.0 < self.density <= 1.0:
             raise ValueError(f"prune.density={self.density!r}: must be in (0, 1] (fraction of weights kept)")
+        if not 0.0 <= self.alpha_eps < 1.0:
+            raise ValueError(f"prune.alpha_eps={self.alpha_eps!r}: must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -214,8 +219,24 @@ class MeasureSpec(Spec):
     cka_examples: int = 6464
     bn_batch_size: int = 64
     metrics: tuple[str, ...] = ("lmc", "cka")
+    # Weight spectra (pipeline/spectra.py) of the dense checkpoint and of the pruned model
+    # before fine-tuning; layers with fewer eigenvalues than spectra_min_evals get NaN
+    spectra: bool = False
+    spectra_min_evals: int = 8
+    # Curvature (pipeline/curvature.py) of the first fine-tuned copy's training loss on the
+    # first hessian_examples training examples: Hutchinson trace, power-iteration top eigenvalue
+    hessian: bool = False
+    hessian_examples: int = 512
+    hessian_probes: int = 32
+    hessian_iterations: int = 20
 
     def validate(self) -> None:
+        for name in ("spectra", "hessian"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"measure.{name}={getattr(self, name)!r}: must be true or false")
+        for name in ("spectra_min_evals", "hessian_examples", "hessian_probes", "hessian_iterations"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"measure.{name}={getattr(self, name)!r}: must be >= 1")
         if self.lmc_points < 2:
             raise ValueError(f"measure.lmc_points={self.lmc_points!r}: must be >= 2")
         if self.cka_examples < 2:

@@ -28,7 +28,7 @@ torch.set_num_threads(1)
 
 METHODS = list_pruning_methods()
 # How each built-in method counts density: one global count, or per layer.
-GLOBAL_COUNT = {"global", "lamp"}
+GLOBAL_COUNT = {"global", "lamp", "alpha"}
 PER_LAYER = {"uniform", "random"}
 DENSITIES = [0.01, 0.05, 0.1, 0.33, 0.8]
 
