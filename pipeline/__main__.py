@@ -8,6 +8,7 @@ import sys
 
 from pipeline.config import load_config
 from pipeline.executors import get_executor, list_executors
+from tracking.cli import add_store_options, open_store
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -15,8 +16,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", help="MLflow experiment (default: the config's `experiment`)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set finetune.epochs=5 (repeatable)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
-                   "else sqlite:///<repo>/mlflow.db)")
+    add_store_options(p)          # --tracking-uri, --store-timeout
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -52,7 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     from sqlalchemy.exc import OperationalError
 
     from pipeline.grid import GridRunner, cell_name, ensure_cell
-    from tracking.store import TrackingUnavailableError, redact_text, redact_uri
+    from tracking.store import (
+        StoreUnreachableError,
+        TrackingUnavailableError,
+        redact_text,
+        redact_uri,
+    )
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -62,8 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "grid":
         options = executor_options(args, cfg)
         try:
-            get_executor(args.executor, **options)      # bad options fail before any compute
+            executor = get_executor(args.executor, **options)  # bad options fail before any compute
         except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        try:   # the store (and a --scheduler) answer, or one clear error: nothing computed
+            open_store(args)
+            getattr(executor, "check", lambda: None)()
+        except (StoreUnreachableError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         try:
@@ -89,9 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from tracking.store import configure
-
-    configure(args.tracking_uri)
+    try:
+        open_store(args)
+    except (StoreUnreachableError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         row = ensure_cell(cfg, args.temperature, args.density, args.dense_seed, args.experiment,
                           progress=not args.no_progress)

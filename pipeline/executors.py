@@ -93,11 +93,27 @@ class DaskExecutor:
         self.scheduler = scheduler
         self.torch_threads = torch_threads
 
+    def check(self) -> None:
+        """With ``scheduler``: check that it answers, within the store timeout (one line per
+        pause); without, nothing to check.
+
+        Raises:
+            StoreUnreachableError: it did not answer; the message says what to check.
+        """
+        if self.scheduler:
+            from tracking.store import wait_until_answers
+
+            wait_until_answers(lambda seconds: _scheduler_identity(self.scheduler, seconds),
+                               "Dask scheduler", self.scheduler, hints=_SCHEDULER_HINTS)
+
     def _client(self):
         from distributed import Client, LocalCluster
 
         if self.scheduler:
-            return Client(self.scheduler), None
+            from tracking.store import store_timeout
+
+            self.check()
+            return Client(self.scheduler, timeout=store_timeout()), None
         # Loopback only, no dashboard: nothing listens beyond this machine unless asked to.
         cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
                                host="127.0.0.1", dashboard_address=None,
@@ -135,6 +151,46 @@ class DaskExecutor:
             client.close()
             if cluster is not None:
                 cluster.close()
+
+
+_SCHEDULER_HINTS = ("is a scheduler started at that address (dask scheduler --host HOST --port "
+                    "PORT), is the address right (tcp://HOST:8786 by default), and can this "
+                    "machine reach it?")
+
+
+def _scheduler_identity(address: str, seconds: float) -> dict:
+    """Ask the scheduler at ``address`` who it is, giving up after ``seconds``.
+
+    Note: ``distributed.Client(timeout=...)`` bounds the connection only: a port that accepts
+    and never answers holds it forever, hence the whole exchange under ``wait_for``.
+    """
+    import asyncio
+
+    from distributed.comm import connect
+
+    from tracking.store import NoAnswer
+
+    async def identity() -> dict:
+        comm = await connect(address, timeout=seconds)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            await comm.close()
+
+    try:
+        reply = asyncio.run(asyncio.wait_for(identity(), seconds))
+    except ValueError as e:          # an address distributed cannot parse: waiting won't help
+        raise NoAnswer(str(e), permanent=True) from e
+    except TimeoutError as e:        # connected, but the exchange never finished
+        raise NoAnswer(f"connected, but no answer within {seconds:.1f} s") from e
+    except OSError as e:             # distributed retried the connection until `seconds`
+        raise NoAnswer(f"could not connect within {seconds:.1f} s") from e
+    kind = reply.get("type") if isinstance(reply, dict) else None
+    if kind != "Scheduler":
+        raise NoAnswer(f"it answers as {kind or 'something else'}, not as a Dask scheduler",
+                       permanent=True)
+    return reply
 
 
 _EXECUTORS: dict[str, Callable[..., object]] = {"serial": lambda **kw: SerialExecutor(),

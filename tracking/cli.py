@@ -16,13 +16,9 @@ from __future__ import annotations
 
 import argparse
 
-from tracking.store import (
-    DEFAULT_STORE_TIMEOUT,
-    ENV_STORE_TIMEOUT,
-    configure,
-    ensure_reachable,
-    set_store_timeout,
-)
+# Defined here, not in tracking.store, so that building a parser does not import MLflow.
+ENV_STORE_TIMEOUT = "THREE_REGIME_STORE_TIMEOUT"
+DEFAULT_STORE_TIMEOUT = 30.0     # seconds a command waits for a store before it gives up
 
 TRACKING_URI_HELP = ("MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
                      "sqlite:///<repo>/mlflow.db)")
@@ -55,6 +51,8 @@ def apply_store_timeout(args: argparse.Namespace) -> float:
     Raises:
         ValueError: ``$THREE_REGIME_STORE_TIMEOUT`` is not a number of seconds > 0.
     """
+    from tracking.store import set_store_timeout
+
     return set_store_timeout(getattr(args, "store_timeout", None))
 
 
@@ -67,6 +65,8 @@ def open_store(args: argparse.Namespace) -> str:
             per pause); the message names the URI (password redacted) and what to check.
         ValueError: a bad ``$THREE_REGIME_STORE_TIMEOUT``.
     """
+    from tracking.store import configure, ensure_reachable
+
     timeout = apply_store_timeout(args)
     uri = configure(getattr(args, "tracking_uri", None))
     ensure_reachable(uri, timeout)

@@ -35,11 +35,10 @@ from mlflow.protos.databricks_pb2 import (
 )
 
 from tracking import keys
+from tracking.cli import DEFAULT_STORE_TIMEOUT, ENV_STORE_TIMEOUT
 
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 ENV_ARTIFACT_ROOT = "THREE_REGIME_ARTIFACT_ROOT"
-ENV_STORE_TIMEOUT = "THREE_REGIME_STORE_TIMEOUT"
-DEFAULT_STORE_TIMEOUT = 30.0     # seconds a command waits for a store before it gives up
 MAX_WAIT = 10.0                  # longest pause between two attempts
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
