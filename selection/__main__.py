@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from selection import classify_cli, demo, select_cli, tune_cli
+from selection import classify_cli, demo, map_cli, select_cli, tune_cli
 
 # one entry per command module; a module may add several commands (tune_cli: tune, replay)
-_COMMAND_MODULES = [classify_cli, select_cli, tune_cli, demo]
+_COMMAND_MODULES = [classify_cli, select_cli, tune_cli, demo, map_cli]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    from tracking.store import TrackingUnavailableError
+
+    try:
+        return args.func(args)
+    except TrackingUnavailableError as e:   # a store that does not answer: one clear error
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

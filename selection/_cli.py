@@ -8,17 +8,19 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from tracking.cli import add_store_options, open_store
+
 DEFAULT_LOG_EXPERIMENT = "selection"   # where --table runs are logged unless told otherwise
 
 
 def add_table_source(parser: argparse.ArgumentParser) -> None:
-    """``--experiment NAME | --table CSV`` (one required) and ``--tracking-uri``."""
+    """``--experiment NAME | --table CSV`` (one required), ``--tracking-uri`` and
+    ``--store-timeout``."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--experiment", help="MLflow experiment whose FINISHED cell runs form "
                         "the results table; results are logged under its grid parent run")
     source.add_argument("--table", help="results table CSV (DESIGN.md section 6 columns)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: "
-                        "$MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db)")
+    add_store_options(parser)
 
 
 def add_mlflow_options(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +40,8 @@ def load_table(args: argparse.Namespace, required: Sequence[str]) -> pd.DataFram
     """
     from tracking.tables import read_table, results_table
 
+    if args.experiment or not getattr(args, "no_mlflow", True):
+        _configure(args)       # the store is needed: it answers, or one clear error, first
     if args.table:
         return read_table(args.table, required)
     _configure(args)
@@ -48,9 +52,15 @@ def load_table(args: argparse.Namespace, required: Sequence[str]) -> pd.DataFram
 
 
 def _configure(args: argparse.Namespace) -> None:
-    from tracking.store import configure
+    """Set the tracking URI and check the store answers (once per command).
 
-    configure(args.tracking_uri)
+    Raises:
+        StoreUnreachableError: it does not, within ``--store-timeout``.
+    """
+    if getattr(args, "store_checked", False):
+        return
+    open_store(args)
+    args.store_checked = True
 
 
 def log_target(args: argparse.Namespace) -> tuple[str | None, str | None]:

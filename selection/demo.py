@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from selection._cli import fail
+from tracking.cli import add_store_options
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,8 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--replay-repeats", type=int, default=20,
                    help="seeds per sampler in the replay at the tuning density")
     p.add_argument("--out", default="demo_out", help="folder for tables and pictures")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
-                   "else sqlite:///<repo>/mlflow.db)")
+    add_store_options(p)          # --tracking-uri, --store-timeout (the steps inherit both)
     p.set_defaults(func=run_demo)
 
 
@@ -63,14 +63,18 @@ def run_demo(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from selection.__main__ import main as selection_main
     from tracking.__main__ import main as tracking_main
-    from tracking.store import configure, redact_uri
+    from tracking.cli import open_store
+    from tracking.store import StoreUnreachableError, redact_uri
 
     started = time.perf_counter()
     try:
         cfg = load_config(args.config)
     except (ValueError, FileNotFoundError) as e:
         return fail(e)
-    uri = configure(args.tracking_uri)
+    try:
+        uri = open_store(args)     # before any step: the store answers, or one clear error
+    except (StoreUnreachableError, ValueError) as e:
+        return fail(e)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     exp = cfg.experiment

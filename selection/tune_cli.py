@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from selection.tuner import SAMPLER_NAMES
+from tracking.cli import add_store_options
 
 __all__ = ["add_parser", "run_tune", "run_replay"]
 
@@ -46,8 +47,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     tune.add_argument("--dense-seed", type=int, help="dense seed of the cells (default: the "
                       "config's first)")
     tune.add_argument("--experiment", help="MLflow experiment (default: the config's)")
-    tune.add_argument("--tracking-uri", help="MLflow tracking URI (default: "
-                      "$MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db)")
+    add_store_options(tune)       # --tracking-uri, --store-timeout
     tune.add_argument("--no-mlflow", action="store_true",
                       help="do not log the study and its trials to MLflow")
     tune.add_argument("--no-register", action="store_true",
@@ -85,14 +85,15 @@ def run_tune(args: argparse.Namespace,
              lookup: Callable[[float, float], Mapping[str, Any]] | None = None) -> int:
     """Run the ``tune`` command; ``lookup`` replaces the pipeline (tests, dry runs)."""
     from pipeline.config import load_config
-    from selection.tuner import MlflowTrialLogger, classifier_callables, tune
+    from selection.tuner import MlflowTrialLogger, classifier_callables, make_storage, tune
     from tracking import keys
-    from tracking.store import configure
+    from tracking.cli import open_store
 
     try:
         cfg = load_config(args.config)
         experiment = args.experiment or cfg.experiment
-        configure(args.tracking_uri)
+        open_store(args)                     # both stores answer before anything is written
+        storage = make_storage(args.storage)
         if lookup is None:
             from pipeline.grid import ensure_cell
 
@@ -117,7 +118,7 @@ def run_tune(args: argparse.Namespace,
             register_best=None if args.no_register else _register_best)
         study = tune(lookup, density=args.density, temperature_space=list(cfg.temperatures),
                      knob=cfg.knob, n_trials=args.n_trials, sampler=args.sampler,
-                     seed=args.seed, storage=args.storage, study_name=args.study,
+                     seed=args.seed, storage=storage, study_name=args.study,
                      eps=args.eps, tau=args.tau, regime_labeller=labeller,
                      regime_predictor=predictor, logger=logger)
     except (ValueError, FileNotFoundError, RuntimeError) as e:

@@ -132,6 +132,7 @@ def make_storage(url: str | None = None) -> BaseStorage:
       keep an ``alembic_version`` table).
 
     Raises:
+        StoreUnreachableError: a database that does not answer within the store timeout.
         RuntimeError: the database cannot be opened (the message says why and what to try).
 
     Note: create an RDB study once (the ``init`` step) before starting workers: creating the
@@ -144,8 +145,14 @@ def make_storage(url: str | None = None) -> BaseStorage:
     if url == "memory":
         return InMemoryStorage()
     if "://" in url:
+        from tracking.store import ensure_reachable, store_timeout
+
+        # answers within the store timeout (one line per pause), or one clear error
+        ensure_reachable(url, what="Optuna storage")
+        connect_args = ({"connect_timeout": max(2, round(store_timeout()))}
+                        if url.startswith(("postgres", "mysql")) else {})
         try:
-            return RDBStorage(url)
+            return RDBStorage(url, engine_kwargs={"connect_args": connect_args})
         except Exception as e:   # sqlalchemy's OperationalError, a missing driver, bad schema
             from tracking.store import redact_text, redact_uri
 
