@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_pipeline_data import write_tiny  # noqa: E402  (tests are on sys.path)
-from tiny import TINY  # noqa: E402
+from helpers import TINY, write_tiny
 
 from pipeline.__main__ import main as pipeline_main
 from tracking.tables import results_table

@@ -7,7 +7,7 @@ from urllib.parse import urlparse
 
 import pytest
 import torch
-from test_scale_helpers import runs_of, tiny
+from helpers import runs_of, tiny
 
 from pipeline.config import parse_config
 from pipeline.grid import checkpoint_path, run_grid

@@ -3,8 +3,8 @@ to every other cell and exits non-zero."""
 
 from __future__ import annotations
 
+from helpers import runs_of, tiny, write_config
 from mlflow import MlflowClient
-from test_scale_helpers import runs_of, tiny, write_config
 
 from pipeline.__main__ import main
 from tracking import keys

@@ -4,7 +4,7 @@ naming the field, the value and what is allowed."""
 from __future__ import annotations
 
 import pytest
-from test_scale_helpers import REPO, cli, cli_env, tiny, write_config
+from helpers import REPO, cli, cli_env, tiny, write_config
 
 from pipeline.__main__ import main
 

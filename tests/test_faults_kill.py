@@ -10,8 +10,7 @@ import signal
 import time
 
 import pytest
-from mlflow import MlflowClient
-from test_scale_helpers import (
+from helpers import (
     cli,
     cli_env,
     finished_per_hash,
@@ -22,6 +21,7 @@ from test_scale_helpers import (
     wait_for,
     write_config,
 )
+from mlflow import MlflowClient
 
 import pipeline.grid as grid_mod
 from pipeline.config import parse_config

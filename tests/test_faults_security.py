@@ -7,9 +7,9 @@ import os
 
 import pytest
 import torch
+from helpers import cli, cli_env, pg_url, postgres_database, tiny, write_config
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
-from test_scale_helpers import cli, cli_env, pg_url, postgres_database, tiny, write_config
 
 from pipeline.__main__ import main
 from tracking.artifacts import CorruptArtifactError, load_file, log_files

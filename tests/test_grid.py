@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import TINY
 from mlflow import MlflowClient
-from tiny import TINY  # noqa: E402  (tests are on sys.path)
 
 import pipeline.grid as grid_mod
 from pipeline.config import parse_config

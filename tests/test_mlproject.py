@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import TINY
 
 from tracking.tables import results_table
 
 ROOT = Path(__file__).resolve().parent.parent
-
-from tiny import TINY  # noqa: E402  (tests are on sys.path)
 
 
 def _mlflow_run(entry: str, params: dict, env: dict) -> subprocess.CompletedProcess:

@@ -1,92 +1,19 @@
 """Datasets: every registered dataset's shapes, split and normalisation; file layouts; errors;
-augmentation. File-based datasets are read from tiny files written here in torchvision's
-on-disk layout."""
+augmentation. File-based datasets are read from tiny files that ``helpers.write_tiny``
+writes in torchvision's on-disk layouts."""
 
 from __future__ import annotations
-
-import gzip
-import pickle
-import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import write_tiny
 
 import pipeline.data as data_mod
 from pipeline.data import list_datasets, load_dataset, random_crop_flip
 from pipeline.specs import DataSpec
 
 torch.set_num_threads(1)
-
-# --- writers of torchvision's on-disk formats ----------------------------------------------
-
-
-def _images(rng, n, c, h, w):
-    return rng.integers(0, 256, size=(n, c, h, w), dtype=np.uint8)
-
-
-def _write_cifar(root: Path, folder: str, files: dict[str, tuple], label_key: bytes) -> None:
-    (root / folder).mkdir(parents=True)
-    for fname, (x, y) in files.items():
-        with open(root / folder / fname, "wb") as f:
-            pickle.dump({b"data": x.reshape(len(x), -1), label_key: [int(v) for v in y]}, f)
-
-
-def _write_mat(path: Path, x: np.ndarray, y: np.ndarray) -> None:
-    from scipy.io import savemat
-
-    labels = np.where(y == 0, 10, y).astype(np.uint8).reshape(-1, 1)   # SVHN stores 0 as 10
-    savemat(path, {"X": np.transpose(x, (2, 3, 1, 0)), "y": labels})  # [32, 32, 3, N]
-
-
-def _idx_bytes(a: np.ndarray) -> bytes:
-    header = bytes([0, 0, 8, a.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in a.shape)
-    return header + a.astype(np.uint8).tobytes()
-
-
-def _write_idx(raw: Path, x_train, y_train, x_test, y_test, gz: bool) -> None:
-    raw.mkdir(parents=True)
-    for fname, a in (("train-images-idx3-ubyte", x_train[:, 0]), ("train-labels-idx1-ubyte", y_train),
-                     ("t10k-images-idx3-ubyte", x_test[:, 0]), ("t10k-labels-idx1-ubyte", y_test)):
-        if gz:
-            with gzip.open(raw / (fname + ".gz"), "wb") as f:
-                f.write(_idx_bytes(a))
-        else:
-            (raw / fname).write_bytes(_idx_bytes(a))
-
-
-def write_tiny(name: str, root: Path) -> dict:
-    """Write ``name`` under ``root``; return the raw arrays the loader should produce."""
-    rng = np.random.default_rng(zlib.crc32(name.encode()))
-    if name in ("cifar10", "cifar100"):
-        k = 10 if name == "cifar10" else 100
-        batches = [(_images(rng, 8, 3, 32, 32), rng.integers(0, k, 8)) for _ in range(5 if k == 10 else 1)]
-        test = (_images(rng, 10, 3, 32, 32), rng.integers(0, k, 10))
-        if k == 10:
-            files = {f"data_batch_{i + 1}": b for i, b in enumerate(batches)} | {"test_batch": test}
-            _write_cifar(root, "cifar-10-batches-py", files, b"labels")
-        else:
-            _write_cifar(root, "cifar-100-python", {"train": batches[0], "test": test}, b"fine_labels")
-        xtr, ytr = np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
-        xte, yte = test
-    elif name == "svhn":
-        k = 10
-        xtr, ytr = _images(rng, 30, 3, 32, 32), np.arange(30) % 10      # includes digit 0
-        xte, yte = _images(rng, 10, 3, 32, 32), np.arange(10)
-        _write_mat(root / "train_32x32.mat", xtr, ytr)
-        _write_mat(root / "test_32x32.mat", xte, yte)
-    elif name in ("mnist", "fashion_mnist"):
-        k = 10
-        xtr, ytr = _images(rng, 30, 1, 28, 28), rng.integers(0, 10, 30)
-        xte, yte = _images(rng, 10, 1, 28, 28), rng.integers(0, 10, 10)
-        folder = "MNIST" if name == "mnist" else "FashionMNIST"
-        _write_idx(root / folder / "raw", xtr, ytr, xte, yte, gz=name == "fashion_mnist")
-    else:
-        raise AssertionError(f"no tiny writer for dataset {name!r}: add one")
-    return {"x_train": xtr.astype(np.float64) / 255, "y_train": np.asarray(ytr), "num_classes": k,
-            "x_test": xte.astype(np.float64) / 255, "y_test": np.asarray(yte)}
-
 
 FILE_DATASETS = ["cifar10", "cifar100", "svhn", "mnist", "fashion_mnist"]
 BUILTIN = {"mnist1d": ((1, 40), 4000, 1000), "digits": ((1, 8, 8), 1437, 360)}

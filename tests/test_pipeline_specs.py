@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
+import re
 
 import pytest
 
+import pipeline.specs as specs_mod
 from pipeline.specs import (
     SCHEMA_VERSION,
     CellSpec,
@@ -50,13 +50,21 @@ def test_hashes_are_pinned():
     assert cell_hash(_cell(), _dense()) == "38ceeaafd4232a86"
 
 
-def test_hash_is_sha256_of_canonical_json():
+def test_hash_covers_non_default_fields_type_and_schema(monkeypatch):
     d = _dense()
-    payload = {"schema": SCHEMA_VERSION, "type": "DenseSpec",
-               "fields": {"data": {"name": "digits"}, "model": {"name": "mlp", "width": 0.5},
-                          "train": {"epochs": 20, "lr": 0.05}, "seed": 3}}
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    assert d.spec_hash() == hashlib.sha256(text.encode()).hexdigest()[: len(d.spec_hash())]
+    # only the fields whose value differs from their default enter the hash
+    assert d.identity() == {"data": {"name": "digits"}, "model": {"name": "mlp", "width": 0.5},
+                            "train": {"epochs": 20, "lr": 0.05}, "seed": 3}
+    assert re.fullmatch(r"[0-9a-f]{16}", d.spec_hash())
+    # floats enter with their exact repr: no rounding merges two nearby values
+    assert TrainSpec(lr=0.1 + 0.2).spec_hash() != TrainSpec(lr=0.3).spec_hash()
+    # the spec's type is part of the hash: two all-default specs of different types differ
+    assert PruneSpec().identity() == MeasureSpec().identity() == {}
+    assert PruneSpec().spec_hash() != MeasureSpec().spec_hash()
+    # so is the schema version: bumping it changes every hash
+    before = d.spec_hash()
+    monkeypatch.setattr(specs_mod, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    assert d.spec_hash() != before
 
 
 def test_equal_specs_hash_equal_and_are_hashable():

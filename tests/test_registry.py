@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import mlflow
 import torch
+from helpers import TINY
 from mlflow import MlflowClient
-from tiny import TINY  # noqa: E402  (tests are on sys.path: rootdir-relative)
 
 from pipeline.config import parse_config
 from pipeline.grid import ensure_cell

@@ -6,8 +6,7 @@ import os
 import re
 
 import pytest
-from mlflow import MlflowClient
-from test_scale_helpers import (
+from helpers import (
     cli_env,
     finished_per_hash,
     runs_of,
@@ -16,6 +15,7 @@ from test_scale_helpers import (
     wait_for,
     write_config,
 )
+from mlflow import MlflowClient
 
 from pipeline.config import parse_config
 from pipeline.grid import GridRunner

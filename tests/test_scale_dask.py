@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import REPO, cli, cli_env, free_port, runs_of, stop, tiny, write_config
 from mlflow import MlflowClient
-from test_scale_helpers import REPO, cli, cli_env, free_port, runs_of, stop, tiny, write_config
 
 from pipeline.config import parse_config
 from pipeline.executors import DaskExecutor, Node, get_executor, list_executors

@@ -9,8 +9,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from mlflow import MlflowClient
-from test_scale_helpers import (
+from helpers import (
     MlflowServer,
     cli,
     cli_env,
@@ -23,6 +22,7 @@ from test_scale_helpers import (
     wait_for,
     write_config,
 )
+from mlflow import MlflowClient
 
 from tracking import keys
 from tracking.tables import RESULT_COLUMNS, read_table

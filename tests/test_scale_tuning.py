@@ -14,8 +14,8 @@ from contextlib import nullcontext
 
 import optuna
 import pytest
+from helpers import REPO, cli_env, pg_url, postgres_database, wait_for
 from mlflow import MlflowClient
-from test_scale_helpers import REPO, cli_env, pg_url, postgres_database, wait_for
 
 from selection.tuner import MlflowTrialLogger, make_storage
 from tracking import keys

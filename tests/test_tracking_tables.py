@@ -186,7 +186,12 @@ def test_validate_table_names_the_problem(mutate, message):
 
 def test_validate_table_checks_only_what_is_required():
     df = _valid_table().drop(columns=[keys.CKA, keys.PRUNED_ACC]).assign(lmc_barrier=-3.0)
-    validate_table(df, [keys.TEMPERATURE, keys.DENSITY, keys.TEST_ACC])
+    needed = [keys.TEMPERATURE, keys.DENSITY, keys.TEST_ACC]
+    validate_table(df, needed)     # a bad barrier and missing CKA do not matter here ...
+    with pytest.raises(ValueError, match="'lmc_barrier' must lie in"):
+        validate_table(df, [*needed, keys.LMC_BARRIER])   # ... only once they are required
+    with pytest.raises(ValueError, match=r"lacks required columns \['cka'\]"):
+        validate_table(df, [*needed, keys.CKA])
 
 
 def test_read_table_errors_name_the_file(tmp_path):

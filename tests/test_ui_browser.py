@@ -31,9 +31,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import REPO, TINY, MlflowServer, cli, cli_env, free_port, wait_for, write_config
 from mlflow import MlflowClient
-from test_scale_helpers import REPO, MlflowServer, cli, cli_env, free_port, wait_for, write_config
-from tiny import TINY  # noqa: E402  (tests are on sys.path)
 
 from tracking import keys
 
