@@ -139,8 +139,11 @@ def _set(tree: dict, dotted: str, raw: str) -> None:
     node[keys[-1]] = _safe_load(raw)
 
 
-def parse_config(raw: dict, overrides: list[str] | None = None) -> GridConfig:
-    """Validate a config mapping (as read from YAML) into a GridConfig."""
+def parse_config(raw: dict, overrides: list[str] | None = None,
+                 code_dir: str | Path | None = None) -> GridConfig:
+    """Validate a config mapping (as read from YAML) into a GridConfig. Model and data
+    factories are imported (also from ``code_dir``, the config's folder), checked and
+    fingerprinted here (``pipeline.factories``)."""
     raw = copy.deepcopy(raw or {})       # --set must not write into the caller's mapping
     for item in overrides or []:
         if "=" not in item:
@@ -177,6 +180,9 @@ def parse_config(raw: dict, overrides: list[str] | None = None) -> GridConfig:
     if len(set(kwargs.get("dense_seeds", (0,)))) != len(kwargs.get("dense_seeds", (0,))):
         raise ValueError(f"config.dense_seeds={kwargs['dense_seeds']!r}: seeds must be distinct")
     cfg = GridConfig(**kwargs)
+    from pipeline.factories import resolve_factories
+
+    cfg = resolve_factories(cfg, code_dir)
     validate(cfg)
     return cfg
 
@@ -213,4 +219,4 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> GridCon
         raise ValueError(f"config file {str(path)!r} is not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ValueError(f"config file {str(path)!r}: expected a mapping at the top level")
-    return parse_config(raw, overrides)
+    return parse_config(raw, overrides, code_dir=path.parent)

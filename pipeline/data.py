@@ -79,6 +79,8 @@ def list_datasets() -> list[str]:
 
 def check_dataset(spec: DataSpec) -> None:
     """Fail fast (before any compute) on an unknown dataset or a missing data directory."""
+    if spec.factory:
+        return      # a data factory: checked when the config is loaded (pipeline.factories)
     if spec.name not in _LOADERS:
         raise ValueError(f"data.name={spec.name!r}: unknown dataset; allowed: {', '.join(list_datasets())}")
     if spec.name in _NEEDS_DIR:
@@ -94,6 +96,13 @@ _CACHE: dict[tuple, Dataset] = {}
 
 def load_dataset(spec: DataSpec, device: str | torch.device = "cpu") -> Dataset:
     """Load (once per process) the dataset of ``spec`` onto ``device``."""
+    if spec.factory:
+        key = ("factory", spec.spec_hash(), spec.code_dir, str(device))
+        if key not in _CACHE:
+            from pipeline.factories import factory_dataset
+
+            _CACHE[key] = factory_dataset(spec, device)
+        return _CACHE[key]
     check_dataset(spec)
     key = (spec.name, spec.val_fraction, spec.split_seed, spec.train_subset, spec.data_dir, str(device))
     if key in _CACHE:

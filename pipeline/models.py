@@ -416,6 +416,8 @@ def list_models() -> list[str]:
 
 
 def check_model(spec: ModelSpec) -> None:
+    if spec.factory:
+        return      # a model factory: checked when the config is loaded (pipeline.factories)
     if spec.name not in _MODELS:
         raise ValueError(f"model.name={spec.name!r}: unknown model; allowed: {', '.join(list_models())}")
     if spec.shortcut != "preact" and spec.name != "preresnet":
@@ -433,6 +435,10 @@ register_model("vgg", lambda m, s, k, spec: VGG(m, s, k, spec.width, spec.depth)
 def build_model(spec: ModelSpec, in_shape: tuple[int, ...], num_classes: int, members: int = 1,
                 seed: int | None = None) -> EnsembleModel:
     """Build ``members`` copies of the model of ``spec`` (initialised from ``seed`` if given)."""
+    if spec.factory:       # a plain module of the user's, ensembled generically
+        from pipeline.factories import build_factory_model
+
+        return build_factory_model(spec, in_shape, num_classes, members, seed)
     check_model(spec)
     if seed is not None:
         with torch.random.fork_rng(devices=[]):

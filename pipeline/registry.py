@@ -10,6 +10,7 @@ from __future__ import annotations
 import mlflow
 
 from pipeline.data import load_dataset
+from pipeline.factories import log_module, plain_model
 from pipeline.models import build_model
 from pipeline.specs import CellSpec, DenseSpec, spec_from_dict
 from tracking import keys
@@ -31,12 +32,21 @@ def register_cell_model(cell_run_id: str, name: str, alias: str = "champion",
     seed = seeds[max(range(len(seeds)), key=lambda i: val[i])]
     state = load_file(client, cell_run_id, f"{keys.ARTIFACT_FINETUNED_DIR}/seed_{seed}.pt")
     data = load_dataset(dense.data)
-    model = build_model(dense.model, data.input_shape, data.num_classes)
-    model.load_state_dict(state)
-    model.eval()
+    code_paths = None
+    if dense.model.factory:
+        # the user's own plain module (not its one-member ensemble), with the file or package
+        # that defines it, so that mlflow.pytorch.load_model works where it is not importable
+        model, code_paths = plain_model(dense.model, state)
+    else:
+        model = build_model(dense.model, data.input_shape, data.num_classes)
+        model.load_state_dict(state)
+        model.eval()
     example = data.x_val[:2].cpu().numpy() if len(data.x_val) else data.x_test[:2].cpu().numpy()
     with mlflow.start_run(run_id=cell_run_id, nested=True):
-        info = mlflow.pytorch.log_model(model, name="pruned_model", input_example=example)
+        if code_paths is None:
+            info = mlflow.pytorch.log_model(model, name="pruned_model", input_example=example)
+        else:
+            info = log_module(model, "pruned_model", example, code_paths)
     version = with_retries(mlflow.register_model, info.model_uri, name)
     with_retries(client.set_registered_model_alias, name, alias, version.version)
     text = description or (

@@ -86,6 +86,37 @@ class Spec:
         return dataclasses.replace(self, **changes)
 
 
+def canonical_kwargs(value, where: str) -> str:
+    """A factory's keyword arguments as canonical JSON text (sorted keys; "" when none), so
+    that the same arguments in any order give the same spec hash. Accepts a mapping or text."""
+    if isinstance(value, str):
+        if not value:
+            return ""
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError(f"{where}={value!r}: expected a mapping of keyword arguments") from None
+    if value is None:
+        return ""
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ValueError(f"{where}={value!r}: expected a mapping of keyword arguments")
+    if not value:
+        return ""
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}={value!r}: values must be plain data (numbers, strings, "
+                         f"lists, mappings): {e}") from None
+
+
+def _check_factory_fields(spec, where: str) -> None:
+    if not isinstance(spec.factory, str):
+        raise ValueError(f"{where}.factory={spec.factory!r}: expected 'module:function'")
+    if spec.kwargs and not spec.factory:
+        raise ValueError(f"{where}.kwargs={spec.kwargs!r} is set but {where}.factory is not: "
+                         f"kwargs are the factory's arguments")
+
+
 @dataclass(frozen=True)
 class DataSpec(Spec):
     """Which dataset, how the validation split is carved, where files are read from."""
@@ -95,8 +126,18 @@ class DataSpec(Spec):
     split_seed: int = 0
     train_subset: int = 0            # 0 = all; otherwise the first N training examples (tests)
     data_dir: str = _not_identity("")
+    # A data factory "module:function" instead of a built-in name (pipeline/factories.py):
+    factory: str = ""
+    kwargs: str = ""                 # its keyword arguments as canonical JSON text ("" = none)
+    fingerprint: str = ""            # sizes and checksum of its tensors, set by load_config
+    code_dir: str = _not_identity("")   # a folder it may be imported from (the config's)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kwargs", canonical_kwargs(self.kwargs, "data.kwargs"))
+        super().__post_init__()
 
     def validate(self) -> None:
+        _check_factory_fields(self, "data")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"data.val_fraction={self.val_fraction!r}: must be in [0, 1)")
         if self.train_subset < 0:
@@ -113,8 +154,22 @@ class ModelSpec(Spec):
     # PreResNet only: what feeds the 1x1 shortcut of a stage's first block: "preact" =
     # relu(bn1(x)) (He et al.'s code), "raw" = the block's input x (the paper's code)
     shortcut: str = "preact"
+    # A model factory "module:function" returning one plain nn.Module (pipeline/factories.py):
+    factory: str = ""
+    kwargs: str = ""                 # its keyword arguments as canonical JSON text ("" = none)
+    fingerprint: str = ""            # the built module's structure and tensors, set by load_config
+    code_dir: str = _not_identity("")   # a folder it may be imported from (the config's)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kwargs", canonical_kwargs(self.kwargs, "model.kwargs"))
+        super().__post_init__()
 
     def validate(self) -> None:
+        _check_factory_fields(self, "model")
+        if self.factory and (self.width != 1.0 or self.depth != 0):
+            raise ValueError(f"model.width={self.width!r}, model.depth={self.depth!r}: only "
+                             f"built-in models have them; pass sizes to model.factory="
+                             f"{self.factory!r} through model.kwargs")
         if self.width <= 0:
             raise ValueError(f"model.width={self.width!r}: must be > 0")
         if self.depth < 0:
