@@ -64,6 +64,7 @@ class CellResult:
             out[name], out[f"{name}_std"] = mean_std(values)
         out.update(pruned_acc=self.pruned_acc, dense_acc=self.dense_acc,
                    realized_density=self.realized_density)
+        out.update(self.extra.get("metrics", {}))   # spectra, curvature: only when measured
         return out
 
 
@@ -153,6 +154,7 @@ def run_cells(jobs: list[tuple[CellSpec, DenseSpec, State]], data: Dataset, max_
     global_pairs = [(c * k + a, c * k + b) for c in range(len(jobs)) for a, b in local_pairs]
     measured = measure_pairs(build, [{kk: v.to(device) for kk, v in s.items()} for s in finetuned],
                              global_pairs, data.x_train, data.y_train, cell0.measure, max_members, workers)
+    extras = _optional_measurements(cell0.measure, jobs, masks, finetuned, k, build, data)
     results = []
     elapsed = time.perf_counter() - started
     for c, (cell, dense, _) in enumerate(jobs):
@@ -168,8 +170,38 @@ def run_cells(jobs: list[tuple[CellSpec, DenseSpec, State]], data: Dataset, max_
             val_acc=[statistics.fmean(curves["val_acc"][i][-n_last:]) for i in idx],
             curves={name: [curves[name][i] for i in idx] for name in curves},
             pairs=pairs, mask={kk: v.cpu() for kk, v in masks[c].items()},
-            finetuned=[finetuned[i] for i in idx], seconds=elapsed / len(jobs)))
+            finetuned=[finetuned[i] for i in idx], seconds=elapsed / len(jobs), extra=extras[c]))
     return results
+
+
+def _optional_measurements(measure, jobs, masks, finetuned, k, build, data) -> list[dict]:
+    """Per cell: ``{"metrics": {...}, ...}`` of the measurements turned on in ``measure`` (weight
+    spectra of the dense and pruned models, curvature of the first fine-tuned copy)."""
+    extras: list[dict] = [{"metrics": {}} for _ in jobs]
+    if measure.spectra:
+        from pipeline.spectra import cell_spectra, cell_spectra_metrics
+
+        for c, (_, _, state) in enumerate(jobs):
+            both = cell_spectra(state, masks[c], measure.spectra_min_evals)
+            extras[c]["spectra"] = both
+            extras[c]["metrics"].update(cell_spectra_metrics(both))
+    if measure.hessian:
+        from pipeline.curvature import model_curvature
+        from tracking import keys
+
+        n = min(measure.hessian_examples, len(data.x_train))
+        x, y = data.x_train[:n], data.y_train[:n]
+        model = build(1)
+        for c in range(len(jobs)):
+            model.load_state_dict(finetuned[c * k])
+            got = model_curvature(model, x, y, masks[c], measure.hessian_probes,
+                                  measure.hessian_iterations)
+            extras[c]["curvature"] = got
+            extras[c]["metrics"].update({keys.HESSIAN_TRACE: got.trace,
+                                         keys.HESSIAN_TRACE_STDERR: got.trace_stderr,
+                                         keys.HESSIAN_TOP_EIGENVALUE: got.top_eigenvalue,
+                                         keys.HESSIAN_EXAMPLES: float(got.examples)})
+    return extras
 
 
 def finetune_steps(jobs_count: int, cell: CellSpec, n_train: int, max_members: int = 64,

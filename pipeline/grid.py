@@ -266,6 +266,9 @@ class GridRunner:
 
         def on_checkpoint(epoch: int, state) -> None:
             pending_files[checkpoint_path(epoch)] = state
+            if self.cfg.measure.spectra:
+                self._log_dense_spectra(run_id, epoch if epoch != FINAL else epochs, state, data,
+                                        pending_files)
 
         def on_epoch_state(state: TrainState) -> None:
             # one upload per epoch: the new checkpoint(s) and the state to resume from
@@ -440,7 +443,25 @@ class GridRunner:
         }
         for k, seed in enumerate(r.spec.finetune.seeds):
             files[f"{keys.ARTIFACT_FINETUNED_DIR}/seed_{seed}.pt"] = r.finetuned[k]
+        if "spectra" in r.extra:
+            from pipeline.spectra import cell_spectra_csv
+
+            files[keys.ARTIFACT_SPECTRA] = cell_spectra_csv(r.extra["spectra"])
         log_files(self.client, run_id, files)
+
+    def _log_dense_spectra(self, run_id: str, epoch: int, state, data, files: dict) -> None:
+        """A dense checkpoint's weight spectra: summaries as metrics (step = epoch), per-layer
+        values as ``spectra/epoch_<e>.csv`` (uploaded with the checkpoint, in ``files``)."""
+        from pipeline.models import build_model
+        from pipeline.spectra import layer_spectra, rows_to_csv, spectra_rows, summary_metrics
+
+        model = build_model(self.cfg.model, data.input_shape, data.num_classes)
+        names = model.prunable_names(include_classifier=self.cfg.prune.prune_classifier)
+        spectra = layer_spectra({k: state[k] for k in names}, self.cfg.measure.spectra_min_evals)
+        self.cache.log(run_id, metrics={k: v for k, v in summary_metrics(spectra, "dense").items()
+                                        if not math.isnan(v)}, step=epoch)
+        files[f"{keys.ARTIFACT_SPECTRA_DIR}/epoch_{epoch:04d}.csv"] = rows_to_csv(
+            spectra_rows(spectra, model="dense", epoch=epoch))
 
     def _bar(self, total: int, desc: str):
         return tqdm(total=total, desc=desc, unit="step", disable=not self.progress, leave=False,

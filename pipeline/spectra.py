@@ -166,3 +166,36 @@ def rows_to_csv(rows: list[dict]) -> str:
     import pandas as pd
 
     return pd.DataFrame(rows).to_csv(index=False)
+
+
+# --- what a cell and a dense run record (pipeline/cell.py, pipeline/grid.py) ------------------
+
+def summary_metrics(spectra: dict[str, LayerSpectrum], which: str) -> dict[str, float]:
+    """The summaries as metrics named by ``tracking.keys.spectral_metric`` (e.g. dense_alpha)."""
+    from tracking import keys
+
+    summary = summarize(spectra)
+    out = {keys.spectral_metric(which, k): summary[k] for k in keys.SPECTRA_SUMMARIES}
+    out[keys.spectral_metric(which, keys.SPECTRA_LAYERS)] = summary["layers"]
+    return out
+
+
+def cell_spectra(state: dict[str, torch.Tensor], mask: dict[str, torch.Tensor],
+                 min_evals: int = MIN_EVALS) -> dict[str, dict[str, LayerSpectrum]]:
+    """Spectra of the prunable layers (the mask's keys) of the dense checkpoint ``state`` and
+    of the pruned model (``state`` times ``mask``), before any fine-tuning."""
+    dense = {k: state[k] for k in mask}
+    pruned = {k: state[k] * mask[k].to(state[k]) for k in mask}
+    return {"dense": layer_spectra(dense, min_evals), "pruned": layer_spectra(pruned, min_evals)}
+
+
+def cell_spectra_metrics(both: dict[str, dict[str, LayerSpectrum]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for which, spectra in both.items():
+        out.update(summary_metrics(spectra, which))
+    return out
+
+
+def cell_spectra_csv(both: dict[str, dict[str, LayerSpectrum]]) -> str:
+    return rows_to_csv([row for which, spectra in both.items()
+                        for row in spectra_rows(spectra, model=which)])

@@ -126,3 +126,84 @@ def test_alpha_eps_default_leaves_hashes_unchanged():
     assert "alpha_eps" not in PruneSpec(method="alpha").identity()
     with pytest.raises(ValueError, match="alpha_eps"):
         PruneSpec(alpha_eps=1.5)
+
+
+# --- in a cell and in a grid ------------------------------------------------------------------
+
+def _tiny_cell(**measure):
+    from pipeline.specs import CellSpec, FinetuneSpec, MeasureSpec, TrainSpec
+
+    return CellSpec(knob="epochs", temperature=2, checkpoint_epoch=2,
+                    prune=PruneSpec(density=0.2, method="global"),
+                    finetune=FinetuneSpec(train=TrainSpec(epochs=1, batch_size=32), seeds=(0, 1),
+                                          last_epochs=1),
+                    measure=MeasureSpec(lmc_points=3, cka_examples=100, **measure))
+
+
+@pytest.mark.slow
+def test_cell_metrics_absent_when_off_and_present_when_on():
+    from pipeline.cell import run_cell
+    from pipeline.data import load_dataset
+    from pipeline.dense import train_dense
+    from pipeline.specs import DataSpec, DenseSpec, TrainSpec
+    from tracking import keys
+
+    data_spec = DataSpec(name="mnist1d", train_subset=300)
+    data = load_dataset(data_spec)
+    dense = DenseSpec(data=data_spec, model=ModelSpec(name="cnn1d", width=0.5),
+                      train=TrainSpec(epochs=2, batch_size=32))
+    state = train_dense(dense, data, keep_every_epoch=False)[0]
+    off = run_cell(_tiny_cell(), dense, state, data).metrics()
+    optional = [*keys.SPECTRAL_COLUMNS, *keys.CURVATURE_COLUMNS, keys.HESSIAN_EXAMPLES]
+    assert not any(k in off for k in optional)
+    res = run_cell(_tiny_cell(spectra=True, hessian=True, hessian_examples=100, hessian_probes=4,
+                              hessian_iterations=5), dense, state, data)
+    on = res.metrics()
+    assert all(math.isfinite(on[k]) for k in optional)
+    assert on[keys.HESSIAN_EXAMPLES] == 100
+    assert on[keys.TEST_ACC] == off[keys.TEST_ACC]              # measuring changes nothing
+    # the dense summaries are those of the checkpoint; pruning changes the spectra
+    names = list(res.mask)
+    assert on["dense_alpha"] == pytest.approx(summarize(layer_spectra({k: state[k] for k in names}))["alpha"])
+    assert on["pruned_alpha"] != on["dense_alpha"]
+    assert on["dense_spectra_layers"] == on["pruned_spectra_layers"] == len(names) - 1   # stem: 5 evals
+
+
+@pytest.mark.slow
+def test_grid_logs_spectra_on_dense_and_cell_runs(tracking_uri):
+    import io
+
+    import pandas as pd
+    from helpers import TINY
+    from mlflow import MlflowClient
+
+    from pipeline.config import parse_config
+    from pipeline.grid import run_grid
+    from tracking import keys
+    from tracking.artifacts import load_file
+    from tracking.tables import RESULT_COLUMNS, results_table
+
+    cfg = parse_config({**TINY, "temperatures": [3], "densities": [0.2]},
+                       ["measure.spectra=true", "prune.method=alpha"])
+    summary = run_grid(cfg, progress=False)
+    assert summary.ok and summary.computed == 1
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("tiny").experiment_id
+    cell = client.search_runs([exp], f"tags.{keys.RUN_KIND} = '{keys.KIND_CELL}'")[0]
+    dense = client.search_runs([exp], f"tags.{keys.RUN_KIND} = '{keys.KIND_DENSE}'")[0]
+    for name in keys.SPECTRAL_COLUMNS:
+        assert math.isfinite(cell.data.metrics[name]), name
+    assert keys.HESSIAN_TRACE not in cell.data.metrics          # off: absent, not zero
+    per_layer = pd.read_csv(io.StringIO(load_file(client, cell.info.run_id, keys.ARTIFACT_SPECTRA)))
+    assert sorted(set(per_layer["model"])) == ["dense", "pruned"]
+    stem = per_layer[per_layer["layer"] == "features.0.weight"]
+    assert stem["alpha"].isna().all() and stem["reason"].str.contains("min_evals").all()
+    # the dense run: every kept checkpoint (epochs 1..3), summaries per step and per-layer files
+    history = client.get_metric_history(dense.info.run_id, "dense_alpha")
+    assert sorted(m.step for m in history) == [1, 2, 3]
+    at3 = pd.read_csv(io.StringIO(load_file(client, dense.info.run_id, "spectra/epoch_0003.csv")))
+    dense_rows = per_layer[per_layer["model"] == "dense"].reset_index(drop=True)
+    assert at3["alpha"].equals(dense_rows["alpha"])             # the cell pruned epoch 3
+    table = results_table("tiny")
+    assert list(table.columns) == [*RESULT_COLUMNS, *keys.SPECTRAL_COLUMNS]
+    assert table["pruned_alpha"].iloc[0] == pytest.approx(cell.data.metrics["pruned_alpha"])

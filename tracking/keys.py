@@ -141,3 +141,26 @@ def mean_regret_metric(method: str) -> str:
 KIND_CLAIM = "claim"               # short-lived lock run: who may start or resume a dense run
 RESUMABLE = "resumable"            # tag "false": never reopen this run (corrupt or lost claim)
 ARTIFACT_RESUME_SLOT = "resume/state_{}.pt"    # two slots (0, 1) alternating by epoch, see grid
+
+# --- weight spectra and curvature (pipeline/spectra.py, pipeline/curvature.py) -------------
+# Cell metrics (only when measure.spectra / measure.hessian is on; absent, never zero, when off):
+# the weightwatcher summaries of the dense checkpoint's and the pruned model's prunable layers,
+# e.g. dense_alpha, pruned_alpha_weighted, pruned_log_spectral_norm; the dense run logs the
+# dense ones per checkpoint (step = epoch)
+SPECTRA_SUMMARIES = ("alpha", "alpha_weighted", "log_spectral_norm")
+SPECTRA_LAYERS = "spectra_layers"     # summary: how many layers were analysed
+
+
+def spectral_metric(which: str, summary: str) -> str:
+    """``which`` is "dense" or "pruned"; e.g. ``spectral_metric("pruned", "alpha")``."""
+    return f"{which}_{summary}"
+
+
+SPECTRAL_COLUMNS = [spectral_metric(w, s) for w in ("dense", "pruned") for s in SPECTRA_SUMMARIES]
+HESSIAN_TRACE = "hessian_trace"                  # Hutchinson estimate (first fine-tuned copy)
+HESSIAN_TRACE_STDERR = "hessian_trace_stderr"    # its standard error over the probes
+HESSIAN_TOP_EIGENVALUE = "hessian_top_eigenvalue"  # power iteration
+HESSIAN_EXAMPLES = "hessian_examples"            # training examples the loss was taken over
+CURVATURE_COLUMNS = [HESSIAN_TRACE, HESSIAN_TRACE_STDERR, HESSIAN_TOP_EIGENVALUE]
+ARTIFACT_SPECTRA = "spectra.csv"                 # per layer: alpha, ... (cell: dense and pruned)
+ARTIFACT_SPECTRA_DIR = "spectra"                 # dense runs: spectra/epoch_<e>.csv

@@ -35,6 +35,8 @@ _RANGES = {
     keys.CKA: (0.0, 1.0 + 1e-3), keys.CKA_STD: (0.0, 1.0),
 }
 _NUMERIC = [keys.TEMPERATURE, keys.DENSITY, keys.DENSE_SEED, *_METRIC_COLUMNS]
+# Metrics of optional measurements (measure.spectra, measure.hessian), after the columns above
+OPTIONAL_COLUMNS = [*keys.SPECTRAL_COLUMNS, *keys.CURVATURE_COLUMNS]
 
 
 def run_row(run: Run) -> dict:
@@ -45,6 +47,7 @@ def run_row(run: Run) -> dict:
     row[keys.REGIME] = tags.get(keys.REGIME) or None
     row[RUN_ID] = run.info.run_id
     row[keys.SPEC_HASH] = tags.get(keys.SPEC_HASH)
+    row.update({c: metrics[c] for c in OPTIONAL_COLUMNS if c in metrics})
     return row
 
 
@@ -61,7 +64,8 @@ def _to_numbers(df: pd.DataFrame) -> pd.DataFrame:
 def results_table(experiment: str, client: MlflowClient | None = None) -> pd.DataFrame:
     """The one-row-per-cell table of the FINISHED cell runs of experiment ``experiment``.
 
-    Columns are :data:`RESULT_COLUMNS` in that order; rows are sorted by knob, temperature,
+    Columns are :data:`RESULT_COLUMNS` in that order, then those of :data:`OPTIONAL_COLUMNS`
+    that some cell logged (NaN for the others); rows are sorted by knob, temperature,
     density and dense seed. A metric a run did not log is NaN; ``regime`` is empty unless the
     run carries the ``regime`` tag. With no finished cell the table is empty (same columns).
 
@@ -83,7 +87,10 @@ def results_table(experiment: str, client: MlflowClient | None = None) -> pd.Dat
         kept = newest.get(key)
         if kept is None or _ended(run) > _ended(kept):
             newest[key] = run
-    df = pd.DataFrame([run_row(r) for r in newest.values()], columns=RESULT_COLUMNS)
+    rows = [run_row(r) for r in newest.values()]
+    # optional measurements (spectra, curvature): a column only when some cell has it
+    extra = [c for c in OPTIONAL_COLUMNS if any(c in row for row in rows)]
+    df = pd.DataFrame(rows, columns=[*RESULT_COLUMNS, *extra])
     return _to_numbers(df).sort_values(
         [keys.KNOB, keys.TEMPERATURE, keys.DENSITY, keys.DENSE_SEED], kind="stable",
         ignore_index=True)
