@@ -7,14 +7,15 @@ Runs every (temperature, density) cell of a grid config (default: the demo, 6 te
 5 densities x 3 fine-tune seeds) with ``pipeline.dense.train_dense`` and
 ``pipeline.cell.run_cells``, in this process and without MLflow, then prints tables (rows:
 density; columns: temperature, coldest first) of test accuracy, LMC barrier and CKA, the best
-temperature per density, and the checks of SCIENCE.md section 5: at low density the best
-temperature is hotter than the coldest and the coldest has a barrier; at high density the
-best temperature is the coldest (or close) and the landscape is connected. The LAST line
-printed is one JSON object with all the numbers. ``--quick`` shrinks the grid (a 20-epoch
-dense run, 4 x 4 cells, 6 fine-tune epochs) to check the script in about a minute.
+temperature per density, and the checks of docs/method.md#the-small-default-mnist-1d: at low
+density the best temperature is hotter than the coldest and the coldest has a barrier; at high
+density the best temperature is the coldest (or close) and the landscape is connected. The
+LAST line printed is one JSON object with all the numbers. ``--quick`` shrinks the grid (a
+20-epoch dense run, 4 x 4 cells, 6 fine-tune epochs) to check the script in about a minute.
 
-Reference cost (SCIENCE.md 5): a 6 x 6 x 3 grid took ~8.5 minutes in a plain per-model loop on
-2 CPU cores; the elapsed time printed here is comparable (other load on the machine aside).
+Reference cost (docs/method.md#the-small-default-mnist-1d): a 6 x 6 x 3 grid took ~8.5 minutes
+in a plain per-model loop on 2 CPU cores; the elapsed time printed here is comparable (other
+load on the machine aside).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from pipeline.knobs import get_knob  # noqa: E402
 DEMO = REPO_ROOT / "configs" / "demo.yaml"
 QUICK = ["dense.epochs=20", "temperatures=[2, 5, 10, 20]", "densities=[0.05, 0.1, 0.4, 0.8]",
          "finetune.epochs=6", "finetune.last_epochs=3"]
-LOW_DENSITY = 0.1        # densities <= this are "low" (SCIENCE.md 5: hotter is better there)
+LOW_DENSITY = 0.1        # densities <= this are "low" (hotter is better there)
 HIGH_DENSITY = 0.4       # densities >= this are "high" (colder is better, connected)
 BARRIER = -0.02          # a barrier below this (train-error fraction) counts as "a barrier"
 NEAR_BEST = 0.005        # "colder is better": the coldest is within this of the best accuracy
@@ -149,11 +150,13 @@ def print_tables(summary: dict) -> None:
               f"hottest {100 * row['hottest_test_acc']:.2f}%); barrier coldest "
               f"{100 * row['barrier_at_coldest']:+.2f}, at best {100 * row['barrier_at_best']:+.2f} "
               f"pts  {flags}")
-    print(f"effect of SCIENCE.md 5 shown: {summary['effect_shown']}")
+    print(f"three-regime effect shown (docs/method.md#the-small-default-mnist-1d): "
+          f"{summary['effect_shown']}")
 
 
 def write_csv(cfg: GridConfig, results: list[CellResult], path: Path) -> None:
-    """The results table (DESIGN.md 6) of the sweep, one row per cell; no run ids (no MLflow)."""
+    """The results table (docs/design.md#the-results-table) of the sweep, one row per cell; no
+    run ids (no MLflow)."""
     import pandas as pd
 
     from tracking.tables import RESULT_COLUMNS, write_table
@@ -180,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                         "other processes on the cores more threads are several times slower; 0 = "
                         "PyTorch's default); fine-tuning runs runtime.workers chunks of one thread "
                         "each (--set runtime.workers=N)")
-    p.add_argument("--csv", help="also write the results table (DESIGN.md 6) to this CSV")
+    p.add_argument("--csv", help="also write the results table (docs/design.md#the-results-table) "
+                   "to this CSV")
     args = p.parse_args(argv)
 
     overrides = (QUICK if args.quick else []) + args.overrides
@@ -203,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     print_tables(summary)
     print(f"\ntime: dense {timings['dense_s']:.0f} s + cells {timings['cells_s']:.0f} s = "
           f"{timings['total_s']:.0f} s for {len(results)} cells "
-          f"(reference: ~510 s for 36 cells in a plain per-model loop, SCIENCE.md 5)")
+          f"(reference: ~510 s for 36 cells in a plain per-model loop, "
+          "docs/method.md#the-small-default-mnist-1d)")
     if args.csv:
         write_csv(cfg, results, Path(args.csv))
         print(f"results table: {args.csv}")

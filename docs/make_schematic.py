@@ -1,6 +1,6 @@
 """Draw docs/three_regimes.png: a schematic (not data) of the three regimes of pruning.
 
-The temperature x density plane as SCIENCE.md section 1 describes it (Zhou et al. 2023):
+The temperature x density plane as docs/method.md#the-idea describes it (Zhou et al. 2023):
 Regime I (a negative LMC barrier: poorly connected, low CKA) at low density and cold dense
 training; II-A (connected, relatively low CKA) at hot training; II-B (connected, high CKA) at
 high density and cold training. Pruning should train hotter in I, colder in II-A, and stay in

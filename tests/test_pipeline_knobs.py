@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.knobs import HOTTER_HIGHER, HOTTER_LOWER, Knob, get_knob, list_knobs, register_knob
 
-# SCIENCE.md 1: fewer epochs, smaller batch, larger SAM rho, larger lr = hotter
+# docs/method.md#temperature-knobs: fewer epochs, smaller batch, larger SAM rho, larger lr = hotter
 DIRECTIONS = {"epochs": HOTTER_LOWER, "batch_size": HOTTER_LOWER, "sam_rho": HOTTER_HIGHER,
               "lr": HOTTER_HIGHER, "weight_decay": HOTTER_HIGHER}
 

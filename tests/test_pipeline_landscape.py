@@ -51,7 +51,7 @@ def _build(data):
     ([0.2, 0.1, 0.2], 0.1),                             # the path is better than its ends
     ([0.1, 0.12, 0.5, 0.13, 0.1], -0.4),
     ([0.1, 0.05, 0.0], -0.05),                          # monotone down: -|e1 - e0| / 2
-    ([0.0, 0.05, 0.1], -0.05),                          # monotone up: the same (SCIENCE.md 6)
+    ([0.0, 0.05, 0.1], -0.05),                          # monotone up: the same (docs/method.md)
     ([0.123, 0.15, 0.2], -0.0385),                      # monotone, not exactly representable
     ([0.2, 0.15, 0.123], -0.0385),
 ])
