@@ -1,0 +1,200 @@
+"""``python -m selection map``: map the regimes with a fraction of a grid's cells.
+
+- ``map CONFIG --budget N``: the adaptive loop of :mod:`selection.mapping` on the config's
+  temperature x density grid, its cells run (or fetched from the cache) by the grid runner,
+  nested under one MLflow ``map`` run; the same command again resumes it.
+- ``map --table CSV --replay``: replays the loop and two baselines (random order, coarse to
+  fine) on a finished results table; ``--json`` prints the figures as the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from selection._cli import fail
+
+__all__ = ["add_parser", "run_map_command"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from tracking.cli import add_store_options
+
+    p = subparsers.add_parser(
+        "map", help="map the regimes with a fraction of the grid's cells (active learning)",
+        description="Adaptive regime mapping: run the cells that decide the regime map and the "
+                    "best temperature per density, not the whole grid (CONFIG --budget N); or "
+                    "replay it on a finished table (--table CSV --replay).")
+    p.add_argument("config", nargs="?", help="grid config YAML (its temperatures x densities "
+                   "are the candidate cells)")
+    p.add_argument("--budget", type=int, help="most points (temperature, density) to run, "
+                   "the initial design included")
+    p.add_argument("--batch", type=int, help="points per round (default: about sqrt(points)/2)")
+    p.add_argument("--n-init", type=int, help="initial design size (default: max(5, 10%% of "
+                   "the points): the 4 corners and spread points)")
+    p.add_argument("--seed", type=int, default=0, help="tie-breaks of the design and the "
+                   "choices (default 0)")
+    p.add_argument("--eps", type=float, help="LMC-barrier threshold for the labels "
+                   "(default: the labeller's own, eps-free)")
+    p.add_argument("--tau", type=float, help="CKA threshold for the labels")
+    p.add_argument("--patience", type=int, default=2, help="stop rule: rounds without a label "
+                   "change (default 2)")
+    p.add_argument("--max-uncertainty", type=float, default=0.1, help="stop rule: the largest "
+                   "1 - p(label) allowed over the points not run (default 0.1)")
+    p.add_argument("--best-confidence", type=float, default=0.8, help="stop rule: the smallest "
+                   "probability of each density's best temperature (default 0.8)")
+    p.add_argument("--reference", help="results table CSV of the full grid, to report the "
+                   "map's agreement with (default: the experiment's cells, when complete)")
+    p.add_argument("--experiment", help="MLflow experiment (default: the config's)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value (repeatable)")
+    p.add_argument("--executor", default="serial", choices=["serial", "dask"],
+                   help="where cells run (default: serial, in this process)")
+    p.add_argument("--workers", type=int, default=0, help="dask worker processes (0 = one "
+                   "per core)")
+    p.add_argument("--scheduler", help="address of an existing Dask scheduler")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--out", help="folder for the map's CSVs and pictures (also logged to "
+                   "MLflow); with --replay: the replay curve")
+    p.add_argument("--table", help="with --replay: a finished results table CSV")
+    p.add_argument("--replay", action="store_true", help="replay the loop and the baselines on "
+                   "--table instead of running cells")
+    p.add_argument("--seeds", type=int, default=20, help="replay seeds (default 20)")
+    p.add_argument("--max-cells", type=int, help="replay: stop each replay after this many "
+                   "cells (default: the whole grid)")
+    p.add_argument("--knob", help="replay: the knob, when the table has several")
+    p.add_argument("--json", action="store_true", help="replay: print one JSON object as the "
+                   "last line")
+    add_store_options(p)
+    p.set_defaults(func=run_map_command)
+
+
+def run_map_command(args: argparse.Namespace) -> int:
+    if args.replay:
+        return _replay(args)
+    if args.table:
+        return fail(ValueError("--table is for --replay; to map a grid give CONFIG --budget N"))
+    if not args.config or args.budget is None:
+        return fail(ValueError("give CONFIG --budget N (or --table CSV --replay)"))
+    return _live(args)
+
+
+def _stop_rule(args):
+    from selection.mapping import StopRule
+
+    for name in ("max_uncertainty", "best_confidence"):
+        value = getattr(args, name)
+        if not 0 <= value <= 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
+    if args.patience < 1:
+        raise ValueError(f"--patience must be >= 1, got {args.patience}")
+    return StopRule(args.patience, args.max_uncertainty, args.best_confidence)
+
+
+def _live(args: argparse.Namespace) -> int:
+    from pipeline.__main__ import executor_options
+    from pipeline.config import load_config
+    from pipeline.executors import get_executor
+    from selection.mapping import plot_map, run_map
+    from tracking.cli import open_store
+    from tracking.store import StoreUnreachableError, TrackingUnavailableError
+    from tracking.tables import read_table
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        stop_rule = _stop_rule(args)
+        if args.budget < 1:
+            raise ValueError(f"--budget must be >= 1, got {args.budget}")
+        options = executor_options(args, cfg)
+        get_executor(args.executor, **options)          # bad options fail before any compute
+        reference = None
+        if args.reference:
+            reference = read_table(args.reference, [
+                "knob", "temperature", "density", "lmc_barrier", "cka"])
+        open_store(args)
+    except (ValueError, FileNotFoundError, StoreUnreachableError) as e:
+        return fail(e)
+    try:
+        result = run_map(cfg, args.budget, experiment=args.experiment, batch_size=args.batch,
+                         n_init=args.n_init, seed=args.seed, eps=args.eps, tau=args.tau,
+                         stop_rule=stop_rule, executor=args.executor,
+                         executor_options=options, progress=not args.no_progress,
+                         reference=reference, log=lambda line: print(line, flush=True))
+    except (ValueError, RuntimeError) as e:
+        return fail(e)
+    except TrackingUnavailableError as e:
+        print(f"error: {e}\nrun the same command again when the store is back: the map "
+              "resumes where it stopped", file=sys.stderr)
+        return 1
+    print("\n".join(result.lines()))
+    if args.out and result.prediction is not None:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        result.prediction.frame().to_csv(out / "regime_map_predicted.csv", index=False)
+        result.prediction.best_frame().to_csv(out / "best_temperature_predicted.csv",
+                                              index=False)
+        plot_map(result.prediction, out / "predicted_regime_map.png",
+                 title=f"{cfg.experiment}: predicted regime map")
+        print(f"map, best temperatures and picture: {out.resolve()}")
+    print(f"map run: {result.map_run_id} (experiment {args.experiment or cfg.experiment!r}; "
+          "the cells it ran are nested under it)")
+    return 1 if result.failed else 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from selection.mapping import plot_replay, replay, replay_summary
+    from tracking.tables import read_table
+
+    if not args.table:
+        return fail(ValueError("--replay needs --table CSV (a finished results table)"))
+    try:
+        table = read_table(args.table, ["knob", "temperature", "density", "lmc_barrier", "cka",
+                                        "test_acc"])
+        if args.seeds < 1:
+            raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+        stop_rule = _stop_rule(args)
+        curves = replay(table, seeds=range(args.seed, args.seed + args.seeds), knob=args.knob,
+                        eps=args.eps, tau=args.tau, batch_size=args.batch, n_init=args.n_init,
+                        max_cells=args.max_cells, stop_rule=stop_rule)
+    except (ValueError, FileNotFoundError) as e:
+        return fail(e)
+    summary = replay_summary(curves)
+    if args.out:
+        path = plot_replay({Path(args.table).stem: curves},
+                           Path(args.out) / f"map_replay_{Path(args.table).stem}.png")
+        summary["plot"] = str(path)
+    if args.json:
+        print(json.dumps(summary, allow_nan=False))
+    else:
+        print("\n".join(format_summary(summary, curves)))
+    return 0
+
+
+def format_summary(summary: dict, curves) -> list[str]:
+    """Lines of a replay summary: per strategy, agreement and best found at budgets."""
+    import numpy as np
+
+    total = curves.total_cells
+    budgets = sorted({max(1, round(f * total)) for f in (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)})
+    lines = [f"replay over {summary['seeds']} seeds, {total} cells; median agreement with the "
+             "full grid's map / fraction of densities whose best temperature is found:"]
+    header = "cells run".ljust(16) + "".join(f"{b:>12}" for b in budgets)
+    lines.append(header)
+    for strategy in curves.agreement:
+        agree = np.median(curves.agreement[strategy], axis=0)
+        best = np.median(curves.best_found[strategy], axis=0)
+        lines.append(strategy.ljust(16) + "".join(
+            f"{100 * agree[b - 1]:>7.0f}%/{best[b - 1]:.1f}" for b in budgets))
+
+    def cells(figures: dict) -> str:
+        value = figures["cells_for_95"]
+        return "never" if value is None else f"{value:g} ({100 * value / total:.0f}%)"
+
+    lines.append(f"cells to 95% agreement (median): active {cells(summary)}, " + ", ".join(
+        f"{name} {cells(f)}" for name, f in summary["baselines"].items()))
+    if summary.get("stopped_at_median") is not None:
+        lines.append(f"the stopping rule stops the active loop at {summary['stopped_at_median']:g} "
+                     "cells (median)")
+    return lines

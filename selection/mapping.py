@@ -1,0 +1,1097 @@
+"""Adaptive regime mapping: the regime map and the best temperature per density from a
+fraction of a grid's cells (active learning over the temperature x density grid).
+
+A *point* is one (temperature, density) of the grid; running it runs its cell for every dense
+seed of the config. The loop (ours; the paper runs every cell):
+
+1. **Initial design**: the four corners of the grid, then cells spread by a max-min distance
+   rule (each new cell the farthest from those chosen, ties broken by the seed), ``n_init``
+   in all (default: max(5, 10% of the points)).
+2. **Labels**: the finished cells are labelled by the project's labeller
+   (:func:`label_points`: ``selection.regimes.label_grid`` with its resampled probabilities
+   when available, else the rule labels with probabilities 0/1), on the finished cells only,
+   relabelled every round as cells arrive.
+3. **Models** over grid coordinates (x = rank of the temperature from cold 0 to hot 1,
+   y = rank of the density from sparse 0 to dense 1: the grid's own spacing, so the model is
+   the same for a log-spaced or a linear grid):
+   - the regime, as two Gaussian-process regressions of soft indicators (fixed kernels, so
+     that a fit is deterministic and the effect of one more observation is exact): ``I`` vs
+     ``II`` on target ``2 p_I - 1`` and, among Regime-II cells, ``II-B`` vs ``II-A`` on
+     ``2 p_IIB - 1`` (a cell's weight in the second falls with its p_I). A point's
+     probability is ``Phi(mean / sqrt(var + KAPPA))``: far from every finished cell the mean
+     reverts to 0 and the point is uncertain (0.5). A point is ``I`` iff ``p_I >= 0.5``, else
+     ``II-B`` iff ``p_IIB >= 0.5``, else ``II-A`` (the labeller's own order).
+   - the fine-tuned test accuracy, a Gaussian-process regression (density main effect plus a
+     temperature x density term, hyperparameters by marginal likelihood); the probability
+     that each temperature is the best of its density is estimated by joint posterior samples
+     in which finished cells keep their measured value.
+4. **Next batch** (:func:`choose_batch`): each unfinished point scores its expected change of
+   the map, ``sum over its possible labels (weighted by their probability) of the number of
+   points whose predicted label would flip``, computed exactly by the rank-one GP update,
+   plus its probability of being the best temperature of its density. Batches are picked
+   greedily (variances updated after each pick). With a knob other than ``epochs`` a batch
+   that shares one dense run (one temperature) is preferred when it keeps at least
+   ``1 - GROUP_SLACK`` of the best batch's score: its cells train from one checkpoint as one
+   multi-member model. (With ``epochs`` every temperature is a checkpoint of one dense run.)
+5. **Stop** at the budget, or when the map is settled (:class:`StopRule`): no predicted
+   label changed for ``patience`` rounds, every unfinished point's label has probability
+   >= ``1 - max_uncertainty``, and every density's best temperature has probability
+   >= ``best_confidence``.
+
+The replay (:func:`replay`) runs the same loop on a finished table, one cell at a time
+revealed from the table, against two orders of the same cells through the same models:
+random, and coarse to fine (every other temperature and density first).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy.stats import norm
+from sklearn.gaussian_process import GaussianProcessRegressor
+from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+
+from selection import regimes
+from selection._knob import cold_to_hot
+from selection.regimes import REGIME_I, REGIME_II_A, REGIME_II_B, REGIMES, RegimeWarning
+from tracking import keys
+
+__all__ = [
+    "GridAxes", "MapPrediction", "StopRule", "Round", "ReplayCurves", "P_REGIME_I",
+    "P_REGIME_IIB", "coarse_to_fine_order", "choose_batch", "default_batch_size",
+    "default_n_init", "initial_design", "label_points", "predict_map", "replay",
+    "replay_summary",
+]
+
+P_REGIME_I = "p_regime_I"          # probability of Regime I
+P_REGIME_IIB = "p_regime_IIB"      # probability of II-B among Regime II
+P_LABEL = "p_label"                # probability of the predicted label
+LABEL_METHOD = "label_method"
+
+# Regime model (ours, tuned by replay on the demo table and the finer synthetic grid of
+# bench/map.py): kernel length scale in rank units, the noise of an observed indicator, and
+# the calibration term of the probit link.
+LENGTH_SCALE = 0.35
+INDICATOR_NOISE = 0.05
+KAPPA = 0.2
+GROUP_SLACK = 0.25
+BEST_SAMPLES = 256
+BEST_WEIGHT = 1.0           # one best-temperature decision weighs as one label flip
+
+
+# --- the grid -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GridAxes:
+    """The candidate points: temperatures (cold to hot) x densities (ascending).
+
+    Point ``p`` is temperature ``temperatures[p // n_densities]`` at density
+    ``densities[p % n_densities]``.
+    """
+
+    knob: str
+    temperatures: tuple[float, ...]
+    densities: tuple[float, ...]
+
+    @classmethod
+    def of(cls, knob: str, temperatures: Sequence[float], densities: Sequence[float]
+           ) -> GridAxes:
+        temps = tuple(float(t) for t in cold_to_hot(knob, sorted(set(map(float, temperatures)))))
+        dens = tuple(sorted(set(map(float, densities))))
+        if len(temps) < 2 or len(dens) < 2:
+            raise ValueError(f"a map needs at least 2 temperatures and 2 densities; got "
+                             f"{len(temps)} x {len(dens)}")
+        return cls(knob, temps, dens)
+
+    @classmethod
+    def of_table(cls, df: pd.DataFrame, knob: str | None = None) -> GridAxes:
+        knobs = sorted(df[keys.KNOB].astype(str).unique())
+        knob = knob or (knobs[0] if len(knobs) == 1 else None)
+        if knob is None:
+            raise ValueError(f"the table has knobs {knobs}: choose one")
+        df = df[df[keys.KNOB].astype(str) == knob]
+        return cls.of(knob, df[keys.TEMPERATURE].tolist(), df[keys.DENSITY].tolist())
+
+    @property
+    def n(self) -> int:
+        return len(self.temperatures) * len(self.densities)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.temperatures), len(self.densities)
+
+    def point(self, p: int) -> tuple[float, float]:
+        nd = len(self.densities)
+        return self.temperatures[p // nd], self.densities[p % nd]
+
+    def points(self) -> list[tuple[float, float]]:
+        return [self.point(p) for p in range(self.n)]
+
+    def index(self, temperature: float, density: float) -> int:
+        ti = int(np.argmin(np.abs(np.array(self.temperatures) - float(temperature))))
+        di = int(np.argmin(np.abs(np.array(self.densities) - float(density))))
+        if not (math.isclose(self.temperatures[ti], temperature, rel_tol=1e-9, abs_tol=1e-12)
+                and math.isclose(self.densities[di], density, rel_tol=1e-9, abs_tol=1e-12)):
+            raise ValueError(f"({temperature}, {density}) is not a point of the grid")
+        return ti * len(self.densities) + di
+
+    def coords(self) -> np.ndarray:
+        """(n, 2): hotness rank (0 coldest .. 1 hottest), density rank (0 sparsest .. 1)."""
+        nt, nd = self.shape
+        t, d = np.divmod(np.arange(self.n), nd)
+        return np.column_stack([t / (nt - 1), d / (nd - 1)])
+
+    def dense_group(self, p: int) -> float | None:
+        """Points with the same group share one dense run (None: all share it, ``epochs``)."""
+        return None if self.knob == "epochs" else self.point(p)[0]
+
+
+def default_n_init(n: int) -> int:
+    """Size of the initial design: the corners and a few spread points, max(5, 10%)."""
+    return min(n, max(5, math.ceil(0.1 * n)))
+
+
+def default_batch_size(n: int) -> int:
+    """Points per round after the initial design: about sqrt(n) / 2 (3 on a 6 x 5 grid)."""
+    return max(1, round(math.sqrt(n) / 2))
+
+
+def initial_design(axes: GridAxes, n_init: int | None = None, seed: int = 0) -> list[int]:
+    """The four corners, then max-min spread points (ties broken at random by ``seed``)."""
+    n_init = default_n_init(axes.n) if n_init is None else int(n_init)
+    if not 1 <= n_init <= axes.n:
+        raise ValueError(f"n_init must be in [1, {axes.n}], got {n_init}")
+    nt, nd = axes.shape
+    corners = [0, nd - 1, (nt - 1) * nd, nt * nd - 1]
+    chosen = list(dict.fromkeys(corners))[:n_init]
+    rng = np.random.default_rng(seed)
+    x = axes.coords()
+    while len(chosen) < n_init:
+        dist = np.min(np.linalg.norm(x[:, None, :] - x[None, chosen, :], axis=2), axis=1)
+        dist[chosen] = -1
+        best = np.flatnonzero(np.isclose(dist, dist.max()))
+        chosen.append(int(rng.choice(best)))
+    return chosen
+
+
+def coarse_to_fine_order(axes: GridAxes, seed: int = 0) -> list[int]:
+    """Every other temperature and density first (random order within a level), then the
+    points between them: (even, even), then (even, odd) and (odd, even), then (odd, odd)."""
+    rng = np.random.default_rng(seed)
+    nt, nd = axes.shape
+    levels: dict[int, list[int]] = {0: [], 1: [], 2: []}
+    for p in range(axes.n):
+        t, d = divmod(p, nd)
+        levels[(t % 2) + (d % 2)].append(p)
+    order: list[int] = []
+    for level in (0, 1, 2):
+        order += [int(p) for p in rng.permutation(levels[level])]
+    return order
+
+
+# --- labels ---------------------------------------------------------------------------------
+
+def label_points(table: pd.DataFrame, eps: float | None = None, tau: float | None = None,
+                 *, seed: int = 0, n_resamples: int = 200) -> pd.DataFrame:
+    """Label the finished cells of ``table`` and aggregate them per point.
+
+    Uses ``selection.regimes.label_grid`` (labels with resampled probabilities, eps-free when
+    no threshold is given) when the project has it; otherwise ``label_regimes`` with
+    probabilities 0/1 (``p_regime_IIB`` from the CKA threshold). Several dense seeds of a
+    point: probabilities averaged, the label the most frequent.
+
+    Returns one row per point: ``temperature``, ``density``, ``regime``, ``p_regime_I``,
+    ``p_regime_IIB``, ``label_method``, plus ``test_acc`` when the table has it.
+    """
+    label_grid = getattr(regimes, "label_grid", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RegimeWarning)
+        if label_grid is not None:
+            labelled, _ = label_grid(table, eps, tau, n_resamples=n_resamples, seed=seed)
+            if LABEL_METHOD not in labelled.columns:
+                labelled[LABEL_METHOD] = "label_grid"
+        else:
+            labelled, thresholds = regimes.label_regimes(table, eps, tau)
+            regime = labelled[keys.REGIME]
+            labelled[P_REGIME_I] = (regime == REGIME_I).astype(float)
+            tau_used = thresholds.tau
+            cka = labelled[keys.CKA].to_numpy(dtype=float)
+            labelled[P_REGIME_IIB] = (np.full(len(cka), 0.5) if math.isnan(tau_used)
+                                      else (cka >= tau_used).astype(float))
+            labelled[LABEL_METHOD] = f"rule eps={thresholds.eps:.4g} tau={tau_used:.4g}"
+    columns = {P_REGIME_I: "mean", P_REGIME_IIB: "mean", LABEL_METHOD: "first",
+               keys.REGIME: _majority}
+    if keys.TEST_ACC in labelled.columns:
+        columns[keys.TEST_ACC] = "mean"
+    out = labelled.groupby([keys.TEMPERATURE, keys.DENSITY], as_index=False).agg(columns)
+    out[[P_REGIME_I, P_REGIME_IIB]] = out[[P_REGIME_I, P_REGIME_IIB]].astype(float).fillna(0.5)
+    return out
+
+
+def _majority(labels: pd.Series) -> str:
+    counts = labels.value_counts()
+    return max(REGIMES, key=lambda r: (counts.get(r, 0), -REGIMES.index(r)))
+
+
+def hierarchical_labels(p_i: np.ndarray, p_iib: np.ndarray) -> np.ndarray:
+    """I iff p_I >= 0.5, else II-B iff p_IIB >= 0.5, else II-A."""
+    return np.where(p_i >= 0.5, REGIME_I,
+                    np.where(p_iib >= 0.5, REGIME_II_B, REGIME_II_A)).astype(object)
+
+
+def _label_probability(labels: np.ndarray, p_i: np.ndarray, p_iib: np.ndarray) -> np.ndarray:
+    return np.where(labels == REGIME_I, p_i,
+                    np.where(labels == REGIME_II_B, (1 - p_i) * p_iib, (1 - p_i) * (1 - p_iib)))
+
+
+# --- models ---------------------------------------------------------------------------------
+
+def _indicator_posterior(x_all: np.ndarray, run: np.ndarray, target: np.ndarray,
+                         noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior mean and covariance over every point of a GP fitted to ``target`` at the
+    ``run`` points (fixed unit-variance RBF kernel, per-point noise ``noise``)."""
+    kernel = ConstantKernel(1.0, "fixed") * RBF(LENGTH_SCALE, "fixed")
+    if len(run) == 0:
+        return np.zeros(len(x_all)), kernel(x_all)
+    gp = GaussianProcessRegressor(kernel, alpha=noise, optimizer=None, normalize_y=False)
+    gp.fit(x_all[run], target)
+    mean, cov = gp.predict(x_all, return_cov=True)
+    return mean, cov
+
+
+def _probit(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    return norm.cdf(mean / np.sqrt(np.maximum(var, 0) + KAPPA))
+
+
+@dataclass
+class MapPrediction:
+    """The predicted map over every point of ``axes`` (arrays indexed by point)."""
+
+    axes: GridAxes
+    run: np.ndarray                     # bool: the point's cells are finished
+    label: np.ndarray                   # I / II-A / II-B
+    p_i: np.ndarray
+    p_iib: np.ndarray
+    p_label: np.ndarray
+    # latent GP posteriors of the two indicators (for the expected change of the map)
+    mean_i: np.ndarray
+    cov_i: np.ndarray
+    noise_i: np.ndarray
+    mean_b: np.ndarray
+    cov_b: np.ndarray
+    noise_b: np.ndarray
+    acc_mean: np.ndarray | None = None  # predicted test accuracy (measured where run)
+    p_best: np.ndarray | None = None    # probability of being the best of its density
+    best: dict[float, int] = field(default_factory=dict)   # density -> point of its best
+
+    def frame(self) -> pd.DataFrame:
+        """One row per point: temperature, density, regime, probabilities, run flag, and the
+        predicted test accuracy and probability of being its density's best."""
+        t, d = zip(*self.axes.points(), strict=True)
+        out = pd.DataFrame({keys.KNOB: self.axes.knob, keys.TEMPERATURE: t, keys.DENSITY: d,
+                            keys.REGIME: self.label, P_REGIME_I: self.p_i,
+                            P_REGIME_IIB: self.p_iib, P_LABEL: self.p_label, "run": self.run})
+        if self.acc_mean is not None:
+            out["test_acc_predicted"] = self.acc_mean
+            out["p_best"] = self.p_best
+        return out
+
+    def best_frame(self) -> pd.DataFrame:
+        """Per density: the predicted best temperature, its probability, whether it was run,
+        and how many points of that density were run (its support)."""
+        rows = []
+        nd = len(self.axes.densities)
+        for di, density in enumerate(self.axes.densities):
+            p = self.best.get(density)
+            row_points = np.arange(di, self.axes.n, nd)
+            rows.append({
+                keys.KNOB: self.axes.knob, keys.DENSITY: density,
+                keys.TEMPERATURE: None if p is None else self.axes.point(p)[0],
+                "test_acc_predicted": None if p is None else float(self.acc_mean[p]),
+                "p_best": None if p is None else float(self.p_best[p]),
+                "best_run": bool(p is not None and self.run[p]),
+                "cells_run_at_density": int(self.run[row_points].sum()),
+            })
+        return pd.DataFrame(rows)
+
+
+def predict_map(axes: GridAxes, labels: pd.DataFrame, *, seed: int = 0,
+                with_best: bool = True) -> MapPrediction:
+    """Fit the regime and accuracy models to the labelled points ``labels`` (one row per
+    finished point, as :func:`label_points` returns) and predict every point of ``axes``."""
+    x = axes.coords()
+    run_idx = np.array([axes.index(t, d) for t, d in
+                        zip(labels[keys.TEMPERATURE], labels[keys.DENSITY], strict=True)],
+                       dtype=int)
+    p_i_run = labels[P_REGIME_I].to_numpy(dtype=float)
+    p_b_run = labels[P_REGIME_IIB].to_numpy(dtype=float)
+    noise_i = np.full(len(run_idx), INDICATOR_NOISE)
+    noise_b = INDICATOR_NOISE / np.maximum(1 - p_i_run, 0.02)
+    mean_i, cov_i = _indicator_posterior(x, run_idx, 2 * p_i_run - 1, noise_i)
+    mean_b, cov_b = _indicator_posterior(x, run_idx, 2 * p_b_run - 1, noise_b)
+    p_i = _probit(mean_i, np.diag(cov_i))
+    p_iib = _probit(mean_b, np.diag(cov_b))
+    run = np.zeros(axes.n, dtype=bool)
+    run[run_idx] = True
+    # finished points keep the labeller's own label and probabilities
+    p_i[run_idx], p_iib[run_idx] = p_i_run, p_b_run
+    label = hierarchical_labels(p_i, p_iib)
+    label[run_idx] = labels[keys.REGIME].to_numpy(dtype=object)
+    pred = MapPrediction(axes, run, label, p_i, p_iib, _label_probability(label, p_i, p_iib),
+                         mean_i, cov_i, _full_noise(axes.n, run_idx, noise_i),
+                         mean_b, cov_b, _full_noise(axes.n, run_idx, noise_b))
+    if with_best and keys.TEST_ACC in labels.columns and labels[keys.TEST_ACC].notna().any():
+        _predict_best(pred, run_idx, labels[keys.TEST_ACC].to_numpy(dtype=float), seed)
+    return pred
+
+
+def _full_noise(n: int, run_idx: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    out = np.full(n, INDICATOR_NOISE)
+    out[run_idx] = noise
+    return out
+
+
+def _accuracy_kernel():
+    # on standardised accuracies: a density main effect (constant along temperature), a
+    # temperature x density term, and measurement noise. Fixed (ours, tuned by replay): a
+    # marginal-likelihood fit on a handful of cells is unstable and 30x slower.
+    return (ConstantKernel(1.0, "fixed") * RBF([1e3, 0.3], "fixed")
+            + ConstantKernel(0.3, "fixed") * RBF([0.3, 0.3], "fixed")
+            + WhiteKernel(0.01, "fixed"))
+
+
+def _predict_best(pred: MapPrediction, run_idx: np.ndarray, acc: np.ndarray, seed: int) -> None:
+    axes = pred.axes
+    ok = np.isfinite(acc)
+    run_idx, acc = run_idx[ok], acc[ok]
+    x = axes.coords()
+    if len(run_idx) >= 3 and np.ptp(acc) > 0:
+        gp = GaussianProcessRegressor(_accuracy_kernel(), optimizer=None, normalize_y=True)
+        gp.fit(x[run_idx], acc)
+        mean, cov = gp.predict(x, return_cov=True)
+    else:   # too few cells for a model: every unfinished point is as good as any other
+        mean = np.full(axes.n, acc.mean() if len(acc) else 0.0)
+        cov = np.eye(axes.n) * (np.var(acc) + 1e-4 if len(acc) else 1.0)
+    mean = mean.copy()
+    mean[run_idx] = acc
+    unrun = np.setdiff1d(np.arange(axes.n), run_idx)
+    rng = np.random.default_rng(seed)
+    samples = np.tile(mean, (BEST_SAMPLES, 1))
+    if len(unrun):
+        # unfinished points drawn jointly, conditioned on nothing more than the fit
+        sub = cov[np.ix_(unrun, unrun)] + 1e-10 * np.eye(len(unrun))
+        samples[:, unrun] = rng.multivariate_normal(mean[unrun], sub, BEST_SAMPLES,
+                                                    method="cholesky")
+    nd = len(axes.densities)
+    p_best = np.zeros(axes.n)
+    best = {}
+    for di, density in enumerate(axes.densities):
+        row = np.arange(di, axes.n, nd)
+        winners = row[np.argmax(samples[:, row], axis=1)]
+        counts = np.bincount(winners, minlength=axes.n)[row] / BEST_SAMPLES
+        p_best[row] = counts
+        best[density] = int(row[np.argmax(counts + 1e-9 * mean[row])])
+    pred.acc_mean, pred.p_best, pred.best = mean, p_best, best
+
+
+# --- choosing the next cells ----------------------------------------------------------------
+
+def expected_map_change(pred: MapPrediction, candidates: np.ndarray,
+                        cov_i: np.ndarray | None = None, cov_b: np.ndarray | None = None
+                        ) -> np.ndarray:
+    """For each candidate point: the expected number of points whose predicted label changes
+    when its cells are run (the candidate itself included), over its possible labels."""
+    cov_i = pred.cov_i if cov_i is None else cov_i
+    cov_b = pred.cov_b if cov_b is None else cov_b
+    out = np.zeros(len(candidates))
+    current = pred.label
+    others = ~pred.run
+    for k, c in enumerate(candidates):
+        gain_i = cov_i[:, c] / (cov_i[c, c] + pred.noise_i[c])
+        gain_b = cov_b[:, c] / (cov_b[c, c] + INDICATOR_NOISE)
+        var_i = np.diag(cov_i) - gain_i * cov_i[c, :]
+        var_b = np.diag(cov_b) - gain_b * cov_b[c, :]
+        p_i_c, p_b_c = pred.p_i[c], pred.p_iib[c]
+        outcomes = ((REGIME_I, p_i_c, 1.0, None),
+                    (REGIME_II_A, (1 - p_i_c) * (1 - p_b_c), -1.0, -1.0),
+                    (REGIME_II_B, (1 - p_i_c) * p_b_c, -1.0, 1.0))
+        expected = 0.0
+        for regime, prob, y_i, y_b in outcomes:
+            if prob <= 1e-6:
+                continue
+            m_i = pred.mean_i + gain_i * (y_i - pred.mean_i[c])
+            if y_b is None:
+                m_b, v_b = pred.mean_b, np.diag(cov_b)
+            else:
+                m_b, v_b = pred.mean_b + gain_b * (y_b - pred.mean_b[c]), var_b
+            new = hierarchical_labels(_probit(m_i, var_i), _probit(m_b, v_b))
+            flips = (new != current) & others
+            flips[c] = regime != current[c]
+            expected += prob * flips.sum()
+        out[k] = expected
+    return out
+
+
+def _condition(cov: np.ndarray, c: int, noise: float) -> np.ndarray:
+    gain = cov[:, c] / (cov[c, c] + noise)
+    return cov - np.outer(gain, cov[c, :])
+
+
+def _greedy(pred: MapPrediction, allowed: np.ndarray, size: int, rng: np.random.Generator
+            ) -> tuple[list[int], list[float], list[str]]:
+    cov_i, cov_b = pred.cov_i, pred.cov_b
+    best_score = (BEST_WEIGHT * pred.p_best) if pred.p_best is not None else np.zeros(pred.axes.n)
+    chosen: list[int] = []
+    scores: list[float] = []
+    why: list[str] = []
+    jitter = rng.uniform(0, 1e-6, pred.axes.n)   # seeded tie-breaks
+    for _ in range(size):
+        candidates = np.flatnonzero(allowed & ~pred.run & ~np.isin(np.arange(pred.axes.n),
+                                                                     chosen))
+        if len(candidates) == 0:
+            break
+        change = expected_map_change(pred, candidates, cov_i, cov_b)
+        total = change + best_score[candidates] + jitter[candidates]
+        k = int(np.argmax(total))
+        c = int(candidates[k])
+        chosen.append(c)
+        scores.append(float(total[k]))
+        why.append(f"expected label changes {change[k]:.2f}, p(best of its density) "
+                   f"{best_score[c] / BEST_WEIGHT if BEST_WEIGHT else 0:.2f}")
+        cov_i = _condition(cov_i, c, pred.noise_i[c])
+        cov_b = _condition(cov_b, c, INDICATOR_NOISE)
+    return chosen, scores, why
+
+
+def choose_batch(pred: MapPrediction, size: int, seed: int = 0
+                 ) -> tuple[list[int], list[str]]:
+    """The next ``size`` points to run and why each was chosen (see the module doc)."""
+    rng = np.random.default_rng(seed)
+    everything = np.ones(pred.axes.n, dtype=bool)
+    chosen, scores, why = _greedy(pred, everything, size, rng)
+    if pred.axes.knob == "epochs" or not chosen:
+        return chosen, why
+    groups = {pred.axes.dense_group(p) for p in range(pred.axes.n) if not pred.run[p]}
+    best_group = None
+    for group in sorted(groups):
+        allowed = np.array([pred.axes.dense_group(p) == group for p in range(pred.axes.n)])
+        g_chosen, g_scores, g_why = _greedy(pred, allowed, size, np.random.default_rng(seed))
+        if len(g_chosen) == len(chosen) and (best_group is None or sum(g_scores) > best_group[0]):
+            best_group = (sum(g_scores), g_chosen, g_why)
+    if best_group is not None and best_group[0] >= (1 - GROUP_SLACK) * sum(scores):
+        return best_group[1], [w + "; shares one dense run with the batch" for w in best_group[2]]
+    return chosen, why
+
+
+# --- stopping -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StopRule:
+    """The map has stopped changing: no predicted label changed for ``patience`` rounds,
+    every unfinished point's label has probability >= 1 - ``max_uncertainty``, and every
+    density's best temperature has probability >= ``best_confidence``."""
+
+    patience: int = 2
+    max_uncertainty: float = 0.1
+    best_confidence: float = 0.8
+
+    def settled(self, history: Sequence[np.ndarray], pred: MapPrediction) -> tuple[bool, str]:
+        """(whether to stop, the reason or what is still open)."""
+        if len(history) < self.patience + 1:
+            return False, f"fewer than {self.patience + 1} rounds"
+        recent = history[-(self.patience + 1):]
+        changed = sum(int((a != b).sum()) for a, b in zip(recent, recent[1:], strict=False))
+        unrun = ~pred.run
+        uncertainty = float((1 - pred.p_label[unrun]).max()) if unrun.any() else 0.0
+        weakest = min((pred.p_best[p] for p in pred.best.values()), default=1.0) \
+            if pred.p_best is not None else 1.0
+        state = (f"labels changed in the last {self.patience} rounds: {changed}; max label "
+                 f"uncertainty {uncertainty:.3f} (<= {self.max_uncertainty}); weakest best "
+                 f"temperature probability {weakest:.2f} (>= {self.best_confidence})")
+        ok = changed == 0 and uncertainty <= self.max_uncertainty \
+            and weakest >= self.best_confidence
+        return ok, state
+
+
+@dataclass
+class Round:
+    """One round of the loop: the points chosen, why, and the state that chose them."""
+
+    number: int
+    points: list[tuple[float, float]]
+    reasons: list[str]
+    cells_run_before: int
+    labels_changed: int | None = None
+    max_uncertainty: float | None = None
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return {"round": self.number, "points": [list(p) for p in self.points],
+                "reasons": self.reasons, "cells_run_before": self.cells_run_before,
+                "labels_changed": self.labels_changed, "max_uncertainty": self.max_uncertainty,
+                "note": self.note}
+
+
+# --- replay on a finished table -------------------------------------------------------------
+
+STRATEGIES = ("active", "random", "coarse_to_fine")
+
+
+@dataclass
+class ReplayCurves:
+    """Per strategy: agreement and best-found fraction after each number of cells run
+    (``seeds`` x ``total_cells`` arrays, column k = k + 1 cells), and where the stopping rule
+    would have stopped the active loop."""
+
+    total_cells: int
+    agreement: dict[str, np.ndarray]
+    best_found: dict[str, np.ndarray]
+    stopped_at: list[int | None]
+    reference: pd.DataFrame
+
+
+class _Oracle:
+    """The finished table as the source of cells, with label results cached by point set."""
+
+    def __init__(self, table: pd.DataFrame, axes: GridAxes, eps, tau, n_resamples: int):
+        self.axes = axes
+        self.eps, self.tau, self.n_resamples = eps, tau, n_resamples
+        idx = [axes.index(t, d) for t, d in zip(table[keys.TEMPERATURE], table[keys.DENSITY],
+                                               strict=True)]
+        self.table = table.assign(_point=idx)
+        self._cache: dict[frozenset, pd.DataFrame] = {}
+
+    def labels(self, points: Sequence[int]) -> pd.DataFrame:
+        key = frozenset(points)
+        if key not in self._cache:
+            rows = self.table[self.table["_point"].isin(key)].drop(columns="_point")
+            self._cache[key] = label_points(rows, self.eps, self.tau,
+                                            n_resamples=self.n_resamples)
+        return self._cache[key]
+
+
+def _true_best(reference: pd.DataFrame, axes: GridAxes) -> dict[float, int]:
+    best = {}
+    for density, rows in reference.groupby(keys.DENSITY):
+        rows = rows.sort_values(keys.TEMPERATURE)
+        top = rows.loc[rows[keys.TEST_ACC].idxmax()]
+        best[float(density)] = axes.index(top[keys.TEMPERATURE], density)
+    return best
+
+
+def _score(pred: MapPrediction, reference_labels: np.ndarray, true_best: dict[float, int]
+           ) -> tuple[float, float]:
+    agreement = float((pred.label == reference_labels).mean())
+    found = [pred.best.get(d) == p and pred.run[p] for d, p in true_best.items()]
+    return agreement, float(np.mean(found)) if found else math.nan
+
+
+def replay(table: pd.DataFrame, *, seeds: Sequence[int] = range(20), knob: str | None = None,
+           eps: float | None = None, tau: float | None = None, batch_size: int | None = None,
+           n_init: int | None = None, max_cells: int | None = None, n_resamples: int = 50,
+           strategies: Sequence[str] = STRATEGIES, stop_rule: StopRule = StopRule(),
+           progress: Callable[[str], None] | None = None) -> ReplayCurves:
+    """Replay the mapping loop and the baselines on finished ``table`` (see the module doc).
+
+    The reference map is the labeller's labels of the WHOLE table; each prefix of cells is
+    labelled by the same labeller on those cells only, and the map predicted from them.
+    """
+    from selection._validate import check_table
+
+    check_table(table, (keys.KNOB, keys.TEMPERATURE, keys.DENSITY, keys.LMC_BARRIER, keys.CKA,
+                        keys.TEST_ACC))
+    axes = GridAxes.of_table(table, knob)
+    table = table[table[keys.KNOB].astype(str) == axes.knob]
+    if len(table.groupby([keys.TEMPERATURE, keys.DENSITY])) != axes.n:
+        raise ValueError(f"the table is not a full grid: {axes.n} points expected "
+                         f"({axes.shape[0]} temperatures x {axes.shape[1]} densities)")
+    oracle = _Oracle(table, axes, eps, tau, n_resamples)
+    reference = oracle.labels(range(axes.n))
+    ref = np.empty(axes.n, dtype=object)
+    for t, d, r in zip(reference[keys.TEMPERATURE], reference[keys.DENSITY],
+                       reference[keys.REGIME], strict=True):
+        ref[axes.index(t, d)] = r
+    true_best = _true_best(reference, axes)
+    total = axes.n if max_cells is None else min(axes.n, int(max_cells))
+    batch_size = batch_size or default_batch_size(axes.n)
+    n_init = default_n_init(axes.n) if n_init is None else n_init
+    agreement = {s: np.full((len(seeds), total), np.nan) for s in strategies}
+    found = {s: np.full((len(seeds), total), np.nan) for s in strategies}
+    stopped: list[int | None] = []
+    for r, seed in enumerate(seeds):
+        for strategy in strategies:
+            order, stop = _replay_order(strategy, axes, oracle, seed, total, batch_size, n_init,
+                                        stop_rule)
+            if strategy == "active":
+                stopped.append(stop)
+            for k in range(1, total + 1):
+                pred = predict_map(axes, oracle.labels(order[:k]), seed=seed)
+                agreement[strategy][r, k - 1], found[strategy][r, k - 1] = _score(
+                    pred, ref, true_best)
+        if progress is not None:
+            progress(f"seed {seed} done")
+    return ReplayCurves(total, agreement, found, stopped, reference)
+
+
+def _replay_order(strategy: str, axes: GridAxes, oracle: _Oracle, seed: int, total: int,
+                  batch_size: int, n_init: int, stop_rule: StopRule
+                  ) -> tuple[list[int], int | None]:
+    rng = np.random.default_rng(seed)
+    if strategy == "random":
+        return [int(p) for p in rng.permutation(axes.n)[:total]], None
+    if strategy == "coarse_to_fine":
+        return coarse_to_fine_order(axes, seed)[:total], None
+    if strategy != "active":
+        raise ValueError(f"unknown strategy {strategy!r}; allowed: {', '.join(STRATEGIES)}")
+    order = initial_design(axes, min(n_init, total), seed)
+    history: list[np.ndarray] = []
+    stop = None
+    round_number = 0
+    while len(order) < total:
+        pred = predict_map(axes, oracle.labels(order), seed=seed)
+        history.append(pred.label.copy())
+        if stop is None and stop_rule.settled(history, pred)[0]:
+            stop = len(order)
+        batch, _ = choose_batch(pred, min(batch_size, total - len(order)),
+                                seed=seed * 1000 + round_number)
+        round_number += 1
+        if not batch:
+            break
+        order += batch
+    return order, stop
+
+
+def _cells_for(agreement_row: np.ndarray, level: float) -> int | None:
+    """1-based cells run when agreement first reaches ``level`` and stays there."""
+    below = np.flatnonzero(agreement_row < level - 1e-12)
+    if len(below) == 0:
+        return 1
+    k = int(below[-1]) + 1          # the first index after the last one below
+    return k + 1 if k < len(agreement_row) else None
+
+
+def replay_summary(curves: ReplayCurves, level: float = 0.95,
+                   budget_fraction: float = 0.4) -> dict:
+    """The replay's figures: per strategy the median cells to ``level`` agreement (and
+    staying), the median fraction of densities whose best temperature is found there, and
+    the median agreement and best-found fraction at ``budget_fraction`` of the cells.
+
+    The LAST-line JSON of ``python -m selection map --replay --json`` is this dict.
+    """
+    def figures(strategy: str) -> dict:
+        agree, best = curves.agreement[strategy], curves.best_found[strategy]
+        cells = [_cells_for(row, level) for row in agree]
+        reached = [c for c in cells if c is not None]
+        median = float(np.median([np.inf if c is None else c for c in cells]))
+        median_cells = median if math.isfinite(median) else None
+        at_cells = [best[r, c - 1] if c is not None else best[r, -1]
+                    for r, c in enumerate(cells)]
+        k = max(1, min(curves.total_cells, math.floor(budget_fraction * curves.total_cells)))
+        return {
+            "cells_for_95": median_cells,
+            "best_found_at_budget": float(np.median(at_cells)),
+            f"agreement_at_{round(100 * budget_fraction)}pct": float(np.median(agree[:, k - 1])),
+            f"best_found_at_{round(100 * budget_fraction)}pct": float(np.median(best[:, k - 1])),
+            "fraction_of_seeds_reaching_95": len(reached) / len(cells),
+        }
+
+    strategies = list(curves.agreement)
+    main = figures("active") if "active" in strategies else {}
+    out = {"total_cells": curves.total_cells, **main,
+           "seeds": int(next(iter(curves.agreement.values())).shape[0]),
+           "baselines": {s: figures(s) for s in strategies if s != "active"}}
+    stops = [s for s in curves.stopped_at if s is not None]
+    out["stopped_at_median"] = float(np.median(stops)) if stops else None
+    return out
+
+
+# --- the live loop: python -m selection map CONFIG --budget N -------------------------------
+
+@dataclass
+class MapResult:
+    """What :func:`run_map` did: the map run, the rounds, the final prediction."""
+
+    map_run_id: str
+    axes: GridAxes
+    rounds: list[Round]
+    prediction: MapPrediction | None
+    points_run: list[int]
+    cells_computed: int
+    cells_cached: int
+    stop_reason: str
+    seconds: float
+    cell_seconds: float | None = None     # mean compute seconds of one cell (for time saved)
+    agreement: float | None = None        # with the reference map, when one was available
+    reference_source: str | None = None
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        n, total = len(self.points_run), self.axes.n
+        out = [f"map: ran {n} of {total} points ({100 * n / total:.0f}% of the grid) in "
+               f"{len(self.rounds)} round(s): {self.cells_computed} cells computed, "
+               f"{self.cells_cached} from the cache; stopped: {self.stop_reason}; "
+               f"{self.seconds:.1f} s"]
+        if self.cell_seconds is not None:
+            saved = (total - n) * self.cell_seconds
+            out.append(f"time saved: {total - n} points not run, about {saved:.0f} s of cell "
+                       f"compute at {self.cell_seconds:.1f} s per point (the dense runs are "
+                       "shared, not counted)")
+        if self.agreement is not None:
+            out.append(f"agreement with the full grid's labels ({self.reference_source}): "
+                       f"{100 * self.agreement:.1f}%")
+        if self.prediction is not None:
+            best = self.prediction.best_frame()
+            if best[keys.TEMPERATURE].notna().any():
+                out.append("predicted best temperature per density (p = probability it is the "
+                           "best; run = its cell was run):")
+                for _, row in best.iterrows():
+                    out.append(f"  density {row[keys.DENSITY]:g}: {self.axes.knob} "
+                               f"{row[keys.TEMPERATURE]:g}, p {row['p_best']:.2f}, "
+                               f"{'run' if row['best_run'] else 'predicted'}, "
+                               f"{row['cells_run_at_density']} cell(s) run at this density")
+        out += [f"  FAILED {name}: {reason}" for name, reason in self.failed]
+        return out
+
+
+def map_key(cfg, *, n_init: int, batch_size: int, seed: int, eps, tau, stop_rule: StopRule
+            ) -> str:
+    """Identity of a map run: its candidate cells and every setting that steers the choice
+    (not the budget: a larger budget continues the same map)."""
+    import hashlib
+    import json
+
+    from pipeline.specs import cell_hash
+
+    hashes = sorted(cell_hash(c, d) for d, c, _ in cfg.cells())
+    settings = {"cells": hashes, "n_init": n_init, "batch_size": batch_size, "seed": seed,
+                "eps": eps, "tau": tau, "stop": [stop_rule.patience, stop_rule.max_uncertainty,
+                                                 stop_rule.best_confidence]}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_map(cfg, budget: int, *, experiment: str | None = None, batch_size: int | None = None,
+            n_init: int | None = None, seed: int = 0, eps: float | None = None,
+            tau: float | None = None, stop_rule: StopRule = StopRule(),
+            executor: str = "serial", executor_options: dict | None = None,
+            progress: bool = True, reference: pd.DataFrame | None = None,
+            log: Callable[[str], None] = print) -> MapResult:
+    """Map the regimes of grid config ``cfg`` running at most ``budget`` points.
+
+    Every round is stored on the map run (``map/rounds.json``) BEFORE its cells run, so a
+    killed run started again with the same settings finds its map run, reruns the unfinished
+    cells of its last round (finished ones come from the cache) and goes on.
+    ``reference``: a full-grid results table to report agreement against; without it, the
+    experiment's finished cells are used when they cover the whole grid.
+
+    Raises:
+        ValueError: a budget smaller than the initial design (or < 1).
+        RuntimeError: the same map is being run by another live process.
+    """
+    import time
+
+    from pipeline.grid import GridRunner
+    from pipeline.specs import cell_hash
+    from tracking.artifacts import CorruptArtifactError, load_file, log_files
+
+    started = time.perf_counter()
+    axes = GridAxes.of(cfg.knob, cfg.temperatures, cfg.densities)
+    n_init = default_n_init(axes.n) if n_init is None else int(n_init)
+    batch_size = batch_size or default_batch_size(axes.n)
+    if n_init < 1 or n_init > axes.n:
+        raise ValueError(f"n_init={n_init}: must be in [1, {axes.n}] (the grid's points)")
+    if budget < n_init:
+        raise ValueError(f"budget {budget} is smaller than the initial design ({n_init} points: "
+                         f"the 4 corners and {max(n_init - 4, 0)} spread points of the "
+                         f"{axes.shape[0]} x {axes.shape[1]} grid); give --budget >= {n_init} "
+                         "or a smaller --n-init")
+    budget = min(int(budget), axes.n)
+    cells_of = {p: [] for p in range(axes.n)}
+    for dense, cell, s in cfg.cells():
+        cells_of[axes.index(cell.temperature, cell.prune.density)].append((dense, cell, s))
+    hash_to_point = {cell_hash(c, d): p for p, pts in cells_of.items() for d, c, _ in pts}
+
+    runner = GridRunner(cfg, experiment, progress)
+    client, cache = runner.client, runner.cache
+    key = map_key(cfg, n_init=n_init, batch_size=batch_size, seed=seed, eps=eps, tau=tau,
+                  stop_rule=stop_rule)
+    entry = cache.lookup(key, keys.KIND_MAP)
+    if entry.active is not None:
+        raise RuntimeError(f"this map is being run by another live process (run "
+                           f"{entry.active.info.run_id}); wait for it or stop it")
+    existing = entry.finished or entry.resumable
+    rounds: list[Round] = []
+    if existing is not None:
+        map_run = cache.reopen(existing)
+        try:
+            stored = load_file(client, map_run, keys.ARTIFACT_MAP_ROUNDS)
+            rounds = [Round(r["round"], [tuple(p) for p in r["points"]], r["reasons"],
+                            r["cells_run_before"], r.get("labels_changed"),
+                            r.get("max_uncertainty"), r.get("note", ""))
+                      for r in stored["rounds"]]
+        except CorruptArtifactError:
+            rounds = []     # killed before its first round was stored: start again
+        log(f"map: resuming map run {map_run} ({len(rounds)} round(s) stored)")
+    else:
+        map_run = cache.start(key, keys.KIND_MAP,
+                              f"map {cfg.knob} {axes.shape[0]}x{axes.shape[1]}",
+                              params={keys.KNOB: cfg.knob, keys.DATASET: cfg.data.name,
+                                      keys.MODEL: cfg.model.name,
+                                      "temperatures": list(cfg.temperatures),
+                                      "densities": list(cfg.densities),
+                                      "dense_seeds": list(cfg.dense_seeds), "n_init": n_init,
+                                      "batch_size": batch_size, "seed": seed, "eps": eps,
+                                      "tau": tau, "stop_patience": stop_rule.patience,
+                                      "stop_max_uncertainty": stop_rule.max_uncertainty,
+                                      "stop_best_confidence": stop_rule.best_confidence,
+                                      "length_scale": LENGTH_SCALE, "kappa": KAPPA})
+        log(f"map: new map run {map_run}")
+    cache.log(map_run, tags={"map_budget": budget})
+    result = MapResult(map_run, axes, rounds, None, [], 0, 0, "", 0.0)
+
+    def store_rounds() -> None:
+        log_files(client, map_run, {keys.ARTIFACT_MAP_ROUNDS: {
+            "rounds": [r.to_dict() for r in rounds], "budget": budget,
+            "stop_rule": {"patience": stop_rule.patience,
+                          "max_uncertainty": stop_rule.max_uncertainty,
+                          "best_confidence": stop_rule.best_confidence}}})
+
+    def finished_table() -> pd.DataFrame:
+        from tracking.tables import results_table
+
+        table = results_table(runner.experiment, client)
+        return table[table[keys.SPEC_HASH].isin(hash_to_point)]
+
+    def run_points(points: list[int]) -> None:
+        todo = [cell for p in points for cell in cells_of[p]]
+        summary = runner.run(todo, executor=executor, executor_options=executor_options,
+                             parent_run_id=map_run)
+        result.cells_computed += summary.computed
+        result.cells_cached += summary.cached
+        result.failed += summary.failed
+
+    history: list[np.ndarray] = []
+    pred: MapPrediction | None = None
+    try:
+        with cache.computing(map_run):
+            while True:
+                chosen = [axes.index(t, d) for r in rounds for t, d in r.points]
+                table = finished_table()
+                pending = [p for p in chosen if not _finished(p, cells_of, table)]
+                if pending:     # this round's points, or those a killed run left unfinished
+                    run_points(pending)
+                    table = finished_table()
+                done_points = [p for p in chosen if _finished(p, cells_of, table)]
+                result.points_run = done_points
+                if done_points:
+                    rows = table[table[keys.SPEC_HASH].map(hash_to_point).isin(done_points)]
+                    labels = label_points(rows, eps, tau, seed=seed)
+                    pred = predict_map(axes, labels, seed=seed)
+                    history.append(pred.label.copy())
+                if rounds:
+                    last = rounds[-1]
+                    if len(history) >= 2:
+                        last.labels_changed = int((history[-1] != history[-2]).sum())
+                    if pred is not None and (~pred.run).any():
+                        last.max_uncertainty = float((1 - pred.p_label[~pred.run]).max())
+                    _log_round(cache, map_run, last, len(done_points))
+                missing = len(chosen) - len(done_points)
+                if missing and result.failed:
+                    result.stop_reason = f"{missing} point(s) failed; run again to retry them"
+                    break
+                if len(chosen) >= budget:
+                    result.stop_reason = f"budget of {budget} points reached"
+                    break
+                if pred is not None and rounds:
+                    settled, state = stop_rule.settled(history, pred)
+                    if settled and len(rounds) > stop_rule.patience:
+                        result.stop_reason = f"the map has stopped changing ({state})"
+                        break
+                if not rounds:
+                    points = initial_design(axes, n_init, seed)
+                    reasons = ["initial design: a corner" if i < 4 else
+                               "initial design: spread (farthest from those chosen)"
+                               for i in range(len(points))]
+                else:
+                    size = min(batch_size, budget - len(chosen))
+                    points, reasons = choose_batch(pred, size, seed=seed * 1000 + len(rounds))
+                    if not points:
+                        result.stop_reason = "every point of the grid has been run"
+                        break
+                rounds.append(Round(len(rounds), [axes.point(p) for p in points], reasons,
+                                    len(done_points), note=_round_note(pred, stop_rule, history)))
+                store_rounds()          # before running: a killed run resumes this round
+                log(f"map round {rounds[-1].number}: {len(points)} point(s): " + ", ".join(
+                    f"{cfg.knob}={t:g} d={d:g}" for t, d in rounds[-1].points))
+            result.rounds = rounds
+            result.prediction = pred
+            _finish_outputs(result, cfg, client, cache, map_run, finished_table(),
+                            reference, eps, tau, seed, hash_to_point)
+            store_rounds()
+    finally:
+        result.seconds = time.perf_counter() - started
+    return result
+
+
+def _finished(p: int, cells_of: dict, table: pd.DataFrame) -> bool:
+    from pipeline.specs import cell_hash
+
+    finished = set(table[keys.SPEC_HASH])
+    return all(cell_hash(c, d) in finished for d, c, _ in cells_of[p])
+
+
+def _round_note(pred: MapPrediction | None, stop_rule: StopRule,
+                history: list[np.ndarray]) -> str:
+    if pred is None:
+        return "no finished cell yet"
+    return stop_rule.settled(history, pred)[1]
+
+
+def _log_round(cache, map_run: str, r: Round, cells_run: int) -> None:
+    metrics = {keys.MAP_CELLS_RUN: cells_run}
+    if r.labels_changed is not None:
+        metrics[keys.MAP_LABELS_CHANGED] = r.labels_changed
+    if r.max_uncertainty is not None:
+        metrics[keys.MAP_MAX_UNCERTAINTY] = r.max_uncertainty
+    cache.log(map_run, metrics=metrics, step=r.number)
+
+
+def _finish_outputs(result: MapResult, cfg, client, cache, map_run: str, table: pd.DataFrame,
+                    reference: pd.DataFrame | None, eps, tau, seed: int,
+                    hash_to_point: dict[str, int]) -> None:
+    """Log the map, the best temperatures, the phase diagrams of the run cells; compare with
+    the reference map when there is one."""
+    import tempfile
+    from pathlib import Path
+
+    from tracking.artifacts import log_files
+    from tracking.plots import phase_diagrams
+    from tracking.store import with_retries
+
+    pred, axes = result.prediction, result.axes
+    run_rows = table[table[keys.SPEC_HASH].map(hash_to_point).isin(result.points_run)]
+    if reference is None and len(table.groupby([keys.TEMPERATURE, keys.DENSITY])) == axes.n \
+            and len(table) == len(hash_to_point):
+        reference, result.reference_source = table, "the experiment's finished cells"
+    elif reference is not None:
+        result.reference_source = "the reference table"
+    if pred is not None and reference is not None:
+        ref = label_points(reference[reference[keys.KNOB].astype(str) == axes.knob], eps, tau,
+                           seed=seed)
+        truth = {axes.index(t, d): r for t, d, r in zip(
+            ref[keys.TEMPERATURE], ref[keys.DENSITY], ref[keys.REGIME], strict=True)}
+        if len(truth) == axes.n:
+            result.agreement = float(np.mean([pred.label[p] == truth[p] for p in truth]))
+            cache.log(map_run, metrics={keys.MAP_AGREEMENT: result.agreement},
+                      step=len(result.rounds))
+    if keys.RUN_ID in run_rows.columns and len(run_rows):
+        seconds = []
+        for run_id in run_rows[keys.RUN_ID].dropna():
+            value = with_retries(client.get_run, run_id).data.metrics.get(keys.CELL_SECONDS)
+            if value is not None:
+                seconds.append(value)
+        if seconds:
+            per_point = len(run_rows) / max(len(result.points_run), 1)
+            result.cell_seconds = float(np.mean(seconds)) * per_point
+    files: dict[str, object] = {}
+    if pred is not None:
+        files[keys.ARTIFACT_MAP_TABLE] = pred.frame().to_csv(index=False)
+        files[keys.ARTIFACT_MAP_BEST] = pred.best_frame().to_csv(index=False)
+    if files:
+        log_files(client, map_run, files)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        if pred is not None:
+            paths.append(plot_map(pred, Path(tmp) / keys.PLOT_MAP,
+                                  title=f"{cfg.experiment}: predicted regime map"))
+        if len(run_rows):
+            paths += phase_diagrams(run_rows, Path(tmp) / "phase",
+                                    title=f"{cfg.experiment} (cells run by the map)")
+        for path in paths:
+            with_retries(client.log_artifact, map_run, str(path), keys.ARTIFACT_PLOTS_DIR)
+    cache.log(map_run, tags={keys.MAP_STOP_REASON: result.stop_reason[:4000]},
+              metrics={keys.MAP_CELLS_RUN: len(result.points_run)}, step=len(result.rounds))
+
+
+# --- pictures -------------------------------------------------------------------------------
+
+def plot_map(pred: MapPrediction, path, title: str | None = None):
+    """The predicted regime map: one colour per regime, faded where its probability is low,
+    the cells that were run outlined, the best temperature of each density starred."""
+    from pathlib import Path
+
+    from matplotlib.colors import to_rgb
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch, Rectangle
+
+    from selection.regime_map import REGIME_COLORS
+
+    axes = pred.axes
+    nt, nd = axes.shape
+    # columns: temperatures ascending (as the phase diagrams), rows: densities ascending
+    temps = sorted(axes.temperatures)
+    fig = Figure(figsize=(4.5 + 0.55 * nt, 2.2 + 0.45 * nd), layout="constrained")
+    ax = fig.add_subplot()
+    best = set(pred.best.values())
+    for p in range(axes.n):
+        t, d = axes.point(p)
+        col, row = temps.index(t), axes.densities.index(d)
+        rgb = np.array(to_rgb(REGIME_COLORS[pred.label[p]]))
+        strength = float(np.clip((pred.p_label[p] - 1 / 3) / (2 / 3), 0, 1))
+        colour = 1 - (1 - rgb) * (0.25 + 0.75 * strength)
+        ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, facecolor=colour,
+                               edgecolor="black" if pred.run[p] else "none",
+                               linewidth=2.0 if pred.run[p] else 0))
+        text = f"{pred.label[p]}\n{pred.p_label[p]:.2f}" + (" *" if p in best else "")
+        ax.text(col, row, text, ha="center", va="center", fontsize=7)
+    ax.set_xlim(-0.5, nt - 0.5)
+    ax.set_ylim(-0.5, nd - 0.5)
+    ax.set_xticks(range(nt), labels=[f"{t:g}" for t in temps])
+    ax.set_yticks(range(nd), labels=[f"{100 * d:g}%" for d in axes.densities])
+    ax.set_xlabel(f"temperature: {axes.knob}")
+    ax.set_ylabel("density (% of prunable weights kept)")
+    ax.set_title(title or "Predicted regime map", fontsize=10)
+    handles = [Patch(color=REGIME_COLORS[r], label=r) for r in REGIMES]
+    handles += [Patch(facecolor="white", edgecolor="black", linewidth=2, label="cell run"),
+                Patch(facecolor="white", edgecolor="none",
+                      label="number: p(label); faded: uncertain; *: best temperature")]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7,
+              frameon=False)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def plot_replay(curves: dict[str, ReplayCurves], path, level: float = 0.95):
+    """Agreement with the full grid's map against cells run, median over seeds with the
+    25-75% band, one panel per table, the active loop against the baselines."""
+    from pathlib import Path
+
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.2 * len(curves), 3.8), layout="constrained")
+    colours = {"active": "#1f77b4", "random": "#7f7f7f", "coarse_to_fine": "#ff7f0e"}
+    for i, (name, c) in enumerate(curves.items()):
+        ax = fig.add_subplot(1, len(curves), i + 1)
+        x = np.arange(1, c.total_cells + 1)
+        for strategy, values in c.agreement.items():
+            q25, med, q75 = np.nanpercentile(values, [25, 50, 75], axis=0)
+            ax.plot(x, 100 * med, color=colours.get(strategy), label=strategy.replace("_", " "))
+            ax.fill_between(x, 100 * q25, 100 * q75, color=colours.get(strategy), alpha=0.15)
+        ax.axhline(100 * level, color="black", linestyle=":", linewidth=1)
+        ax.axvline(0.4 * c.total_cells, color="black", linestyle="--", linewidth=0.8)
+        ax.set_xlabel("cells run")
+        ax.set_ylabel("agreement with the full grid's map (%)")
+        ax.set_title(f"{name} ({c.total_cells} cells, {c.agreement['active'].shape[0]} seeds)",
+                     fontsize=10)
+        ax.set_ylim(0, 101)
+        ax.legend(fontsize=8, loc="lower right")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
