@@ -67,15 +67,17 @@ def test_unreachable_tracking_server_is_a_clear_error_without_the_password(track
     import mlflow
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")     # only the project's backoff
+    monkeypatch.setenv("THREE_REGIME_STORE_TIMEOUT", "2")   # the bounded wait, kept short
     config = write_config(tmp_path / "grid.yaml", tiny())
     try:
         assert main(["grid", str(config), "--tracking-uri", "http://alice:S3cretPw@127.0.0.1:9"]) == 2
     finally:
         mlflow.set_tracking_uri(tracking_uri)        # configure() set the bad one process-wide
     err = capsys.readouterr().err
-    assert "--tracking-uri='http://alice:***@127.0.0.1:9'" in err and "unreachable after 5 attempts" in err
-    assert "allowed: a reachable http(s):// tracking server" in err
+    assert "tracking store http://alice:***@127.0.0.1:9 unreachable after" in err
+    assert "is the tracking server started" in err and "--store-timeout" in err
     assert "S3cretPw" not in err                      # MLflow's own message repeats the URL
+    assert not (tmp_path / "mlflow.db").exists()      # nothing written to the test's own store
 
 
 def test_malformed_yaml_through_the_real_command(tmp_path):

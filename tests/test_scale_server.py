@@ -55,7 +55,8 @@ def test_grid_on_a_postgresql_tracking_server_survives_a_server_outage(tmp_path)
             grid.wait(timeout=180)
             out = (tmp_path / "grid1.log").read_text()
             assert grid.returncode == 1, out
-            assert f"tracking store {server.uri} unreachable after 5 attempts" in out
+            assert f"tracking store {server.uri} unreachable after" in out
+            assert f"tracking store {server.uri} did not answer (attempt 1" in out   # visible
             assert "run the same command again" in out and "Traceback" not in out
 
             server.start()                     # same port, same database, same artifacts

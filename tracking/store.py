@@ -13,6 +13,7 @@ and both give up after :func:`store_timeout` seconds (``--store-timeout``,
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -69,6 +70,7 @@ def configure(tracking_uri: str | None = None) -> str:
     uri = tracking_uri or os.environ.get(ENV_TRACKING_URI) or default_tracking_uri()
     os.environ[ENV_TRACKING_URI] = uri
     bound_client_timeouts(uri)
+    _quiet_sql_error_tracebacks()
     # With a tracking server MLflow prints "View run <name> at: <URI>/..." for every run it
     # ends: two lines per cell, and the URI's password with them (http://user:pw@host).
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -238,6 +240,19 @@ def bound_client_timeouts(uri: str) -> None:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     elif uri.startswith("postgres"):
         os.environ.setdefault("PGCONNECT_TIMEOUT", "10")
+
+
+def _drop_sql_error_traceback(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("SQLAlchemy database error")
+
+
+def _quiet_sql_error_tracebacks() -> None:
+    """MLflow logs a full traceback for every database error before it raises it as
+    TEMPORARILY_UNAVAILABLE: forty lines per attempt while :func:`with_retries` reports each
+    attempt in one line (and the raised error keeps the message)."""
+    logger = logging.getLogger("mlflow.store.db.utils")
+    if _drop_sql_error_traceback not in logger.filters:
+        logger.addFilter(_drop_sql_error_traceback)
 
 
 class NoAnswer(Exception):
