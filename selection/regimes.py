@@ -28,12 +28,14 @@ import math
 import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import brentq
 from sklearn.mixture import GaussianMixture
 
+from selection._knob import cold_to_hot
 from selection._validate import check_table
 from tracking import keys
 
@@ -314,3 +316,397 @@ def sensitivity(df: pd.DataFrame, eps_values: Iterable[float], tau_values: Itera
                                       *(f"n_{r}" for r in REGIMES)])
     out.attrs["thresholds"] = chosen
     return out
+
+
+# --- labels of a grid: the jump along temperature (ours) -----------------------------------
+#
+# The paper draws the I/II boundary by eye at the jump of the barrier along the temperature
+# axis of each sparse density, not at one level of the barrier (SCIENCE.md section 3): a hot,
+# very sparse corner with moderate barriers is drawn II-A, while a colder cell of the same
+# density with a barrier only a few times deeper is Regime I. :func:`label_grid` follows that
+# drawing; :func:`label_regimes` remains the rule with one eps for given thresholds.
+
+JUMP = "jump"                # label_method: the cell's density has a jump along temperature
+LEVEL = "level"              # no jump at that density: the barrier level of the grid's jumps
+POOLED = "pooled"            # no jump anywhere: one eps estimated from the pooled barriers
+THRESHOLDS = "thresholds"    # eps given
+LABEL_METHODS = (JUMP, LEVEL, POOLED, THRESHOLDS)
+
+P_REGIME_I = keys.P_REGIME_I        # column: probability of Regime I
+P_REGIME_IIB = keys.P_REGIME_IIB    # column: probability of II-B given Regime II
+LABEL_METHOD = "label_method"       # column: which rule produced the cell's I/II label
+
+# A jump: at one density, the cells colder than the boundary have a mean barrier at least
+# JUMP_RATIO times deeper than the hotter cells' mean, every colder cell is at least
+# JUMP_SEPARATION times deeper than every hotter one and deeper than BARRIER_TOL, and the
+# shift of the means is at least JUMP_Z standard errors (from the pair-level spread).
+JUMP_RATIO = 2.0
+JUMP_SEPARATION = 1.5
+JUMP_Z = 2.0
+# Pairs behind a row's lmc_barrier_std when the table has no per-pair values (K = 3 fine-tune
+# seeds): used to turn a std into a standard error (a stated approximation).
+ASSUMED_PAIRS = 3
+# A label is uncertain when its probability is between these (the map marks such cells).
+UNCERTAIN_LOW, UNCERTAIN_HIGH = 0.2, 0.8
+
+_PAIRS, _MEAN_STD, _MEAN_ONLY = "pairs", "mean_std", "mean_only"
+
+
+@dataclass
+class _Points:
+    """The table's (knob, density, temperature) points, with what resampling needs."""
+
+    knob: np.ndarray          # per point
+    density: np.ndarray
+    temperature: np.ndarray
+    hot_rank: np.ndarray      # rank of the temperature in its knob's cold -> hot order
+    barrier: np.ndarray       # mean over the point's pairs (or rows)
+    cka: np.ndarray
+    se: np.ndarray            # standard error of the barrier mean
+    pairs: list               # per point: (barriers, ckas) arrays, or None
+    rows_mean_std: list       # per point: (barrier means, stds, cka means, stds) of its rows
+    source: list              # per point: _PAIRS, _MEAN_STD or _MEAN_ONLY
+    row_point: np.ndarray     # per row of the table: its point
+
+
+def _row_pairs(value: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """(barriers, ckas) of one row's ``pair_metrics`` JSON, matched by pair; None if absent."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        parsed = json.loads(value)
+        barriers, ckas = parsed[keys.LMC_BARRIER], parsed[keys.CKA]
+        common = sorted(set(barriers) & set(ckas))
+        b = np.array([float(barriers[k]) for k in common])
+        c = np.array([float(ckas[k]) for k in common])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    ok = np.isfinite(b) & np.isfinite(c)
+    return (b[ok], c[ok]) if ok.any() else None
+
+
+def _points(df: pd.DataFrame) -> _Points:
+    from tracking.tables import PAIR_METRICS
+
+    knob = df[keys.KNOB].astype(str).to_numpy()
+    temperature = df[keys.TEMPERATURE].to_numpy(dtype=float)
+    density = df[keys.DENSITY].to_numpy(dtype=float)
+    barrier = df[keys.LMC_BARRIER].to_numpy(dtype=float)
+    cka = df[keys.CKA].to_numpy(dtype=float)
+    b_std = (df[keys.LMC_BARRIER_STD].to_numpy(dtype=float) if keys.LMC_BARRIER_STD in df
+             else np.full(len(df), np.nan))
+    c_std = (df[keys.CKA_STD].to_numpy(dtype=float) if keys.CKA_STD in df
+             else np.full(len(df), np.nan))
+    pair_values = (df[PAIR_METRICS].tolist() if PAIR_METRICS in df.columns
+                   else [None] * len(df))
+    groups: dict[tuple, list[int]] = {}
+    for i, key in enumerate(zip(knob, density.round(12), temperature, strict=True)):
+        groups.setdefault(key, []).append(i)
+    keys_sorted = sorted(groups)
+    ranks = {}
+    for k in set(knob):
+        order = cold_to_hot(k, sorted({t for kk, _, t in keys_sorted if kk == k}))
+        ranks.update({(k, float(t)): r for r, t in enumerate(order)})
+    row_point = np.empty(len(df), dtype=int)
+    out = {name: [] for name in ("knob", "density", "temperature", "hot_rank", "barrier", "cka",
+                                 "se", "pairs", "rows", "source")}
+    for p, key in enumerate(keys_sorted):
+        rows = groups[key]
+        row_point[rows] = p
+        parsed = [_row_pairs(pair_values[i]) for i in rows]
+        out["knob"].append(key[0])
+        out["density"].append(density[rows[0]])
+        out["temperature"].append(key[2])
+        out["hot_rank"].append(ranks[(key[0], float(key[2]))])
+        stds = np.nan_to_num(b_std[rows], nan=0.0)
+        out["rows"].append((barrier[rows], stds, cka[rows], np.nan_to_num(c_std[rows], nan=0.0)))
+        if all(x is not None for x in parsed):
+            b = np.concatenate([x[0] for x in parsed])
+            c = np.concatenate([x[1] for x in parsed])
+            out["pairs"].append((b, c))
+            out["source"].append(_PAIRS)
+            out["barrier"].append(float(b.mean()))
+            out["cka"].append(float(c.mean()))
+            out["se"].append(float(b.std(ddof=1) / math.sqrt(len(b))) if len(b) > 1 else 0.0)
+        else:
+            out["pairs"].append(None)
+            known = not np.isnan(b_std[rows]).all()
+            out["source"].append(_MEAN_STD if known else _MEAN_ONLY)
+            out["barrier"].append(float(barrier[rows].mean()))
+            out["cka"].append(float(cka[rows].mean()))
+            out["se"].append(float(math.sqrt(np.mean(stds ** 2) / (ASSUMED_PAIRS * len(rows)))))
+    return _Points(np.array(out["knob"], dtype=object), np.array(out["density"]),
+                   np.array(out["temperature"]), np.array(out["hot_rank"]),
+                   np.array(out["barrier"]), np.array(out["cka"]), np.array(out["se"]),
+                   out["pairs"], out["rows"], out["source"], row_point)
+
+
+def _resample(points: _Points, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` resampled (barrier, cka) means per point: pairs drawn with replacement (barrier and
+    CKA of one pair together), or, without per-pair values, each row's mean redrawn from a
+    normal with its std over sqrt(ASSUMED_PAIRS) (a stated approximation: the pairs'
+    distribution is taken as normal and their number as ASSUMED_PAIRS)."""
+    barrier = np.empty((n, len(points.barrier)))
+    cka = np.empty_like(barrier)
+    for p in range(len(points.barrier)):
+        pairs = points.pairs[p]
+        if pairs is not None:
+            b, c = pairs
+            idx = rng.integers(0, len(b), size=(n, len(b)))
+            barrier[:, p], cka[:, p] = b[idx].mean(axis=1), c[idx].mean(axis=1)
+        else:
+            bm, bs, cm, cs = points.rows_mean_std[p]
+            scale = 1 / math.sqrt(ASSUMED_PAIRS)
+            barrier[:, p] = rng.normal(bm, bs * scale, size=(n, len(bm))).mean(axis=1)
+            cka[:, p] = rng.normal(cm, cs * scale, size=(n, len(cm))).mean(axis=1)
+    return barrier, np.clip(cka, 0.0, 1.0)
+
+
+def _find_jump(m: np.ndarray, se: np.ndarray) -> int:
+    """Number of Regime-I cells at one density from its barrier magnitudes ``m`` (ordered cold
+    -> hot): the boundary with the largest mean shift among those that are a jump (module
+    constants JUMP_RATIO, BARRIER_TOL, JUMP_Z); 0 when there is none."""
+    n = len(m)
+    best, best_score = 0, 0.0
+    log_m = np.log(m + BARRIER_TOL)   # barriers spread over decades: shifts scored in log
+    for s in range(1, n):
+        cold, hot = m[:s], m[s:]
+        if (cold.min() <= BARRIER_TOL or cold.min() < JUMP_SEPARATION * hot.max()
+                or cold.mean() < JUMP_RATIO * hot.mean()):
+            continue
+        shift = cold.mean() - hot.mean()
+        noise = math.sqrt(np.mean(se[:s] ** 2) / s + np.mean(se[s:] ** 2) / (n - s))
+        if shift < JUMP_Z * noise:
+            continue
+        score = s * (n - s) / n * (log_m[:s].mean() - log_m[s:].mean()) ** 2
+        if score > best_score:
+            best, best_score = s, score
+    return best
+
+
+def _label_points(points: _Points, barrier: np.ndarray, cka: np.ndarray, eps: float | None,
+                  tau: float | None, detail: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Regime and label method of every point for one set of (barrier, cka) values."""
+    n = len(barrier)
+    is_i = np.zeros(n, dtype=bool)
+    method = np.empty(n, dtype=object)
+    info: dict = {}
+    if eps is not None:
+        is_i = barrier < eps
+        method[:] = THRESHOLDS
+    else:
+        magnitude = np.maximum(-barrier, 0.0)
+        groups: dict[tuple, np.ndarray] = {}
+        for p in range(n):
+            groups.setdefault((points.knob[p], points.density[p]), []).append(p)
+        jumps, no_jump, deepest_shallow = {}, [], math.inf
+        for key in sorted(groups):
+            idx = np.array(sorted(groups[key], key=lambda p: points.hot_rank[p]))
+            s = _find_jump(magnitude[idx], points.se[idx])
+            if s:
+                is_i[idx[:s]] = True
+                method[idx] = JUMP
+                jumps[key] = (idx, s)
+                deepest_shallow = min(deepest_shallow, float(magnitude[idx[:s]].min()))
+            else:
+                no_jump.append((key, idx))
+        level, level_source = None, None
+        if jumps:
+            # the shallowest barrier any jump called Regime I: a density without a jump is
+            # Regime I where its barriers are at least that deep
+            level, level_source = deepest_shallow, LEVEL
+        elif no_jump:
+            notes: list[str] = []
+            pooled, source = _estimate_eps(barrier, notes)
+            level, level_source = -pooled, POOLED
+            info["pooled_eps_source"] = source
+        for _, idx in no_jump:
+            # all or nothing: without a jump a density is Regime I only if even its most
+            # connected cell is as deep as the level
+            is_i[idx] = magnitude[idx].min() >= level
+            method[idx] = level_source
+        # Denser is better connected: once a density has no Regime-I cell, no denser density
+        # of the knob has one at a temperature as hot as that density's coldest cell or hotter.
+        clipped = []
+        for knob in sorted(set(points.knob)):
+            limit = math.inf
+            for key in sorted(k for k in groups if k[0] == knob):
+                idx = np.array(groups[key])
+                bad = idx[is_i[idx] & (points.hot_rank[idx] >= limit)]
+                if bad.size:
+                    is_i[bad] = False
+                    clipped.extend(int(p) for p in bad)
+                if not is_i[idx].any():
+                    limit = min(limit, float(points.hot_rank[idx].min()))
+        if detail:
+            info["level"] = level
+            info["level_source"] = level_source
+            info["clipped_points"] = clipped
+            info["jumps"] = jumps
+    connected = ~is_i
+    notes: list[str] = []
+    if tau is None:
+        tau_value, tau_source = _estimate_tau(cka[connected], notes)
+    else:
+        tau_value, tau_source = tau, GIVEN
+    with np.errstate(invalid="ignore"):
+        regime = np.where(is_i, REGIME_I,
+                          np.where(cka >= tau_value, REGIME_II_B, REGIME_II_A)).astype(object)
+    info.update(tau=tau_value, tau_source=tau_source, tau_notes=notes)
+    return regime, method, info
+
+
+def label_grid(df: pd.DataFrame, eps: float | None = None, tau: float | None = None, *,
+               n_resamples: int = 200, seed: int = 0) -> tuple[pd.DataFrame, dict]:
+    """Label every cell of a results table I / II-A / II-B, with label probabilities.
+
+    Works on any subset of a grid (a whole grid, a few cells, cells arriving one by one) and
+    on several knobs at once (each knob's temperatures ordered by its own direction).
+
+    Without ``eps`` (the default), Regime I vs II follows the *jump* along temperature (ours,
+    after how the paper drew its map): the cells of one knob and density are ordered from the
+    coldest temperature to the hottest; a boundary is a jump when the colder cells' mean
+    barrier is at least ``JUMP_RATIO`` (2) times the hotter cells' mean, every colder cell is
+    at least ``JUMP_SEPARATION`` (1.5) times deeper than every hotter one and deeper than
+    ``BARRIER_TOL`` (0.01), and the shift of the means is at least ``JUMP_Z`` (2) standard
+    errors of the pair-level spread. Of several jumps the one with the largest shift of
+    ``log(|barrier| + BARRIER_TOL)`` wins (score ``s (n - s) / n * shift**2``, ``s`` cells
+    colder than it), and those ``s`` cells are Regime I (``label_method`` ``jump``). So each
+    density is judged on its own barrier scale: a hot sparse corner with moderate barriers
+    next to a much deeper cold block is II-A. A density without a jump is all Regime I iff
+    even its most connected cell is at least as deep as the shallowest Regime-I barrier any
+    jump found, else all Regime II (``level``); with no jump in the whole table, the level is
+    the eps of :func:`label_regimes` estimated from the pooled barriers (``pooled``).
+    Finally, denser is better connected: a density with no Regime-I cell
+    forbids Regime I at every denser density of its knob at temperatures as hot as its
+    coldest cell or hotter (those cells become Regime II; ``info["clipped_points"]``).
+
+    With ``eps`` given, Regime I iff ``lmc_barrier < eps`` (``thresholds``), as
+    :func:`label_regimes`. Among Regime-II cells, II-B iff ``cka >= tau``, ``tau`` given or
+    estimated as in :func:`label_regimes` from the Regime-II cells of the table.
+
+    Cells are the table's (knob, density, temperature) points: several rows of one point (dense
+    seeds) are labelled together (their pairs pooled) and every row gets the point's label.
+
+    Probabilities: the whole labelling (jumps, level, tau) is repeated ``n_resamples`` times
+    on resampled barrier and CKA means: each point's per-pair values (column
+    ``pair_metrics``, see ``tracking.tables.PAIR_METRICS``; K fine-tune seeds give K(K-1)/2
+    pairs per dense seed) are drawn with replacement, a pair's barrier and CKA together. A row
+    without per-pair values is redrawn from a normal with its ``lmc_barrier_std`` /
+    ``cka_std`` over sqrt(ASSUMED_PAIRS) (3 pairs assumed; an approximation, stated in
+    ``info["pair_source"]``); without stds it does not move. Deterministic given ``seed``.
+
+    Args:
+        df: a results table: ``knob``, ``temperature``, ``density``, ``lmc_barrier``, ``cka``
+            (no NaN); optional ``lmc_barrier_std``, ``cka_std``, ``pair_metrics``.
+        eps, tau: thresholds (None = eps-free jump / estimated tau).
+        n_resamples: resamples for the probabilities (0: probabilities 0/1 from the labels).
+        seed: seed of the resampling.
+
+    Returns:
+        ``(labelled, info)``. ``labelled`` is a copy of ``df`` with columns ``regime``,
+        ``p_regime_I`` (probability of Regime I), ``p_regime_IIB`` (probability of II-B given
+        Regime II; NaN when no resample put the cell in Regime II) and ``label_method``
+        (``jump``, ``level``, ``pooled`` or ``thresholds``). ``info`` (JSON-ready) records
+        ``method`` (``jump`` or ``thresholds``), ``eps``/``eps_source``, ``tau``/
+        ``tau_source``, ``level``/``level_source`` (the level used at densities without a
+        jump), ``parameters`` (JUMP_RATIO, JUMP_Z, BARRIER_TOL), ``densities`` (per knob and
+        density: its method, the number of Regime-I cells, the boundary = the coldest
+        connected temperature, the hottest Regime-I temperature, the mean barrier on each
+        side), ``clipped_points``, ``pair_source`` (``pairs``, ``mean_std``, ``mean_only`` or
+        ``mixed``), ``n_resamples``, ``seed`` and ``warnings``.
+
+    Raises:
+        ValueError: a column missing, NaN, an empty table, a table in percent, a threshold out
+            of range, or ``n_resamples < 0``.
+    """
+    check_table(df, (keys.KNOB, keys.TEMPERATURE, keys.DENSITY, *LABEL_COLUMNS))
+    if eps is not None:
+        eps = _check_threshold("eps", eps, -1.0, 1.0, "a train-error fraction, not percent")
+    if tau is not None:
+        tau = _check_threshold("tau", tau, 0.0, 1.0, "a CKA value")
+    if n_resamples < 0:
+        raise ValueError(f"n_resamples must be >= 0, got {n_resamples!r}")
+    points = _points(df)
+    regime, method, detail = _label_points(points, points.barrier, points.cka, eps, tau,
+                                           detail=True)
+    if n_resamples:
+        rng = np.random.default_rng(seed)
+        barriers, ckas = _resample(points, n_resamples, rng)
+        count_i = np.zeros(len(regime))
+        count_ii = np.zeros(len(regime))
+        count_iib = np.zeros(len(regime))
+        for r in range(n_resamples):
+            labels, _, _ = _label_points(points, barriers[r], ckas[r], eps, tau)
+            count_i += labels == REGIME_I
+            count_ii += labels != REGIME_I
+            count_iib += labels == REGIME_II_B
+        p_i = count_i / n_resamples
+        with np.errstate(invalid="ignore", divide="ignore"):
+            p_iib = np.where(count_ii > 0, count_iib / np.maximum(count_ii, 1), np.nan)
+    else:
+        p_i = (regime == REGIME_I).astype(float)
+        p_iib = np.where(regime == REGIME_I, np.nan, (regime == REGIME_II_B).astype(float))
+    out = df.copy()
+    rp = points.row_point
+    out[keys.REGIME] = regime[rp]
+    out[P_REGIME_I] = p_i[rp]
+    out[P_REGIME_IIB] = p_iib[rp]
+    out[LABEL_METHOD] = method[rp]
+    info = _grid_info(points, regime, method, detail, eps, n_resamples, seed)
+    for note in info["warnings"]:
+        warnings.warn(note, RegimeWarning, stacklevel=2)
+    return out, info
+
+
+def _grid_info(points: _Points, regime: np.ndarray, method: np.ndarray, detail: dict,
+               eps: float | None, n_resamples: int, seed: int) -> dict:
+    notes = list(detail.get("tau_notes", []))
+    densities = []
+    for key in sorted({(k, d) for k, d in zip(points.knob, points.density, strict=True)}):
+        idx = [p for p in range(len(regime)) if (points.knob[p], points.density[p]) == key]
+        idx.sort(key=lambda p: points.hot_rank[p])
+        in_i = [p for p in idx if regime[p] == REGIME_I]
+        connected = [p for p in idx if regime[p] != REGIME_I]
+        densities.append({
+            keys.KNOB: key[0], keys.DENSITY: float(key[1]), "method": str(method[idx[0]]),
+            "n_cells": len(idx), "n_regime_I": len(in_i),
+            "boundary_temperature": (float(points.temperature[connected[0]])
+                                     if connected else None),
+            "hottest_regime_I_temperature": (float(points.temperature[in_i[-1]])
+                                             if in_i else None),
+            "regime_I_mean_barrier": (float(points.barrier[in_i].mean()) if in_i else None),
+            "connected_mean_barrier": (float(points.barrier[connected].mean())
+                                       if connected else None),
+        })
+    sources = sorted(set(points.source))
+    pair_source = sources[0] if len(sources) == 1 else "mixed"
+    if pair_source != _PAIRS and n_resamples:
+        notes.append(f"no per-pair values for some cells ({pair_source}): their probabilities "
+                     f"come from mean and std, {ASSUMED_PAIRS} pairs assumed")
+    if eps is None and detail.get("level_source") == POOLED:
+        notes.append("no jump along temperature at any density: Regime I by one eps estimated "
+                     "from the pooled barriers")
+    level = detail.get("level")
+    tau = detail["tau"]
+    return {
+        "method": THRESHOLDS if eps is not None else JUMP,
+        "eps": eps, "eps_source": GIVEN if eps is not None else None,
+        "level": None if level is None else float(level),
+        "level_source": detail.get("level_source"),
+        "tau": None if tau is None or math.isnan(tau) else float(tau),
+        "tau_source": detail["tau_source"],
+        "parameters": {"jump_ratio": JUMP_RATIO, "jump_z": JUMP_Z, "barrier_tol": BARRIER_TOL},
+        "densities": densities,
+        "clipped_points": [{keys.KNOB: str(points.knob[p]), keys.DENSITY: float(points.density[p]),
+                            keys.TEMPERATURE: float(points.temperature[p])}
+                           for p in detail.get("clipped_points", [])],
+        "pair_source": pair_source, "n_resamples": int(n_resamples), "seed": int(seed),
+        "warnings": notes,
+    }
+
+
+def uncertain(p: np.ndarray | pd.Series | float) -> np.ndarray:
+    """True where a probability lies strictly between UNCERTAIN_LOW and UNCERTAIN_HIGH."""
+    p = np.asarray(p, dtype=float)
+    return (p > UNCERTAIN_LOW) & (p < UNCERTAIN_HIGH)

@@ -100,6 +100,9 @@ REGIME_EPS = "regime_eps"                  # param: LMC-barrier threshold, Regim
 REGIME_TAU = "regime_tau"                  # param: CKA threshold, II-B iff cka >= tau
 REGIME_EPS_SOURCE = "regime_eps_source"    # param: given / estimated / fallback
 REGIME_TAU_SOURCE = "regime_tau_source"
+REGIME_LABEL_METHOD = "regime_label_method"  # tag/param: jump, level, pooled or thresholds
+P_REGIME_I = "p_regime_I"                  # metric of a cell run: probability of Regime I
+P_REGIME_IIB = "p_regime_IIB"              # metric of a cell run: probability of II-B among II
 FEATURE_SET = "feature_set"                # param: landscape (metrics + phase) or phase only
 CV_SPLITTER = "cv_splitter"                # param: stratified / group_by_density
 CV_SPLITS = "cv_splits"                    # param: number of folds actually used
@@ -141,6 +144,18 @@ def mean_regret_metric(method: str) -> str:
 KIND_CLAIM = "claim"               # short-lived lock run: who may start or resume a dense run
 RESUMABLE = "resumable"            # tag "false": never reopen this run (corrupt or lost claim)
 ARTIFACT_RESUME_SLOT = "resume/state_{}.pt"    # two slots (0, 1) alternating by epoch, see grid
+
+# --- adaptive regime mapping (selection/mapping.py, ``python -m selection map``) -----------
+KIND_MAP = "map"                               # the map run; the cells it computes nest under it
+MAP_STOP_REASON = "map_stop_reason"            # tag of a map run: budget, settled, grid exhausted
+MAP_CELLS_RUN = "map_cells_run"                # metric (step = round): points run so far
+MAP_LABELS_CHANGED = "map_labels_changed"      # metric (step = round): labels changed since last
+MAP_MAX_UNCERTAINTY = "map_max_uncertainty"    # metric: max 1 - p(label) over points not run
+MAP_AGREEMENT = "map_agreement"                # metric: agreement with a reference map, if any
+ARTIFACT_MAP_TABLE = "map/regime_map.csv"      # every point: label, probabilities, run flag
+ARTIFACT_MAP_BEST = "map/best_temperature.csv"  # per density: predicted best and its support
+ARTIFACT_MAP_ROUNDS = "map/rounds.json"        # the rounds: points, why, thresholds
+PLOT_MAP = "predicted_regime_map.png"          # under ARTIFACT_PLOTS_DIR of the map run
 
 # --- weight spectra and curvature (pipeline/spectra.py, pipeline/curvature.py) -------------
 # Cell metrics (only when measure.spectra / measure.hessian is on; absent, never zero, when off):

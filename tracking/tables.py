@@ -7,6 +7,7 @@ any source with these columns can be analysed without recomputation.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +23,14 @@ RUN_ID = "run_id"
 CELL_COLUMNS = [keys.KNOB, keys.TEMPERATURE, keys.DENSITY, keys.DENSE_SEED]  # a cell's identity
 _METRIC_COLUMNS = [keys.TEST_ACC, keys.TEST_ACC_STD, keys.VAL_ACC, keys.LMC_BARRIER,
                    keys.LMC_BARRIER_STD, keys.CKA, keys.CKA_STD, keys.PRUNED_ACC, keys.DENSE_ACC]
-RESULT_COLUMNS = [*CELL_COLUMNS, *_METRIC_COLUMNS, keys.REGIME, RUN_ID, keys.SPEC_HASH]
+# Per-pair landscape values of a cell as JSON, ``{"lmc_barrier": {"0_1": v, ...}, "cka":
+# {"0_1": v, ...}}`` (keys: the two fine-tune seeds of a pair): the spread the regime labeller
+# resamples. Optional: tables from elsewhere may lack it (NaN = not known).
+PAIR_METRICS = "pair_metrics"
+_PAIR_BASES = (keys.LMC_BARRIER, keys.CKA)
+RESULT_COLUMNS = [*CELL_COLUMNS, *_METRIC_COLUMNS, keys.REGIME, RUN_ID, keys.SPEC_HASH,
+                  PAIR_METRICS]
+_REQUIRED = [c for c in RESULT_COLUMNS if c != PAIR_METRICS]  # what a table must have
 
 # Allowed ranges of numeric columns (NaN is always allowed: a metric may be missing).
 # Accuracies are fractions; a table in percent is the likely mistake this catches.
@@ -48,7 +56,16 @@ def run_row(run: Run) -> dict:
     row[RUN_ID] = run.info.run_id
     row[keys.SPEC_HASH] = tags.get(keys.SPEC_HASH)
     row.update({c: metrics[c] for c in OPTIONAL_COLUMNS if c in metrics})
+    row[PAIR_METRICS] = _pair_metrics(metrics)
     return row
+
+
+def _pair_metrics(metrics: dict) -> str | float:
+    """The run's per-pair metrics (``keys.pair_metric`` names) as JSON; NaN when it has none."""
+    pairs = {base: {name[len(base) + 6:]: value for name, value in sorted(metrics.items())
+                    if name.startswith(f"{base}_pair_") and math.isfinite(value)}
+             for base in _PAIR_BASES}
+    return json.dumps(pairs, sort_keys=True) if any(pairs.values()) else math.nan
 
 
 def _to_numbers(df: pd.DataFrame) -> pd.DataFrame:
@@ -112,7 +129,7 @@ def require_columns(df: pd.DataFrame, required: Sequence[str]) -> None:
         raise ValueError("results table is empty: it has no cells (rows)")
 
 
-def validate_table(df: pd.DataFrame, required: Sequence[str] = RESULT_COLUMNS) -> None:
+def validate_table(df: pd.DataFrame, required: Sequence[str] = _REQUIRED) -> None:
     """Check that ``df`` is a usable results table with at least the ``required`` columns.
 
     Checks: the columns are present, there is at least one row, the numeric columns among the
@@ -149,7 +166,7 @@ def validate_table(df: pd.DataFrame, required: Sequence[str] = RESULT_COLUMNS) -
 
 
 def write_table(df: pd.DataFrame, path: str | Path,
-                required: Sequence[str] = RESULT_COLUMNS) -> Path:
+                required: Sequence[str] = _REQUIRED) -> Path:
     """Validate ``df`` and write it as CSV to ``path``; return the path.
 
     The :data:`RESULT_COLUMNS` present come first, in their order, then any extra columns.
@@ -162,7 +179,7 @@ def write_table(df: pd.DataFrame, path: str | Path,
     return path
 
 
-def read_table(path: str | Path, required: Sequence[str] = RESULT_COLUMNS) -> pd.DataFrame:
+def read_table(path: str | Path, required: Sequence[str] = _REQUIRED) -> pd.DataFrame:
     """Read a results table CSV and validate it (see :func:`validate_table`).
 
     Raises:
