@@ -29,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "replay it on a finished table (--table CSV --replay).")
     p.add_argument("config", nargs="?", help="grid config YAML (its temperatures x densities "
                    "are the candidate cells)")
-    p.add_argument("--budget", type=int, help="most points (temperature, density) to run, "
+    p.add_argument("--budget", type=_count, help="most points (temperature, density) to run, "
                    "the initial design included")
     p.add_argument("--batch", type=int, help="points per round (default: about sqrt(points)/2)")
     p.add_argument("--n-init", type=int, help="initial design size (default: max(5, 10%% of "
@@ -69,6 +69,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "last line")
     add_store_options(p)
     p.set_defaults(func=run_map_command)
+
+
+def _count(text: str) -> int:
+    """A whole number, also written as a float (``12.0``: MLproject passes numbers so)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(value)
 
 
 def run_map_command(args: argparse.Namespace) -> int:

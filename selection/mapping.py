@@ -63,6 +63,7 @@ from tracking import keys
 
 __all__ = [
     "GridAxes", "MapPrediction", "StopRule", "Round", "ReplayCurves", "P_REGIME_I",
+    "active_choices", "run_map", "plot_map", "plot_replay",
     "P_REGIME_IIB", "coarse_to_fine_order", "choose_batch", "default_batch_size",
     "default_n_init", "initial_design", "label_points", "predict_map", "replay",
     "replay_summary",
@@ -593,13 +594,16 @@ def _score(pred: MapPrediction, reference_labels: np.ndarray, true_best: dict[fl
 
 def replay(table: pd.DataFrame, *, seeds: Sequence[int] = range(20), knob: str | None = None,
            eps: float | None = None, tau: float | None = None, batch_size: int | None = None,
-           n_init: int | None = None, max_cells: int | None = None, n_resamples: int = 50,
+           n_init: int | None = None, max_cells: int | None = None, n_resamples: int = 0,
            strategies: Sequence[str] = STRATEGIES, stop_rule: StopRule = StopRule(),
            progress: Callable[[str], None] | None = None) -> ReplayCurves:
     """Replay the mapping loop and the baselines on finished ``table`` (see the module doc).
 
     The reference map is the labeller's labels of the WHOLE table; each prefix of cells is
     labelled by the same labeller on those cells only, and the map predicted from them.
+    ``n_resamples``: the labeller's resamples for the label probabilities (default 0:
+    probabilities 0/1; the labels themselves do not depend on it, and the live default of
+    200 costs 200 relabellings per prefix).
     """
     from selection._validate import check_table
 
@@ -1095,3 +1099,18 @@ def plot_replay(curves: dict[str, ReplayCurves], path, level: float = 0.95):
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     return path
+
+
+def active_choices(table: pd.DataFrame, budget: int, *, seed: int = 0,
+                   batch_size: int | None = None, n_init: int | None = None,
+                   eps: float | None = None, tau: float | None = None,
+                   stop_rule: StopRule = StopRule()) -> tuple[list[tuple[float, float]], int | None]:
+    """The points the active loop runs, in order, when finished ``table`` serves the cells
+    (the replay's loop), and the number of points at which the stop rule would have stopped
+    it (None: not within ``budget``)."""
+    axes = GridAxes.of_table(table)
+    oracle = _Oracle(table, axes, eps, tau, 0)
+    order, stop = _replay_order("active", axes, oracle, seed, min(budget, axes.n),
+                                batch_size or default_batch_size(axes.n),
+                                default_n_init(axes.n) if n_init is None else n_init, stop_rule)
+    return [axes.point(p) for p in order], stop
