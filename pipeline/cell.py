@@ -23,7 +23,7 @@ from pipeline.data import Dataset
 from pipeline.landscape import PairMetrics, all_pairs, measure_pairs
 from pipeline.models import build_model, split_members, stack_members
 from pipeline.parallel import map_chunks, split
-from pipeline.prune import Masks, apply_masks, prune, realized_density
+from pipeline.prune import Masks, apply_masks, prune, realized_density, select_prunable
 from pipeline.specs import CellSpec, DenseSpec, cell_hash
 from pipeline.train import EpochReport, evaluate, total_epochs, total_iterations, train
 
@@ -106,18 +106,20 @@ def run_cells(jobs: list[tuple[CellSpec, DenseSpec, State]], data: Dataset, max_
         return build_model(mspec, data.input_shape, data.num_classes, members).to(device)
 
     plain = build(1)
-    names = plain.prunable_names(include_classifier=cell0.prune.prune_classifier)
     pruned_states, masks, dense_accs, pruned_accs = [], [], [], []
     for cell, _, state in jobs:
         plain.load_state_dict(state)
         dense_accs.append(float(evaluate(plain, data.x_test, data.y_test)[0]))
-        mask = prune(prunable_weights(state, names), cell.prune)
+        mask = prune(prunable_weights(state, select_prunable(plain, cell.prune)), cell.prune)
         pruned = apply_masks(state, mask)
         plain.load_state_dict(pruned)
         pruned_accs.append(float(evaluate(plain, data.x_test, data.y_test)[0]))
         pruned_states.append(pruned)
         masks.append(mask)
 
+    # cells may prune different weights (prune.include/exclude): a weight one cell keeps
+    # whole has a mask of ones while it trains beside cells that prune it
+    names = list(dict.fromkeys(k for mask in masks for k in mask))
     n_epochs, n_last = total_epochs(ft.train, len(data.x_train)), ft.last_epochs
     members = [(c, s) for c in range(len(jobs)) for s in ft.seeds]
     finetuned: list[State] = [None] * len(members)  # type: ignore[list-item]
@@ -126,7 +128,9 @@ def run_cells(jobs: list[tuple[CellSpec, DenseSpec, State]], data: Dataset, max_
     def finetune_chunk(chunk: range) -> None:
         model = build(len(chunk))
         model.load_state_dict(stack_members([pruned_states[members[i][0]] for i in chunk]))
-        stacked_masks = {k: torch.cat([masks[members[i][0]][k] for i in chunk]) for k in names}
+        cells = [members[i][0] for i in chunk]
+        stacked_masks = {k: torch.cat([masks[c].get(k, torch.ones_like(pruned_states[c][k]))
+                                       for c in cells]) for k in names}
 
         def record(report: EpochReport, m, _snapshot) -> None:
             # Accuracies are needed for the last N epochs (the reported means); elsewhere the

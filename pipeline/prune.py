@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from fnmatch import fnmatchcase
 
 import torch
 
@@ -45,6 +46,34 @@ def prune(weights: dict[str, torch.Tensor], spec: PruneSpec) -> Masks:
         return {k: torch.ones_like(w) for k, w in weights.items()}
     return _METHODS[spec.method]({k: w.detach().float() for k, w in weights.items()}, spec.density, spec.seed,
                                  **_method_options(spec))
+
+
+def select_prunable(model: torch.nn.Module, spec: PruneSpec) -> list[str]:
+    """Names of the weights ``spec`` prunes in ``model`` (an ``EnsembleModel``), in the
+    model's parameter order: the model's default set (its Conv/Linear weights, the output
+    layer's only with ``prune_classifier``) less the names matching a ``prune.exclude`` glob,
+    plus every parameter matching a ``prune.include`` glob (``fnmatch``: ``*`` crosses dots).
+    So ``exclude: ['*']`` with ``include: [...]`` prunes exactly the included weights.
+
+    Raises:
+        ValueError: a glob matches no parameter (a typo), or nothing is left to prune.
+    """
+    default = model.prunable_names(include_classifier=spec.prune_classifier)
+    if not spec.include and not spec.exclude:
+        return default
+    names = [n for n, _ in model.named_parameters()]
+    for where, globs in (("prune.include", spec.include), ("prune.exclude", spec.exclude)):
+        for g in globs:
+            if not any(fnmatchcase(n, g) for n in names):
+                more = " ..." if len(names) > 12 else ""
+                raise ValueError(f"{where} glob {g!r} matches no parameter of the model; its "
+                                 f"parameters: {', '.join(names[:12])}{more}")
+    chosen = {n for n in default if not any(fnmatchcase(n, g) for g in spec.exclude)}
+    chosen |= {n for n in names if any(fnmatchcase(n, g) for g in spec.include)}
+    if not chosen:
+        raise ValueError(f"prune.include={list(spec.include)} / prune.exclude={list(spec.exclude)} "
+                         "leave no weight to prune")
+    return [n for n in names if n in chosen]
 
 
 def apply_masks(state: dict[str, torch.Tensor], masks: Masks) -> dict[str, torch.Tensor]:

@@ -234,6 +234,10 @@ class PruneSpec(Spec):
     method: str = "global"
     prune_classifier: bool = False
     seed: int = 0                    # only the ``random`` method uses it
+    # parameter-name globs (fnmatch) overriding the default prunable set (Conv/Linear weights
+    # but the output layer's): prunable = (default - exclude matches) + include matches
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
     # only the ``alpha`` method (AlphaPruning) uses it: per-layer densities span
     # [1 - alpha_eps, 1 + alpha_eps] x density before the rescaling to the exact total
     alpha_eps: float = 0.2
@@ -241,6 +245,10 @@ class PruneSpec(Spec):
     def validate(self) -> None:
         if not 0.0 < self.density <= 1.0:
             raise ValueError(f"prune.density={self.density!r}: must be in (0, 1] (fraction of weights kept)")
+        for where, globs in (("prune.include", self.include), ("prune.exclude", self.exclude)):
+            if not isinstance(globs, tuple) or not all(isinstance(g, str) and g for g in globs):
+                raise ValueError(f"{where}={globs!r}: expected a list of parameter-name globs, "
+                                 f"e.g. ['layer1.*.weight']")
         if not 0.0 <= self.alpha_eps < 1.0:
             raise ValueError(f"prune.alpha_eps={self.alpha_eps!r}: must be in [0, 1)")
 

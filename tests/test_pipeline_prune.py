@@ -7,12 +7,20 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from pipeline.cell import run_cell
-from pipeline.data import load_dataset
+from pipeline.data import Dataset, load_dataset
 from pipeline.dense import train_dense
-from pipeline.models import build_model
-from pipeline.prune import lamp_scores, list_pruning_methods, prune, realized_density
+from pipeline.generic import build_generic
+from pipeline.models import build_model, stack_members
+from pipeline.prune import (
+    lamp_scores,
+    list_pruning_methods,
+    prune,
+    realized_density,
+    select_prunable,
+)
 from pipeline.specs import (
     CellSpec,
     DataSpec,
@@ -33,15 +41,57 @@ PER_LAYER = {"uniform", "random"}
 DENSITIES = [0.01, 0.05, 0.1, 0.33, 0.8]
 
 
+# --- user modules (any nn.Module, through pipeline.generic) -----------------------------------
+
+class HeadFirstMLP(nn.Module):
+    """LayerNorm, no BatchNorm; the output layer is defined first and named like nothing."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.zz = nn.Linear(32, classes)
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(40, 64), nn.LayerNorm(64), nn.ReLU(),
+                                  nn.Linear(64, 32), nn.LayerNorm(32), nn.ReLU())
+
+    def forward(self, x):
+        return self.zz(self.body(x))
+
+
+def _user_cnn1d(classes: int = 10) -> nn.Module:
+    """A 1-D CNN whose logits come from a 1x1 convolution, then global pooling."""
+    return nn.Sequential(nn.Conv1d(1, 16, 5, padding=2), nn.BatchNorm1d(16), nn.ReLU(),
+                         nn.Conv1d(16, 16, 3, stride=2, padding=1), nn.BatchNorm1d(16), nn.ReLU(),
+                         nn.Conv1d(16, classes, 1), nn.AdaptiveAvgPool1d(1), nn.Flatten())
+
+
+def _resnet18(classes: int = 10) -> nn.Module:
+    torchvision = pytest.importorskip("torchvision")
+    return torchvision.models.resnet18(num_classes=classes)
+
+
+# name -> (factory, input shape, the output layer's weight)
+USER_MODULES = {"resnet18": (_resnet18, (3, 16, 16), "fc.weight"),
+                "headfirst_mlp": (HeadFirstMLP, (1, 40), "zz.weight"),
+                "user_cnn1d": (_user_cnn1d, (1, 40), "6.weight")}
+
+
+def _user_model(name: str, members: int = 1, seed: int | None = 0):
+    make, shape, _ = USER_MODULES[name]
+    return build_generic(make, shape, 10, members, seed=seed)
+
+
 def _weights(name: str) -> dict[str, torch.Tensor]:
-    spec = {"cnn1d": (ModelSpec(name="cnn1d"), (1, 40)),
-            "preresnet20": (ModelSpec(name="preresnet", depth=20, width=0.5), (3, 32, 32))}[name]
-    model = build_model(spec[0], spec[1], 10, seed=0)
+    if name in USER_MODULES:
+        model = _user_model(name)
+    else:
+        spec, shape = {"cnn1d": (ModelSpec(name="cnn1d"), (1, 40)),
+                       "preresnet20": (ModelSpec(name="preresnet", width=0.5), (3, 32, 32))}[name]
+        model = build_model(spec, shape, 10, seed=0)
     state = model.state_dict()
     return {k: state[k] for k in model.prunable_names()}
 
 
-@pytest.fixture(scope="module", params=["cnn1d", "preresnet20"])
+@pytest.fixture(scope="module", params=["cnn1d", "preresnet20", "headfirst_mlp", "user_cnn1d",
+                                        pytest.param("resnet18", marks=pytest.mark.slow)])
 def weights(request):
     return _weights(request.param)
 
@@ -183,3 +233,82 @@ def test_prune_classifier_option(dense_run):
     for ft in res.finetuned:
         assert torch.all(ft["classifier.weight"][pruned] == 0)
     assert math.isfinite(res.metrics()["test_acc"])
+
+
+# --- user modules: what is prunable, globs, fine-tuning ------------------------------------
+
+@pytest.mark.parametrize("name", sorted(USER_MODULES))
+def test_user_module_prunes_every_conv_and_linear_but_the_output_layer(name):
+    model = _user_model(name)
+    output = USER_MODULES[name][2]
+    layers = [f"{n}.weight" for n, m in model.named_modules()
+              if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
+    assert output in layers
+    assert model.prunable_names() == [n for n in layers if n != output]
+    assert model.prunable_names(include_classifier=True) == layers
+    assert select_prunable(model, PruneSpec(prune_classifier=True)) == layers
+
+
+def test_prune_globs_override_the_default_set():
+    model = _user_model("headfirst_mlp")
+    default = ["body.1.weight", "body.4.weight"]
+    assert select_prunable(model, PruneSpec()) == default
+    assert select_prunable(model, PruneSpec(exclude=("body.4.*",))) == ["body.1.weight"]
+    # include adds any parameter, in the model's parameter order
+    assert select_prunable(model, PruneSpec(include=("zz.weight", "body.2.weight"))) == [
+        "zz.weight", "body.1.weight", "body.2.weight", "body.4.weight"]
+    # exclude everything, include some: exactly the included ones
+    only = PruneSpec(exclude=("*",), include=("body.4.weight",))
+    assert select_prunable(model, only) == ["body.4.weight"]
+    with pytest.raises(ValueError, match=r"prune.include glob 'bdy\.\*' matches no parameter"):
+        select_prunable(model, PruneSpec(include=("bdy.*",)))
+    with pytest.raises(ValueError, match="prune.exclude.*leave no weight"):
+        select_prunable(model, PruneSpec(exclude=("*",)))
+    with pytest.raises(ValueError, match="prune.include"):
+        PruneSpec(include="body.*")
+    # the defaults leave every existing spec hash alone; a glob is part of the identity
+    assert PruneSpec(include=(), exclude=()).spec_hash() == PruneSpec().spec_hash()
+    assert "include" not in PruneSpec().identity()
+    assert PruneSpec(exclude=("body.4.*",)).spec_hash() != PruneSpec().spec_hash()
+
+
+def _random_data(shape, n=32, classes=10) -> Dataset:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, *shape, generator=g), torch.randint(0, classes, (n,), generator=g)
+    return Dataset("random", x, y, x[:0], y[:0], x[:8], y[:8], classes)
+
+
+@pytest.mark.parametrize("name", ["headfirst_mlp", "user_cnn1d"])
+@pytest.mark.parametrize("method", METHODS)
+def test_user_module_finetuning_keeps_pruned_weights_zero(name, method):
+    from pipeline.train import train
+
+    make, shape, output = USER_MODULES[name]
+    model = _user_model(name, members=2, seed=1)
+    plain = _user_model(name)
+    names = plain.prunable_names()
+    states = [{k: v.clone() for k, v in s.items()} for s in _split(model)]
+    masks = [prune({k: s[k] for k in names}, PruneSpec(density=0.2, method=method, seed=i))
+             for i, s in enumerate(states)]
+    pruned = [{k: v * m[k] if k in m else v for k, v in s.items()}
+              for s, m in zip(states, masks, strict=True)]
+    model.load_state_dict(stack_members(pruned))
+    stacked = {k: torch.cat([m[k] for m in masks]) for k in names}
+    recipe = TrainSpec(epochs=2, batch_size=8, schedule="constant", lr=0.05)
+    train(model, _random_data(shape), recipe, [0, 1], masks=stacked)
+    for before, after, mask in zip(pruned, _split(model), masks, strict=True):
+        total = sum(mask[k].numel() for k in names)
+        assert abs(realized_density(mask) * total - 0.2 * total) <= len(names)
+        for k in names:
+            assert torch.all(after[k][mask[k] == 0] == 0), f"{k}: a pruned weight moved"
+            kept = mask[k] == 1
+            assert not torch.equal(after[k][kept], before[k][kept]), f"{k}: not trained"
+        assert output not in mask
+        assert not torch.equal(after[output], before[output]), "the output layer did not train"
+        assert int((after[output] == 0).sum()) == 0
+
+
+def _split(model):
+    from pipeline.models import split_members
+
+    return split_members(model.state_dict(), model.members)
