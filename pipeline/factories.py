@@ -405,11 +405,11 @@ _DATA_CACHE: dict[tuple, FactoryData] = {}
 
 def load_factory_data(spec: DataSpec) -> FactoryData:
     """Call the data factory of ``spec`` (once per process and arguments) and validate it."""
-    key = (spec.factory, spec.kwargs, spec.code_dir)
-    if key in _DATA_CACHE:
-        return _DATA_CACHE[key]
     path = spec.factory
     fn = load_factory(path, "data.factory", spec.code_dir)
+    key = (path, spec.kwargs, spec.code_dir, id(fn))     # a notebook may redefine the function
+    if key in _DATA_CACHE:
+        return _DATA_CACHE[key]
     out = call_factory(fn, path, _kwargs(spec), "data")
     where = f"data.factory={path!r}"
     if not isinstance(out, Mapping):
@@ -487,6 +487,10 @@ def resolve_factories(cfg, code_dir: str | Path | None = None):
     """``cfg`` with its factories checked and fingerprinted (see the module doc); a config
     without factories is returned unchanged. ``code_dir``: the config's folder."""
     data, model = cfg.data, cfg.model
+    for section, spec in (("data", data), ("model", model)):
+        if spec.kwargs and not spec.factory:
+            raise ValueError(f"{section}.kwargs={json.loads(spec.kwargs)!r} is set but "
+                             f"{section}.factory is not: kwargs are the factory's arguments")
     if not data.factory and not model.factory:
         return cfg
     folder = str(Path(code_dir).resolve()) if code_dir else ""

@@ -110,11 +110,9 @@ def canonical_kwargs(value, where: str) -> str:
 
 
 def _check_factory_fields(spec, where: str) -> None:
+    # (kwargs without a factory are refused when a config is loaded: pipeline/factories.py)
     if not isinstance(spec.factory, str):
         raise ValueError(f"{where}.factory={spec.factory!r}: expected 'module:function'")
-    if spec.kwargs and not spec.factory:
-        raise ValueError(f"{where}.kwargs={spec.kwargs!r} is set but {where}.factory is not: "
-                         f"kwargs are the factory's arguments")
 
 
 @dataclass(frozen=True)

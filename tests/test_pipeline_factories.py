@@ -17,7 +17,7 @@ from pipeline import factories
 from pipeline.__main__ import main
 from pipeline.config import load_config, parse_config
 from pipeline.data import load_dataset
-from pipeline.specs import DataSpec, ModelSpec, cell_hash, dense_hash
+from pipeline.specs import ModelSpec, cell_hash, dense_hash
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -165,8 +165,9 @@ def test_kwargs_given_as_a_mapping_or_text_are_the_same_spec():
     assert ModelSpec(factory="m:f", kwargs={}).kwargs == ""
     with pytest.raises(ValueError, match="model.kwargs"):
         ModelSpec(factory="m:f", kwargs=[1, 2])
-    with pytest.raises(ValueError, match="data.kwargs.*data.factory is not"):
-        DataSpec(kwargs={"n": 3})
+    with pytest.raises(ValueError, match=r"data.kwargs=\{'n': 3\} is set but data.factory is not"):
+        parse_config({"experiment": "e", "knob": "epochs", "temperatures": [1], "densities": [0.5],
+                      "data": {"kwargs": {"n": 3}}})
 
 
 def test_a_data_factory_becomes_a_dataset(user):

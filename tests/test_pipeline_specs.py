@@ -79,6 +79,7 @@ def test_equal_specs_hash_equal_and_are_hashable():
 _ALTERNATIVES = {
     ("DataSpec", "name"): "digits", ("DataSpec", "val_fraction"): 0.2,
     ("ModelSpec", "name"): "mlp", ("ModelSpec", "shortcut"): "raw",
+    ("ModelSpec", "kwargs"): {"n": 1}, ("DataSpec", "kwargs"): {"n": 1},
     ("TrainSpec", "schedule"): "cosine", ("TrainSpec", "milestones"): (0.3,),
     ("TrainSpec", "momentum"): 0.5,
     ("PruneSpec", "method"): "lamp", ("PruneSpec", "density"): 0.5,
