@@ -5,8 +5,10 @@ Both evaluate many models on the same examples, so both run as one M-member mode
 statistics of all of them are re-estimated in ONE pass over the training set, and their
 train errors in another. All members see the same examples, so the forward runs
 ``EnsembleModel.logits_shared`` (member-major batched matmuls on CPUs). ``max_members``
-bounds the members evaluated at once (memory); ``max_members=1`` is the plain
-one-model-at-a-time computation.
+bounds the members evaluated at once; ``max_members=1`` is the plain one-model-at-a-time
+computation. A memory ``Budget`` (``pipeline.parallel``; by default half the free memory of
+the data's device) bounds them further and sizes the evaluation batches, from a probe of the
+model's activation memory per example; no result depends on either.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.models import EnsembleModel, eval_batch_size, stack_members
-from pipeline.parallel import map_chunks, split
+from pipeline.parallel import Budget, activation_size, map_chunks, split
 from pipeline.specs import MeasureSpec
 from pipeline.train import correct_counts
 
@@ -85,16 +87,29 @@ def reestimate_bn(model: EnsembleModel, x: torch.Tensor, batch_size: int = 64) -
     model.eval()
 
 
+def example_bytes(build: Callable[[int], EnsembleModel], x: torch.Tensor, budget: Budget) -> float:
+    """Evaluation activation memory per member and example (0 where the budget is unbounded)."""
+    if budget.total == float("inf"):
+        return 0.0
+    probe = build(1)
+    return activation_size(probe, x[:2], im2col=getattr(probe, "member_major", False)).eval
+
+
 def lmc_curves(build: Callable[[int], EnsembleModel], states: list[State], pairs: list[tuple[int, int]],
                x: torch.Tensor, y: torch.Tensor, points: int = 11, bn_batch_size: int = 64,
-               max_members: int = 64, workers: int = 1) -> list[list[float]]:
+               max_members: int = 64, workers: int = 1, memory: Budget | None = None) -> list[list[float]]:
     """Train error along the linear path of each pair, BN re-estimated at every point.
 
     Args:
         build: members -> a fresh model with that many members (on the data's device).
         states: single-model state_dicts of the fine-tuned copies.
         x, y: the NON-augmented training set (all of it: the average is exact).
+        memory: bounds the members of a chunk (BN re-estimation takes batches of exactly
+            ``bn_batch_size``, the protocol) and the counting pass's batches; None: the
+            default budget of ``x``'s device.
     """
+    budget = (memory or Budget.for_device(x.device)).shared_by(workers)
+    per_example = example_bytes(build, x, budget)
     ts = torch.linspace(0, 1, points).tolist()
     # The endpoints of pairs that share a copy are the same model (t=0 gives a exactly, t=1 gives
     # b exactly) with the same re-estimated statistics: evaluate each distinct point once.
@@ -119,11 +134,13 @@ def lmc_curves(build: Callable[[int], EnsembleModel], states: list[State], pairs
         model = build(len(chunk_range))
         model.load_state_dict(stack_members([state_of(jobs[j]) for j in chunk_range]))
         reestimate_bn(model, x, bn_batch_size)
-        errors_now = (len(x) - correct_counts(model, x, y)).double() / len(x)
+        batch = eval_batch_size(model, x, budget, per_example)
+        errors_now = (len(x) - correct_counts(model, x, y, batch)).double() / len(x)
         for j, e in zip(chunk_range, errors_now.tolist(), strict=True):
             errors[j] = e
 
-    map_chunks(run, split(len(jobs), max_members, workers), workers)
+    chunk = budget.fit(per_example * min(bn_batch_size, len(x)), max_members)
+    map_chunks(run, split(len(jobs), chunk, workers), workers)
     return [[errors[j] for j in row] for row in where]
 
 
@@ -142,20 +159,27 @@ def linear_cka(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @torch.no_grad()
 def softmax_outputs(build: Callable[[int], EnsembleModel], states: list[State], x: torch.Tensor,
-                    max_members: int = 64, batch_size: int | None = None, workers: int = 1) -> list[torch.Tensor]:
-    """Softmax outputs ``[n, classes]`` of each model in eval mode with its own BN statistics."""
+                    max_members: int = 64, batch_size: int | None = None, workers: int = 1,
+                    memory: Budget | None = None) -> list[torch.Tensor]:
+    """Softmax outputs ``[n, classes]`` of each model in eval mode with its own BN statistics.
+
+    ``memory`` bounds the members of a chunk (to those that take a batch of 64 examples) and
+    the batches (None: the default budget of ``x``'s device)."""
+    budget = (memory or Budget.for_device(x.device)).shared_by(workers)
+    per_example = example_bytes(build, x, budget)
     @torch.no_grad()   # grad mode is per thread: the decorator above does not reach workers
     def run(chunk_range: range) -> list[torch.Tensor]:
         chunk = [states[j] for j in chunk_range]
         model = build(len(chunk))
         model.load_state_dict(stack_members(chunk))
         model.eval()
-        bs = batch_size or eval_batch_size(model, x)
+        bs = batch_size or eval_batch_size(model, x, budget, per_example)
         parts = [model.logits_shared(x[i:i + bs]).softmax(-1) for i in range(0, len(x), bs)]
         probs = torch.cat(parts, 1)                               # [M, n, K]
         return [probs[m].cpu() for m in range(len(chunk))]
 
-    return [o for outs in map_chunks(run, split(len(states), max_members, workers), workers) for o in outs]
+    chunk = budget.fit(per_example * min(64, len(x)), max_members)
+    return [o for outs in map_chunks(run, split(len(states), chunk, workers), workers) for o in outs]
 
 
 # --- metric registry -----------------------------------------------------------------------
@@ -184,16 +208,17 @@ def check_metrics(spec: MeasureSpec) -> None:
 
 
 @register_metric("lmc")
-def _lmc_metric(results, build, states, x, y, spec: MeasureSpec, max_members, workers):
+def _lmc_metric(results, build, states, x, y, spec: MeasureSpec, max_members, workers, memory=None):
     curves = lmc_curves(build, states, [r.pair for r in results], x, y, spec.lmc_points,
-                        spec.bn_batch_size, max_members, workers)
+                        spec.bn_batch_size, max_members, workers, memory)
     for r, c in zip(results, curves, strict=True):
         r.lmc_errors, r.lmc_barrier = c, lmc_barrier_from_curve(c)
 
 
 @register_metric("cka")
-def _cka_metric(results, build, states, x, y, spec: MeasureSpec, max_members, workers):
-    outs = softmax_outputs(build, states, x[: spec.cka_examples], max_members, workers=workers)
+def _cka_metric(results, build, states, x, y, spec: MeasureSpec, max_members, workers, memory=None):
+    outs = softmax_outputs(build, states, x[: spec.cka_examples], max_members, workers=workers,
+                           memory=memory)
     for r in results:
         r.cka = linear_cka(outs[r.pair[0]], outs[r.pair[1]])
 
@@ -205,13 +230,16 @@ def all_pairs(n: int) -> list[tuple[int, int]]:
 
 def measure_pairs(build: Callable[[int], EnsembleModel], states: list[State],
                   pairs: list[tuple[int, int]], x: torch.Tensor, y: torch.Tensor,
-                  spec: MeasureSpec, max_members: int = 64, workers: int = 1) -> list[PairMetrics]:
+                  spec: MeasureSpec, max_members: int = 64, workers: int = 1,
+                  memory: Budget | None = None) -> list[PairMetrics]:
     """Every metric of ``spec`` on each pair of indices into ``states``.
 
-    The pairs may come from many cells: all of them are measured together.
+    The pairs may come from many cells: all of them are measured together. ``memory``: see
+    ``lmc_curves`` (None: the default budget of ``x``'s device).
     """
+    memory = memory or Budget.for_device(x.device)
     check_metrics(spec)
     results = [PairMetrics(p) for p in pairs]
     for name in spec.metrics:
-        _METRICS[name](results, build, states, x, y, spec, max_members, workers)
+        _METRICS[name](results, build, states, x, y, spec, max_members, workers, memory=memory)
     return results

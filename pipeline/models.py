@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.parallel import Budget
 from pipeline.specs import ModelSpec
 
 
@@ -474,13 +475,20 @@ def stack_inputs(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(0, 1).reshape(b, m * x.shape[2], *x.shape[3:])
 
 
-def eval_batch_size(model: EnsembleModel, x: torch.Tensor) -> int:
+def eval_batch_size(model: EnsembleModel, x: torch.Tensor, budget: Budget | None = None,
+                    example_bytes: float = 0.0) -> int:
     """Examples per forward for evaluation: large for one model (fewer, bigger ops), small for
     many members on a CPU (the member-major im2col buffers then stay in cache: 64 examples x
-    27 members ran 1.5x faster per example than 256)."""
+    27 members ran 1.5x faster per example than 256); with a ``budget``, no more than fit
+    (``example_bytes``: activation memory per member and example, ``parallel.activation_size``).
+    """
     if model.members > 1 and model.member_major and x.device.type == "cpu":
-        return 64
-    return 1000
+        size = 64
+    else:
+        size = 1000
+    if budget is None:
+        return size
+    return budget.fit(example_bytes * model.members, size)
 
 
 def repeat_input(x: torch.Tensor, members: int) -> torch.Tensor:
