@@ -18,6 +18,7 @@ Everything is a stock sklearn object, so the model is saved in MLflow's safe ``s
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ import mlflow.sklearn
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
@@ -341,6 +343,8 @@ def load_classifier(name: str, alias: str = DEFAULT_ALIAS) -> Pipeline:
 def tag_cell_runs(df: pd.DataFrame, client: MlflowClient | None = None) -> int:
     """Write each row's ``regime`` as the ``regime`` tag of its cell run (column ``run_id``).
 
+    With the columns of ``selection.regimes.label_grid``, the run also gets the metrics
+    ``p_regime_I`` and ``p_regime_IIB`` (when not NaN) and the tag ``regime_label_method``.
     Rows without a run id or a regime are skipped; so are run ids unknown to this tracking
     store (a table from elsewhere), with a warning. Returns the number of runs tagged.
     """
@@ -350,9 +354,17 @@ def tag_cell_runs(df: pd.DataFrame, client: MlflowClient | None = None) -> int:
     client = client or get_client()
     rows = df[df[RUN_ID].notna() & df[keys.REGIME].notna()]
     tagged, unknown = 0, []
-    for run_id, regime in zip(rows[RUN_ID], rows[keys.REGIME], strict=True):
+    now = int(time.time() * 1000)
+    for _, row in rows.iterrows():
+        run_id = str(row[RUN_ID])
+        tags = [RunTag(keys.REGIME, str(row[keys.REGIME]))]
+        if isinstance(row.get("label_method"), str):
+            tags.append(RunTag(keys.REGIME_LABEL_METHOD, row["label_method"]))
+        metrics = [Metric(name, float(row[name]), now, 0)
+                   for name in (keys.P_REGIME_I, keys.P_REGIME_IIB)
+                   if name in row.index and pd.notna(row[name])]
         try:
-            with_retries(client.set_tag, str(run_id), keys.REGIME, str(regime))
+            with_retries(client.log_batch, run_id, metrics=metrics, tags=tags)
             tagged += 1
         except MlflowException as e:
             if e.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):

@@ -4,7 +4,7 @@ regime classifiers, tag the cell runs, draw the regime map."""
 from __future__ import annotations
 
 import argparse
-import math
+import json
 import tempfile
 import time
 import warnings
@@ -33,10 +33,10 @@ from selection.regime_map import plot_regime_map
 from selection.regimes import (
     RegimeWarning,
     Thresholds,
-    default_sensitivity_grid,
-    label_regimes,
+    grid_sensitivity,
+    grid_thresholds,
+    label_grid,
     regime_counts,
-    sensitivity,
 )
 from tracking import keys
 from tracking.store import get_client, with_retries
@@ -66,6 +66,7 @@ class ClassifyReport:
     run_id: str | None = None
     grid_run_id: str | None = None
     n_tagged: int = 0
+    label_info: dict = field(default_factory=dict)   # label_grid's info: method and values
 
 
 def classify(df: pd.DataFrame, eps: float | None = None, tau: float | None = None,
@@ -85,14 +86,14 @@ def classify(df: pd.DataFrame, eps: float | None = None, tau: float | None = Non
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RegimeWarning)  # kept in thresholds.warnings
-        labelled, thresholds = label_regimes(df, eps, tau)
+        labelled, info = label_grid(df, eps, tau)
+    thresholds = grid_thresholds(info)
     models = {fs: fit_classifier(labelled, fs) for fs in FEATURE_SETS}
     cv = {fs: cross_validate(labelled, fs, group_by_density=group_by_density)
           for fs in FEATURE_SETS}
-    # tau is NaN when no cell is Regime II: the reference labels then need none
-    moved = sensitivity(df, *default_sensitivity_grid(thresholds), thresholds.eps,
-                        None if math.isnan(thresholds.tau) else thresholds.tau)
-    report = ClassifyReport(labelled, thresholds, models, cv, moved, grid_run_id=grid_run_id)
+    moved = grid_sensitivity(df, eps, tau)
+    report = ClassifyReport(labelled, thresholds, models, cv, moved, grid_run_id=grid_run_id,
+                            label_info=info)
     with tempfile.TemporaryDirectory() as tmp:
         drawn = plot_regime_map(labelled, Path(tmp) / keys.PLOT_REGIME_MAP,
                                 title=f"Regime map: {experiment}" if experiment else None)
@@ -118,7 +119,8 @@ def _log_run(run_id: str, report: ClassifyReport, folder: Path, regime_map: Path
     labelled, thresholds = report.labelled, report.thresholds
     any_cv = next(iter(report.cv.values()))
     params = {**thresholds.params(), keys.CV_SPLITTER: any_cv.splitter,
-              keys.CV_SPLITS: str(any_cv.n_splits)}
+              keys.CV_SPLITS: str(any_cv.n_splits),
+              keys.REGIME_LABEL_METHOD: str(report.label_info.get("method", ""))}
     now = int(time.time() * 1000)
     counts = {keys.regime_count_metric(r): n for r, n in regime_counts(labelled).items()}
     with_retries(get_client().log_batch, run_id,
@@ -126,7 +128,8 @@ def _log_run(run_id: str, report: ClassifyReport, folder: Path, regime_map: Path
                  params=[Param(k, v) for k, v in params.items()])
     labels = write_table(labelled, folder / keys.ARTIFACT_REGIME_LABELS, CLASSIFY_COLUMNS)
     thresholds_json = folder / keys.ARTIFACT_REGIME_THRESHOLDS
-    thresholds_json.write_text(thresholds.to_json())
+    thresholds_json.write_text(json.dumps({**thresholds.to_dict(), "labels": report.label_info},
+                                          indent=2, default=str))
     moved = folder / keys.ARTIFACT_REGIME_SENSITIVITY
     report.sensitivity.to_csv(moved, index=False)
     for path in (labels, thresholds_json, moved, regime_map):
@@ -162,14 +165,39 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _summary(report: ClassifyReport) -> str:
     t = report.thresholds
-    lines = [f"eps = {t.eps:.4g} ({t.eps_source}), tau = {t.tau:.4g} ({t.tau_source})"]
+    info = report.label_info
+    if info.get("method") == "jump":
+        level = info.get("level")
+        lines = [f"Regime I: jump along temperature within each density (level for densities "
+                 f"without a jump: {'-' if level is None else f'{-level:.4g}'}, "
+                 f"{info.get('level_source')}), tau = {t.tau:.4g} ({t.tau_source})"]
+        for d in info.get("densities", []):
+            boundary = d["boundary_temperature"]
+            lines.append(f"  density {d['density']:g}: {d['method']}, {d['n_regime_I']} of "
+                         f"{d['n_cells']} Regime I, coldest connected temperature "
+                         + ("-" if boundary is None else f"{boundary:g}"))
+    else:
+        lines = [f"eps = {t.eps:.4g} ({t.eps_source}), tau = {t.tau:.4g} ({t.tau_source})"]
     lines += [f"note: {w}" for w in t.warnings]
     counts = regime_counts(report.labelled)
     lines.append("cells per regime: " + ", ".join(f"{r}: {n}" for r, n in counts.items()))
+    if "p_regime_I" in report.labelled.columns:
+        from selection.regimes import uncertain
+
+        unsure = uncertain(report.labelled["p_regime_I"]).sum()
+        lines.append(f"uncertain labels (P(Regime I) in (0.2, 0.8)): {unsure} of "
+                     f"{len(report.labelled)}")
     moved = report.sensitivity
-    lines.append(f"sensitivity: eps in [{moved['eps'].min():.4g}, {moved['eps'].max():.4g}], "
-                 f"tau in [{moved['tau'].min():.4g}, {moved['tau'].max():.4g}] change at most "
-                 f"{moved['n_changed'].max()} of {len(report.labelled)} labels")
+    if "parameter" in moved.columns:
+        parts = [f"{name} in [{rows['value'].min():.4g}, {rows['value'].max():.4g}]"
+                 for name, rows in moved.groupby("parameter", sort=False)]
+        lines.append(f"sensitivity: {', '.join(parts)} change at most "
+                     f"{moved['n_changed'].max() if len(moved) else 0} labels (one at a time)")
+    else:
+        lines.append(f"sensitivity: eps in [{moved['eps'].min():.4g}, "
+                     f"{moved['eps'].max():.4g}], tau in [{moved['tau'].min():.4g}, "
+                     f"{moved['tau'].max():.4g}] change at most {moved['n_changed'].max()} of "
+                     f"{len(report.labelled)} labels")
     for fs, result in report.cv.items():
         accuracy = "n/a" if result.accuracy != result.accuracy else f"{result.accuracy:.3f}"
         lines.append(f"{fs} classifier: CV accuracy {accuracy} ({result.splitter}, "

@@ -16,8 +16,10 @@ Our choices (the paper is silent):
 - If every candidate of a density is Regime I, the filter leaves nothing: Algorithms 2 and 2.1
   then choose among all candidates by their criterion, and the row says ``fallback=True``.
 - Cells with a missing metric (NaN) are left out of the candidates, with a warning.
-- Regimes are labelled over all the table's (dense-seed averaged) cells at once, with the
-  given thresholds or thresholds estimated by :func:`selection.regimes.label_regimes`.
+- Regimes are labelled over all the table's cells at once by
+  :func:`selection.regimes.label_grid` (the jump along temperature, or the given thresholds;
+  ``labeller="grid"``, the default), or by the one-eps rule :func:`label_regimes` over the
+  dense-seed averaged cells (``labeller="rule"``, the labels before issue 15: kept to compare).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from matplotlib.figure import Figure
 from selection._knob import cold_to_hot
 from selection._mlflow import child_run
 from selection._validate import check_table
-from selection.regimes import REGIME_I, Thresholds, label_regimes
+from selection.regimes import REGIME_I, Thresholds, grid_thresholds, label_grid, label_regimes
 from tracking import keys
 
 ALG2 = "alg2_val"
@@ -103,21 +105,29 @@ def _argmax_coldest(values: np.ndarray) -> int:
     return int(np.flatnonzero(values >= values.max() - _TIE_ATOL)[0])
 
 
+LABELLERS = ("grid", "rule")
+
+
 def select_models(df: pd.DataFrame, densities: Sequence[float] | None = None,
-                  eps: float | None = None, tau: float | None = None) -> SelectionResult:
+                  eps: float | None = None, tau: float | None = None,
+                  labeller: str = "grid") -> SelectionResult:
     """Run Algorithms 2 and 2.1 and the baselines for each target density of ``df``.
 
     Args:
         df: a results table with ``knob`` (one knob), ``temperature``, ``density``,
             ``lmc_barrier``, ``cka``, ``test_acc``, ``val_acc`` and ``dense_acc``.
         densities: target densities (matched to the table's to 1e-9); None = every density.
-        eps, tau: regime thresholds (see :func:`label_regimes`); estimated when None.
+        eps, tau: regime thresholds (see :func:`label_grid`); eps-free jump / estimated tau
+            when None.
+        labeller: ``grid`` (:func:`label_grid`) or ``rule`` (:func:`label_regimes`).
 
     Raises:
         ValueError: missing columns, an empty table, units in percent, several knobs, an
             unknown density, or no complete cell.
     """
     check_table(df, SELECT_COLUMNS, allow_nan=True)
+    if labeller not in LABELLERS:
+        raise ValueError(f"labeller must be one of {LABELLERS}, got {labeller!r}")
     knobs = df[keys.KNOB].unique().tolist()
     if len(knobs) != 1:
         raise ValueError(f"model selection compares temperatures of one knob; the table has "
@@ -136,7 +146,15 @@ def select_models(df: pd.DataFrame, densities: Sequence[float] | None = None,
                   [list(METRIC_COLUMNS)].mean())
     candidates[keys.KNOB] = knobs[0]
     with warnings.catch_warnings(record=True):  # recorded in thresholds.warnings instead
-        candidates, thresholds = label_regimes(candidates, eps, tau)
+        if labeller == "rule":
+            candidates, thresholds = label_regimes(candidates, eps, tau)
+        else:
+            # the rows (with their per-pair values), so that label_grid pools dense seeds
+            labelled, info = label_grid(complete, eps, tau, n_resamples=0)
+            thresholds = grid_thresholds(info)
+            point = labelled.groupby([keys.TEMPERATURE, keys.DENSITY])[keys.REGIME].first()
+            candidates[keys.REGIME] = [point[(t, d)] for t, d in zip(
+                candidates[keys.TEMPERATURE], candidates[keys.DENSITY], strict=True)]
     notes.extend(thresholds.warnings)
     targets = _match_densities(densities, candidates[keys.DENSITY].unique())
 

@@ -3,7 +3,10 @@
 Same axes as ``tracking.plots``' phase diagrams: temperature on the x axis in the knob's units,
 ascending; density on the y axis in percent, ascending upwards; one square per cell. Each
 regime has one colour, thick lines mark the boundaries between regimes, cells absent from
-the table are blank.
+the table are blank. With the label probabilities of ``selection.regimes.label_grid``
+(``p_regime_I``, ``p_regime_IIB``), a cell whose label is uncertain (its probability of Regime
+I, or of II-B when it is in Regime II, strictly between 0.2 and 0.8) is hatched and its label
+followed by ``?``.
 """
 
 from __future__ import annotations
@@ -14,11 +17,19 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
+from matplotlib.patches import Patch, Rectangle
 
 from selection._knob import hotter_is_lower
 from selection._validate import check_table
-from selection.regimes import REGIME_I, REGIME_II_A, REGIME_II_B, REGIMES
+from selection.regimes import (
+    P_REGIME_I,
+    P_REGIME_IIB,
+    REGIME_I,
+    REGIME_II_A,
+    REGIME_II_B,
+    REGIMES,
+    uncertain,
+)
 from tracking import keys
 
 REGIME_COLORS = {REGIME_I: "#d62728", REGIME_II_A: "#ffbf00", REGIME_II_B: "#2ca02c"}
@@ -50,6 +61,25 @@ def regime_grid(df: pd.DataFrame) -> pd.DataFrame:
     return grid.astype(object).where(grid.notna(), None)
 
 
+def uncertain_grid(df: pd.DataFrame) -> pd.DataFrame | None:
+    """Per (density, temperature) cell of :func:`regime_grid`: True where the label is
+    uncertain (probabilities averaged over a cell's rows); None without ``p_regime_I``."""
+    if P_REGIME_I not in df.columns:
+        return None
+    grid = regime_grid(df)
+    p_i = df.groupby([keys.DENSITY, keys.TEMPERATURE])[P_REGIME_I].mean()
+    p_iib = (df.groupby([keys.DENSITY, keys.TEMPERATURE])[P_REGIME_IIB].mean()
+             if P_REGIME_IIB in df.columns else None)
+    out = pd.DataFrame(False, index=grid.index, columns=grid.columns)
+    for (density, temperature), p in p_i.items():
+        label = grid.at[density, temperature]
+        unsure = bool(uncertain(p))
+        if not unsure and label != REGIME_I and p_iib is not None:
+            unsure = bool(uncertain(p_iib.get((density, temperature), float("nan"))))
+        out.at[density, temperature] = unsure
+    return out
+
+
 def plot_regime_map(df: pd.DataFrame, path: str | Path, title: str | None = None) -> Path:
     """Draw the regime map of labelled table ``df`` (one knob) as a PNG at ``path``."""
     check_table(df, (keys.KNOB, keys.TEMPERATURE, keys.DENSITY, keys.REGIME))
@@ -66,9 +96,15 @@ def plot_regime_map(df: pd.DataFrame, path: str | Path, title: str | None = None
     ax = fig.add_subplot()
     ax.imshow(np.ma.masked_invalid(codes), origin="lower", aspect="auto", cmap=cmap,
               norm=BoundaryNorm(np.arange(len(REGIMES) + 1) - 0.5, len(REGIMES)))
+    unsure = uncertain_grid(df)
     for (row, col), code in np.ndenumerate(codes):
         if not np.isnan(code):
-            ax.text(col, row, REGIMES[int(code)], ha="center", va="center", fontsize=8)
+            mark = unsure is not None and bool(unsure.iat[row, col])
+            if mark:
+                ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, hatch="///",
+                                       edgecolor="0.35", linewidth=0))
+            ax.text(col, row, REGIMES[int(code)] + ("?" if mark else ""), ha="center",
+                    va="center", fontsize=8)
     # boundaries: a thick line on each edge between two cells of different regimes
     for row in range(rows):
         for col in range(columns):
@@ -85,8 +121,11 @@ def plot_regime_map(df: pd.DataFrame, path: str | Path, title: str | None = None
     ax.set_xlabel(f"temperature: {knob} ({direction} = hotter)")
     ax.set_ylabel("density (% of prunable weights kept)")
     ax.set_title(title or "Regime map", fontsize=10)
-    ax.legend(handles=[Patch(color=REGIME_COLORS[r], label=f"{r}: {_MEANING[r]}")
-                       for r in REGIMES],
+    handles = [Patch(color=REGIME_COLORS[r], label=f"{r}: {_MEANING[r]}") for r in REGIMES]
+    if unsure is not None:
+        handles.append(Patch(facecolor="white", edgecolor="0.35", hatch="///",
+                             label="?: uncertain label (probability 0.2-0.8)"))
+    ax.legend(handles=handles,
               loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -462,7 +462,8 @@ def _resample(points: _Points, n: int, rng: np.random.Generator) -> tuple[np.nda
     return barrier, np.clip(cka, 0.0, 1.0)
 
 
-def _find_jump(m: np.ndarray, se: np.ndarray) -> int:
+def _find_jump(m: np.ndarray, se: np.ndarray, ratio: float = JUMP_RATIO,
+               separation: float = JUMP_SEPARATION) -> int:
     """Number of Regime-I cells at one density from its barrier magnitudes ``m`` (ordered cold
     -> hot): the boundary with the largest mean shift among those that are a jump (module
     constants JUMP_RATIO, BARRIER_TOL, JUMP_Z); 0 when there is none."""
@@ -471,8 +472,8 @@ def _find_jump(m: np.ndarray, se: np.ndarray) -> int:
     log_m = np.log(m + BARRIER_TOL)   # barriers spread over decades: shifts scored in log
     for s in range(1, n):
         cold, hot = m[:s], m[s:]
-        if (cold.min() <= BARRIER_TOL or cold.min() < JUMP_SEPARATION * hot.max()
-                or cold.mean() < JUMP_RATIO * hot.mean()):
+        if (cold.min() <= BARRIER_TOL or cold.min() < separation * hot.max()
+                or cold.mean() < ratio * hot.mean()):
             continue
         shift = cold.mean() - hot.mean()
         noise = math.sqrt(np.mean(se[:s] ** 2) / s + np.mean(se[s:] ** 2) / (n - s))
@@ -485,7 +486,8 @@ def _find_jump(m: np.ndarray, se: np.ndarray) -> int:
 
 
 def _label_points(points: _Points, barrier: np.ndarray, cka: np.ndarray, eps: float | None,
-                  tau: float | None, detail: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
+                  tau: float | None, detail: bool = False, ratio: float = JUMP_RATIO,
+                  separation: float = JUMP_SEPARATION) -> tuple[np.ndarray, np.ndarray, dict]:
     """Regime and label method of every point for one set of (barrier, cka) values."""
     n = len(barrier)
     is_i = np.zeros(n, dtype=bool)
@@ -502,7 +504,7 @@ def _label_points(points: _Points, barrier: np.ndarray, cka: np.ndarray, eps: fl
         jumps, no_jump, deepest_shallow = {}, [], math.inf
         for key in sorted(groups):
             idx = np.array(sorted(groups[key], key=lambda p: points.hot_rank[p]))
-            s = _find_jump(magnitude[idx], points.se[idx])
+            s = _find_jump(magnitude[idx], points.se[idx], ratio, separation)
             if s:
                 is_i[idx[:s]] = True
                 method[idx] = JUMP
@@ -710,3 +712,55 @@ def uncertain(p: np.ndarray | pd.Series | float) -> np.ndarray:
     """True where a probability lies strictly between UNCERTAIN_LOW and UNCERTAIN_HIGH."""
     p = np.asarray(p, dtype=float)
     return (p > UNCERTAIN_LOW) & (p < UNCERTAIN_HIGH)
+
+
+def grid_thresholds(info: dict) -> Thresholds:
+    """The :class:`Thresholds` view of a :func:`label_grid` ``info`` (for logging and reports):
+    eps is the given one, or NaN with source ``jump`` when the jump labelled Regime I."""
+    eps = info["eps"] if info["eps"] is not None else math.nan
+    tau = info["tau"] if info["tau"] is not None else math.nan
+    notes = tuple(info.get("warnings", ()))
+    return Thresholds(float(eps), float(tau), info["eps_source"] or info["method"],
+                      info["tau_source"], notes)
+
+
+def grid_sensitivity(df: pd.DataFrame, eps: float | None = None, tau: float | None = None,
+                     ratios: Iterable[float] = (1.5, 2, 3, 4),
+                     separations: Iterable[float] = (1.0, 1.25, 1.5, 2),
+                     tau_factors: Iterable[float] = (0.5, 0.75, 1.5, 2)) -> pd.DataFrame:
+    """How many labels of :func:`label_grid` change when its parameters move, one at a time.
+
+    With ``eps`` given this is :func:`sensitivity` over :func:`default_sensitivity_grid`
+    (columns ``eps``, ``tau``, ...). Without, the reference is ``label_grid(df, None, tau)``
+    and each row moves one parameter: ``jump_ratio`` over ``ratios``, ``jump_separation`` over
+    ``separations``, and tau (the dissimilarity ``1 - tau`` scaled by ``tau_factors``, as in
+    :func:`default_sensitivity_grid`). Columns: ``parameter``, ``value``, ``n_changed``,
+    ``frac_changed``, ``n_I``, ``n_II-A``, ``n_II-B`` (counts over the table's points).
+    """
+    if eps is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RegimeWarning)
+            _, chosen = label_regimes(df, eps, tau)
+        return sensitivity(df, *default_sensitivity_grid(chosen), eps,
+                           None if math.isnan(chosen.tau) else chosen.tau)
+    check_table(df, (keys.KNOB, keys.TEMPERATURE, keys.DENSITY, *LABEL_COLUMNS))
+    points = _points(df)
+    ref, _, detail = _label_points(points, points.barrier, points.cka, None, tau, detail=True)
+    moves = [("jump_ratio", float(r), {"ratio": float(r)}) for r in ratios]
+    moves += [("jump_separation", float(v), {"separation": float(v)}) for v in separations]
+    if not math.isnan(detail["tau"]):
+        moves += [("tau", float(np.clip(1 - (1 - detail["tau"]) * f, 0, 1)), None)
+                  for f in tau_factors]
+    rows = []
+    for parameter, value, kwargs in moves:
+        if kwargs is None:
+            labels, _, _ = _label_points(points, points.barrier, points.cka, None, value)
+        else:
+            labels, _, _ = _label_points(points, points.barrier, points.cka, None, tau, **kwargs)
+        changed = int((labels != ref).sum())
+        row = {"parameter": parameter, "value": value, "n_changed": changed,
+               "frac_changed": changed / len(ref)}
+        row.update({f"n_{r}": int((labels == r).sum()) for r in REGIMES})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["parameter", "value", "n_changed", "frac_changed",
+                                       *(f"n_{r}" for r in REGIMES)])

@@ -76,8 +76,10 @@ def test_classify_table_without_mlflow(tmp_path, capsys, monkeypatch):
     assert main(["classify", "--table", str(table), "--no-mlflow", "--out", str(out),
                  "--map", str(regime_map)]) == 0
     printed = capsys.readouterr().out
-    assert "eps = " in printed and "cells per regime: I: " in printed
-    assert "sensitivity: eps in [" in printed
+    assert "Regime I: jump along temperature" in printed and "cells per regime: I: " in printed
+    assert "sensitivity: jump_ratio in [" in printed and "uncertain labels" in printed
+    assert main(["classify", "--table", str(table), "--no-mlflow", "--eps", "-0.02"]) == 0
+    assert "eps = -0.02 (given)" in capsys.readouterr().out
     assert "landscape classifier: CV accuracy" in printed
     labels = pd.read_csv(out)
     assert len(labels) == len(df)
@@ -126,7 +128,11 @@ def test_classify_and_select_on_an_experiment(tracking_uri, tmp_path, capsys):
     assert set(labels[RUN_ID]) == set(runs.values())
     # the regime is a tag of each cell run
     for cell, run_id in runs.items():
-        assert client.get_run(run_id).data.tags[keys.REGIME] == truth[cell]
+        run = client.get_run(run_id)
+        assert run.data.tags[keys.REGIME] == truth[cell]
+        # and its label probability (clear cells here) and the rule that produced it
+        assert run.data.metrics[keys.P_REGIME_I] == (1.0 if truth[cell] == "I" else 0.0)
+        assert run.data.tags[keys.REGIME_LABEL_METHOD] in ("jump", "level")
     # both classifiers registered with the alias, the regime map on the grid run
     for name in ("demo-regime-classifier", "demo-regime-classifier-phase"):
         version = client.get_model_version_by_alias(name, "champion")

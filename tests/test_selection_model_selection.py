@@ -101,13 +101,30 @@ def test_ties_do_not_depend_on_row_order():
         assert set(result.table["temperature"]) == {80}
 
 
-def test_estimated_thresholds_give_the_same_choices_here():
-    result = _select(known_table())
-    assert result.thresholds.eps_source == "estimated"
+@pytest.mark.parametrize("labeller, source", [("grid", "jump"), ("rule", "estimated")])
+def test_estimated_labels_give_the_same_choices_here(labeller, source):
+    result = _select(known_table(), labeller=labeller)
+    assert result.thresholds.eps_source == source
     table = result.table.set_index(["density", "method"])
     for key, (temperature, _) in EXPECTED.items():
         if key[1] != ALG2_1:  # tau is estimated differently; Alg. 2 does not use it
             assert table.loc[key, "temperature"] == temperature, key
+
+
+def test_jump_labels_keep_the_hot_sparse_corner_as_candidates():
+    # paper-like grid: the hot sparse corner has moderate barriers but is connected (II-A); a
+    # pooled eps would call it Regime I and leave only hotter-than-best candidates or none
+    from selection.synthetic import paper_like_grid
+
+    df = paper_like_grid(seed=0)
+    grid = _select(df, labeller="grid")
+    table = grid.table.set_index(["density", "method"])
+    for density in (0.05, 0.06):
+        assert not table.loc[(density, ALG2), "fallback"]
+        assert table.loc[(density, ALG2), "regime"] != "I"
+        assert table.loc[(density, ALG2), "regret"] == pytest.approx(0, abs=0.003)
+    with pytest.raises(ValueError, match="labeller"):
+        _select(df, labeller="nope")
 
 
 def test_dense_seeds_are_averaged():

@@ -71,3 +71,24 @@ def test_regime_map_errors(tmp_path):
     two.loc[0, keys.KNOB] = "lr"
     with pytest.raises(ValueError, match="one knob"):
         plot_regime_map(two, tmp_path / "x.png")
+
+
+def test_uncertain_cells_are_marked():
+    from selection.regime_map import uncertain_grid
+    from selection.regimes import P_REGIME_I, P_REGIME_IIB
+
+    df = synthetic_table(seed=0)
+    df[keys.REGIME] = df[TRUE_REGIME]
+    assert uncertain_grid(df) is None          # no probabilities: nothing to mark
+    df[P_REGIME_I] = (df[keys.REGIME] == "I").astype(float)
+    df[P_REGIME_IIB] = (df[keys.REGIME] == "II-B").astype(float)
+    first, second = df.index[0], df.index[1]
+    df.loc[first, P_REGIME_I] = 0.5 if df.loc[first, keys.REGIME] == "I" else 0.3
+    if df.loc[second, keys.REGIME] != "I":
+        df.loc[second, P_REGIME_IIB] = 0.6
+    marked = uncertain_grid(df)
+    expected = {(df.loc[first, keys.DENSITY], df.loc[first, keys.TEMPERATURE])}
+    if df.loc[second, keys.REGIME] != "I":
+        expected.add((df.loc[second, keys.DENSITY], df.loc[second, keys.TEMPERATURE]))
+    got = {(d, t) for d in marked.index for t in marked.columns if marked.at[d, t]}
+    assert got == expected
