@@ -21,10 +21,10 @@ import torch
 
 from pipeline.data import Dataset
 from pipeline.landscape import PairMetrics, all_pairs, measure_pairs
-from pipeline.models import build_model, split_members, stack_members
-from pipeline.parallel import map_chunks, split
+from pipeline.models import build_model, eval_batch_size, split_members, stack_members
+from pipeline.parallel import Budget, activation_size, map_chunks, split
 from pipeline.prune import Masks, apply_masks, prune, realized_density, select_prunable
-from pipeline.specs import CellSpec, DenseSpec, cell_hash
+from pipeline.specs import CellSpec, DenseSpec, FinetuneSpec, ModelSpec, cell_hash
 from pipeline.train import EpochReport, evaluate, total_epochs, total_iterations, train
 
 State = dict[str, torch.Tensor]
@@ -78,7 +78,8 @@ def run_cell(cell: CellSpec, dense: DenseSpec, dense_state: State, data: Dataset
 
 
 def run_cells(jobs: list[tuple[CellSpec, DenseSpec, State]], data: Dataset, max_members: int = 64,
-              eval_every: int = 5, workers: int = 1, progress=None) -> list[CellResult]:
+              eval_every: int = 5, workers: int = 1, progress=None,
+              memory: Budget | None = None) -> list[CellResult]:
     """Compute several cells; fine-tunes and measurements are batched across them.
 
     Args:
@@ -90,6 +91,9 @@ def run_cells(jobs: list[tuple[CellSpec, DenseSpec, State]], data: Dataset, max_
         eval_every: validation/test curves are sampled every this many epochs (and at each
             of the last ``finetune.last_epochs`` epochs, whose mean is the reported accuracy).
         progress: optional callable taking a number of completed steps (a progress bar).
+        memory: bounds the members fine-tuned or evaluated at once and the evaluation
+            batches (``finetune_members``, ``landscape.lmc_curves``); None: the default
+            budget of the data's device. No result depends on it.
     """
     if not jobs:
         return []
@@ -106,6 +110,11 @@ def run_cells(jobs: list[tuple[CellSpec, DenseSpec, State]], data: Dataset, max_
         return build_model(mspec, data.input_shape, data.num_classes, members).to(device)
 
     plain = build(1)
+    budget = memory or Budget.for_device(device)
+    chunk_budget = budget.shared_by(workers)
+    eval_example_bytes = activation_size(plain, data.x_train[:2],
+                                         im2col=getattr(plain, "member_major", False)).eval
+    ft_members = finetune_members(mspec, data, ft, max_members, workers, budget)
     pruned_states, masks, dense_accs, pruned_accs = [], [], [], []
     for cell, _, state in jobs:
         plain.load_state_dict(state)
@@ -138,8 +147,9 @@ def run_cells(jobs: list[tuple[CellSpec, DenseSpec, State]], data: Dataset, max_
             # validation and test sets every epoch costs as much as a quarter of the training.
             measured = report.epoch > n_epochs - n_last or report.epoch % eval_every == 0
             nan = torch.full((len(chunk),), math.nan)
-            val = evaluate(m, data.x_val, data.y_val) if measured and len(data.x_val) else nan
-            test = evaluate(m, data.x_test, data.y_test) if measured else nan
+            bs = eval_batch_size(m, data.x_test, chunk_budget, eval_example_bytes)
+            val = evaluate(m, data.x_val, data.y_val, bs) if measured and len(data.x_val) else nan
+            test = evaluate(m, data.x_test, data.y_test, bs) if measured else nan
             for j, i in enumerate(chunk):
                 curves["train_loss"][i].append(float(report.train_loss[j]))
                 curves["val_acc"][i].append(float(val[j]))
@@ -151,13 +161,14 @@ def run_cells(jobs: list[tuple[CellSpec, DenseSpec, State]], data: Dataset, max_
                                               len(chunk)), strict=True):
             finetuned[i] = st
 
-    map_chunks(finetune_chunk, split(len(members), max_members, workers), workers)
+    map_chunks(finetune_chunk, split(len(members), ft_members, workers), workers)
 
     k = len(ft.seeds)
     local_pairs = all_pairs(k)
     global_pairs = [(c * k + a, c * k + b) for c in range(len(jobs)) for a, b in local_pairs]
     measured = measure_pairs(build, [{kk: v.to(device) for kk, v in s.items()} for s in finetuned],
-                             global_pairs, data.x_train, data.y_train, cell0.measure, max_members, workers)
+                             global_pairs, data.x_train, data.y_train, cell0.measure, max_members, workers,
+                             memory=budget)
     extras = _optional_measurements(cell0.measure, jobs, masks, finetuned, k, build, data)
     results = []
     elapsed = time.perf_counter() - started
@@ -208,8 +219,24 @@ def _optional_measurements(measure, jobs, masks, finetuned, k, build, data) -> l
     return extras
 
 
+def finetune_members(mspec: ModelSpec, data: Dataset, ft: FinetuneSpec, max_members: int = 64,
+                     workers: int = 1, memory: Budget | None = None) -> int:
+    """The most fine-tunes ``run_cells`` trains in one chunk: ``max_members``, or fewer where
+    a training step of that many members (activations of a batch, parameters, gradients,
+    momenta and masks) would not fit each worker's share of ``memory`` (None: the default
+    budget of the data's device)."""
+    budget = (memory or Budget.for_device(data.x_train.device)).shared_by(workers)
+    if budget.total == float("inf"):
+        return max_members
+    plain = build_model(mspec, data.input_shape, data.num_classes, 1).to(data.x_train.device)
+    size = activation_size(plain, data.x_train[:2])
+    batch = min(ft.train.batch_size, len(data.x_train))
+    return budget.fit(batch * size.train + 4 * size.parameters, max_members, train=True)
+
+
 def finetune_steps(jobs_count: int, cell: CellSpec, n_train: int, max_members: int = 64,
                    workers: int = 1) -> int:
-    """Optimizer steps ``run_cells`` will take (for progress bars)."""
+    """Optimizer steps ``run_cells`` will take (for progress bars); pass as ``max_members``
+    what ``finetune_members`` returns where a memory budget applies."""
     chunks = len(split(jobs_count * len(cell.finetune.seeds), max_members, workers))
     return chunks * total_iterations(cell.finetune.train, n_train)

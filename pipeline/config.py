@@ -37,6 +37,10 @@ class Runtime:
     workers: int = 0                 # chunks of models computed side by side; 0 = one per core
     max_members: int = 64            # model copies trained/evaluated at once
     batch_cells: bool = True         # fine-tune several cells of one dense run together
+    # GiB of work memory for the members computed at once (their activations); chunks of
+    # members and evaluation batches are sized to fit (pipeline/parallel.py Budget). 0 = half
+    # the device's free memory at the start of each batch of cells
+    memory_gb: float = 0.0
 
     def resolved_workers(self) -> int:
         from pipeline.parallel import default_workers
@@ -48,6 +52,10 @@ class Runtime:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"runtime.{name}={value!r}: must be an integer >= {low}")
+        if isinstance(self.memory_gb, bool) or not isinstance(self.memory_gb, (int, float)) \
+                or not 0 <= self.memory_gb < float("inf"):
+            raise ValueError(f"runtime.memory_gb={self.memory_gb!r}: must be a number >= 0 "
+                             "(GiB; 0 = half the device's free memory)")
         if not isinstance(self.device, str) or not re.fullmatch(r"cpu|mps|cuda(:\d+)?", self.device):
             raise ValueError(f"runtime.device={self.device!r}: allowed: cpu, cuda, cuda:N, mps")
 

@@ -18,11 +18,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.cell import CellResult, finetune_steps, run_cells
+from pipeline.cell import CellResult, finetune_members, finetune_steps, run_cells
 from pipeline.config import GridConfig
 from pipeline.data import load_dataset
 from pipeline.dense import FINAL, train_dense
 from pipeline.executors import Node, get_executor
+from pipeline.parallel import Budget
 from pipeline.specs import CellSpec, DenseSpec, cell_hash, dense_hash
 from pipeline.train import TrainState, total_epochs, total_iterations
 from tracking import keys
@@ -366,18 +367,22 @@ class GridRunner:
             jobs.append((c, d, state))
             ok_points.append((d, c, s))
         workers = self.cfg.runtime.resolved_workers()
-        steps = finetune_steps(len(jobs), jobs[0][0], len(data.x_train),
-                               self.cfg.runtime.max_members, workers) if jobs else 0
+        rt = self.cfg.runtime
+        budget = Budget.for_device(data.x_train.device, rt.memory_gb)   # once: free memory changes
+        steps = finetune_steps(len(jobs), jobs[0][0], len(data.x_train), finetune_members(
+            jobs[0][1].model, data, jobs[0][0].finetune, rt.max_members, workers, budget),
+            workers) if jobs else 0
         computed = 0
         with self._bar(steps, f"fine-tune {len(jobs)} cells") as bar:
             try:
-                results = run_cells(jobs, data, self.cfg.runtime.max_members, workers=workers,
+                results = run_cells(jobs, data, self.cfg.runtime.max_members, workers=workers, memory=budget,
                                     progress=self._beating(list(runs.values()), bar.update))
             except Exception:   # noqa: BLE001 - isolate the failing cell(s): one at a time
                 results = []
                 for job, (d, c, s) in zip(jobs, ok_points, strict=True):
                     try:
-                        results += run_cells([job], data, self.cfg.runtime.max_members, workers=workers)
+                        results += run_cells([job], data, self.cfg.runtime.max_members, workers=workers,
+                                             memory=budget)
                     except Exception as e:  # noqa: BLE001
                         reason = f"{type(e).__name__}: {e}"
                         self.cache.fail(runs[cell_hash(c, d)], reason)
