@@ -17,7 +17,7 @@ from pipeline import factories
 from pipeline.__main__ import main
 from pipeline.config import load_config, parse_config
 from pipeline.data import load_dataset
-from pipeline.specs import ModelSpec, cell_hash, dense_hash
+from pipeline.specs import DataSpec, ModelSpec, cell_hash, dense_hash
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -357,3 +357,36 @@ def _code_blocks(text: str) -> dict[str, str]:
         lang, _, body = parts[i].partition("\n")
         out.setdefault(lang.strip(), textwrap.dedent(body))
     return out
+
+
+@pytest.mark.parametrize("name", ["mnist1d", "digits"])
+def test_builtin_input_shapes_match_the_loaded_datasets(name):
+    ds = load_dataset(DataSpec(name=name))
+    assert factories.BUILTIN_INPUTS[name] == (ds.input_shape, ds.num_classes)
+
+
+def test_an_augment_without_a_generator_trains_reproducibly(user):
+    from pipeline.models import build_model
+    from pipeline.specs import TrainSpec
+    from pipeline.train import train
+
+    code = (user.folder / f"{user.module}.py").read_text() + textwrap.dedent('''
+
+        def load_aug(n=60):
+            out = load(n)
+            out["augment"] = lambda x: x + 0.5 * torch.randn_like(x)   # the global generator
+            return out
+    ''')
+    (user.folder / f"{user.module}.py").write_text(code)
+    plain = load_config(user())
+    augmented = load_config(user(data={"factory": f"{user.module}:load_aug"}))
+    spec = TrainSpec(epochs=1, batch_size=16, lr=0.05)
+
+    def run(cfg):
+        ds = load_dataset(cfg.data)
+        model = build_model(cfg.model, ds.input_shape, ds.num_classes, members=2, seed=0)
+        return train(model, ds, spec, [0, 1]).state_dict()["0.weight"]
+
+    a = run(augmented)
+    assert torch.equal(a, run(augmented))                 # seeded from each copy's generator
+    assert not torch.allclose(a, run(plain))              # and the augmentation was applied
