@@ -8,6 +8,7 @@ with ``measure.spectra=true``:
     python -m pipeline grid configs/demo.yaml --set measure.spectra=true --experiment demo-spectra
     python -m tracking table --experiment demo-spectra --out demo-spectra.csv
     python bench/ablation.py demo-spectra.csv [more.csv ...] [--labels auto|table|rule|jump]
+        [--replay 20]
 
 Labels: ``table`` uses the table's ``regime`` column (e.g. written by ``python -m selection
 classify``), ``rule`` labels with ``selection.regimes.label_regimes`` (estimated thresholds),
@@ -56,6 +57,9 @@ def main() -> None:
     ap.add_argument("tables", nargs="+", help="results table CSV(s) with spectral columns")
     ap.add_argument("--labels", default="auto", choices=["auto", "table", "rule", "jump"])
     ap.add_argument("--splits", type=int, default=5)
+    ap.add_argument("--replay", type=int, default=0, metavar="REPEATS",
+                    help="also replay the regime sampler with and without the spectral predictor "
+                         "(fitted on the other densities), REPEATS seeds per density")
     args = ap.parse_args()
     figures = {}
     for path in args.tables:
@@ -68,6 +72,13 @@ def main() -> None:
                                          "cv_accuracy_by_density": round(r.cv_accuracy_by_density, 4)}
                          for r in table.itertuples(index=False)}
         figures[path]["labels"] = how
+        if args.replay:
+            from selection.spectral import replay_trials_saved
+
+            saved = replay_trials_saved(df, repeats=args.replay)
+            print(f"replay, regime sampler, trials to the best cell ({args.replay} seeds per density):")
+            print(saved.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+            figures[path]["replay"] = saved.to_dict("records")
     print(json.dumps(figures))
 
 

@@ -176,3 +176,68 @@ def grid_features(cfg, density: float, dense_seed: int | None = None,
         return checkpoint_features(state, names, cell.prune, cell.measure.spectra_min_evals)
 
     return features
+
+
+# --- replay: trials saved by the predictor ----------------------------------------------------
+
+@contextlib.contextmanager
+def _replay_sampler_with(predictor):
+    """``selection.replay`` builds its samplers by name; for the duration, its ``regime``
+    sampler gets ``predictor`` (every other sampler is unchanged)."""
+    from selection import replay
+
+    original = replay.create_sampler
+
+    def create(name, knob, seed=None, **kw):
+        if name == "regime":
+            kw["regime_predictor"] = predictor
+        return original(name, knob, seed, **kw)
+
+    replay.create_sampler = create
+    try:
+        yield
+    finally:
+        replay.create_sampler = original
+
+
+def replay_trials_saved(table: pd.DataFrame, repeats: int = 20, seed: int = 0,
+                        budget: int | None = None) -> pd.DataFrame:
+    """Replay the regime-guided sampler per density with and without the spectral predictor.
+
+    The predictor of a density is fitted on the OTHER densities' cells only (it never sees the
+    labels of the density it steers), from their spectral columns (means over dense seeds),
+    and is queried with the table's own pre-fine-tuning spectral values at that density.
+    Returns per density: median and mean trials to the best cell without / with it, and
+    ``saved`` (difference of the means; > 0 = fewer trials with the predictor).
+    """
+    from selection.replay import prepare_table, replay_density
+
+    cells, knob = prepare_table(table)
+    spectral = (table.groupby([keys.TEMPERATURE, keys.DENSITY], as_index=False)
+                [list(keys.SPECTRAL_COLUMNS)].mean())
+    cells = cells.merge(spectral, on=[keys.TEMPERATURE, keys.DENSITY], how="left")
+    seeds = list(range(seed, seed + repeats))
+    rows = []
+    for d in sorted(cells[keys.DENSITY].unique()):
+        others = cells[~np.isclose(cells[keys.DENSITY], d)]
+        at = cells[np.isclose(cells[keys.DENSITY], d)].set_index(keys.TEMPERATURE)
+        try:
+            model = fit_spectral_classifier(others)
+        except ValueError:
+            continue      # e.g. no other density with every feature
+
+        def features(t, at=at):
+            if t not in at.index:
+                return None
+            return {c: float(at.at[t, c]) for c in keys.SPECTRAL_COLUMNS}
+
+        plain = replay_density(cells, knob, d, "regime", seeds, budget=budget)
+        with _replay_sampler_with(SpectralRegimePredictor(model, d, features)):
+            guided = replay_density(cells, knob, d, "regime", seeds, budget=budget)
+        rows.append({keys.DENSITY: float(d),
+                     "median_trials_plain": float(np.median(plain.trials_to_best)),
+                     "median_trials_predicted": float(np.median(guided.trials_to_best)),
+                     "mean_trials_plain": float(plain.trials_to_best.mean()),
+                     "mean_trials_predicted": float(guided.trials_to_best.mean()),
+                     "saved": float(plain.trials_to_best.mean() - guided.trials_to_best.mean())})
+    return pd.DataFrame(rows)

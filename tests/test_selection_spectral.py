@@ -67,3 +67,25 @@ def test_spectral_predictor_answers_from_checkpoint_features():
     assert predict(5) == "I" and predict(40) == "II-A"
     assert predict(999) is None
     assert predict(5) == "I" and calls.count(5) == 1          # computed once per temperature
+
+
+@pytest.mark.slow
+def test_replay_with_the_predictor_queries_it_and_restores_the_sampler_factory(monkeypatch):
+    from selection import replay, spectral
+
+    asked = []
+    real = spectral.SpectralRegimePredictor.__call__
+
+    def counted(self, t):
+        asked.append((self.density, t))
+        return real(self, t)
+
+    monkeypatch.setattr(spectral.SpectralRegimePredictor, "__call__", counted)
+    df = _table()
+    df[keys.VAL_ACC] = 0.5 + 0.01 * np.log(df[keys.TEMPERATURE]) * (df[keys.DENSITY] > 0.2)
+    original = replay.create_sampler
+    out = spectral.replay_trials_saved(df, repeats=2)
+    assert replay.create_sampler is original
+    assert {d for d, _ in asked} == {0.05, 0.1, 0.2, 0.4, 0.8}
+    assert sorted(out[keys.DENSITY]) == [0.05, 0.1, 0.2, 0.4, 0.8]
+    assert (out["mean_trials_plain"] >= 1).all() and (out["mean_trials_predicted"] >= 1).all()
