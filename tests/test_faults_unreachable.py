@@ -302,6 +302,36 @@ def test_dask_port_that_accepts_but_never_answers(bound):
 
 # -- a store that goes away during a grid ----------------------------------------------------
 
+def test_with_retries_is_bounded_by_the_store_timeout_and_says_each_pause(restore_uri, bound,
+                                                                          capsys):
+    import requests
+
+    from tracking.store import TrackingUnavailableError, with_retries
+
+    mlflow.set_tracking_uri("postgresql://u:S3cretPw@db.example/mlflow")
+    calls = []
+
+    def refused():
+        calls.append(time.monotonic())
+        raise requests.exceptions.ConnectionError("[Errno 111] Connection refused")
+
+    started = time.monotonic()
+    with pytest.raises(TrackingUnavailableError) as info:
+        with_retries(refused)
+    seconds = time.monotonic() - started
+    assert 0.9 * BOUND <= seconds < BOUND + 5         # nothing slow inside: the bound itself
+    message = str(info.value)
+    assert message.startswith("tracking store postgresql://u:***@db.example/mlflow unreachable "
+                              f"after {len(calls)} attempts")
+    assert "Connection refused" in message and "does the database mlflow exist" in message
+    lines = re.findall(r"^tracking store postgresql://u:\*\*\*@db\.example/mlflow did not answer "
+                       r"\(attempt (\d+): Connection refused\); retrying in [\d.]+ s, giving up "
+                       rf"after {BOUND:.1f} s$", capsys.readouterr().err, re.MULTILINE)
+    assert [int(n) for n in lines] == list(range(1, len(calls)))
+    assert len(calls) >= 3                             # 0.5 s, 1 s, then what is left of 2 s
+    assert "S3cretPw" not in message
+
+
 @contextmanager
 def database_gone_after_first_cell(monkeypatch):
     """Every SQL statement fails as if the database had gone, from the moment the first cell
