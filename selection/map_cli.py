@@ -205,6 +205,19 @@ def format_summary(summary: dict, curves) -> list[str]:
 
     lines.append(f"cells to 95% agreement (median): active {cells(summary)}, " + ", ".join(
         f"{name} {cells(f)}" for name, f in summary["baselines"].items()))
+    lines.append(f"best temperature found there: active {summary['best_found_at_budget']:.2f} "
+                 f"of densities ({summary['best_within_at_budget']:.2f} within 0.2 points), "
+                 + ", ".join(f"{name} {f['best_found_at_budget']:.2f} "
+                             f"({f['best_within_at_budget']:.2f})"
+                             for name, f in summary["baselines"].items()))
+
+    def goal(figures: dict) -> str:
+        value = figures["cells_for_goal"]
+        return "never" if value is None else f"{value:g} ({100 * value / total:.0f}%)"
+
+    lines.append("cells until >= 95% agreement AND every density's best temperature found "
+                 f"(median): active {goal(summary)}, " + ", ".join(
+                     f"{name} {goal(f)}" for name, f in summary["baselines"].items()))
     if summary.get("stopped_at_median") is not None:
         lines.append(f"the stopping rule stops the active loop at {summary['stopped_at_median']:g} "
                      "cells (median)")

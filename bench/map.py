@@ -1,0 +1,85 @@
+"""Replay benchmark of the adaptive regime mapping (``python -m selection map --replay``).
+
+    python bench/map.py [--seeds 20] [--quick] [--out docs/map_replay.png]
+
+Two finished tables, the mapping loop against two orders of the same cells (random; coarse to
+fine: every other temperature and density first), through the same models, over ``--seeds``
+seeds each:
+  demo  -- ``bench/data/demo_grid.csv``: the MNIST-1D demo grid as measured (6 epochs x 5
+           densities, 30 cells);
+  fine  -- a finer paper-like grid (``selection.synthetic.paper_like_grid``: CIFAR-10-like
+           epochs grid with the barrier's jump at the first learning-rate decay and a hot
+           sparse II-A corner), 10 temperatures (10..160 epochs) x 9 densities (5..80 %),
+           90 cells.
+The reference map is the labeller's labels of the whole table. Printed per table: agreement
+and best-temperature figures at budgets, the cells to 95 % agreement (median over seeds) for
+each order, and the goal (>= 95 % agreement and the best temperature at every density with
+<= 40 % of the cells) met or not. The curve (agreement vs cells run) goes to ``--out``. The
+LAST line printed is one JSON object: per table the ``--replay --json`` summary.
+
+No timing is taken: every figure is a count of cells, the same on any machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+import pandas as pd  # noqa: E402
+
+from selection.map_cli import format_summary  # noqa: E402
+from selection.mapping import plot_replay, replay, replay_summary  # noqa: E402
+from selection.synthetic import paper_like_grid  # noqa: E402
+
+DEMO_TABLE = REPO_ROOT / "bench" / "data" / "demo_grid.csv"
+FINE_TEMPERATURES = (10, 20, 30, 40, 60, 80, 100, 120, 140, 160)
+
+
+def tables(quick: bool) -> dict[str, pd.DataFrame]:
+    fine = paper_like_grid(temperatures=FINE_TEMPERATURES, seed=1)
+    if quick:    # a smaller finer grid, so that the check runs in a minute
+        fine = paper_like_grid(temperatures=FINE_TEMPERATURES[::2] + (160,),
+                               densities=(0.05, 0.07, 0.1, 0.2, 0.8), seed=1)
+    return {"demo": pd.read_csv(DEMO_TABLE), "fine": fine.drop(columns="true_regime")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=20, help="seeds per order (default 20)")
+    ap.add_argument("--quick", action="store_true", help="2 seeds and a smaller fine grid: "
+                    "checks that the benchmark runs, its figures mean little")
+    ap.add_argument("--out", default=str(REPO_ROOT / "docs" / "map_replay.png"),
+                    help="the curve's PNG (default docs/map_replay.png)")
+    args = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    seeds = range(2 if args.quick else args.seeds)
+    curves, figures = {}, {}
+    for name, table in tables(args.quick).items():
+        started = time.perf_counter()
+        c = replay(table, seeds=seeds)
+        curves[name], figures[name] = c, replay_summary(c)
+        total = c.total_cells
+        print(f"\n== {name}: {total} cells, {len(seeds)} seeds "
+              f"({time.perf_counter() - started:.0f} s)")
+        print("\n".join(format_summary(figures[name], c)))
+        f = figures[name]
+        goal = f["cells_for_goal"] is not None and f["cells_for_goal"] <= 0.4 * total
+        print(f"goal (>= 95% agreement and every best temperature with <= 40% of the cells): "
+              f"{'met' if goal else 'NOT met'}; median cells for it: {f['cells_for_goal']}; "
+              f"at 40%: agreement {100 * f['agreement_at_40pct']:.0f}%, best found at "
+              f"{100 * f['best_found_at_40pct']:.0f}% of densities "
+              f"({100 * f['best_within_at_40pct']:.0f}% within 0.2 points)")
+    path = plot_replay(curves, args.out)
+    print(f"\ncurve: {path}")
+    print(json.dumps(figures, allow_nan=False))
+
+
+if __name__ == "__main__":
+    main()
