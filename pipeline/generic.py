@@ -31,6 +31,7 @@ Notes:
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Callable
 
 import torch
@@ -175,7 +176,7 @@ class GenericEnsemble(EnsembleModel):
         if refused is not None and key[:2] not in _SAID:
             _SAID.add(key[:2])
             print(f"generic ensemble: torch.func.vmap cannot run {type(template).__name__} "
-                  f"({refused}); its members run one at a time")
+                  f"({refused}); its members run one at a time", file=sys.stderr)
         return refused, output_layers
 
     def _looped_with_output_layers(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[str, ...]]:
@@ -184,7 +185,10 @@ class GenericEnsemble(EnsembleModel):
         is the output, or has one feature per class, where a Conv's may still be pooled).
         More than one only where members take different paths (data-dependent control flow)."""
         runs: list[tuple[str, nn.Module, torch.Tensor]] = []
-        hooks = [mod.register_forward_hook(lambda mod, _, out, name=name: runs.append((name, mod, out)))
+        def record(name):
+            return lambda mod, _, out: runs.append((name, mod, out))
+
+        hooks = [mod.register_forward_hook(record(name))
                  for name, mod in self._template.named_modules() if isinstance(mod, PRUNABLE_TYPES)]
         outs, found = [], []
         try:
@@ -194,8 +198,8 @@ class GenericEnsemble(EnsembleModel):
                 layer = None
                 for name, mod, h in runs:
                     axis = -1 if isinstance(mod, nn.Linear) else 1
-                    if h is out or (isinstance(h, torch.Tensor) and h.dim() > 1
-                                    and h.shape[0] == x.shape[1] and h.shape[axis] == self.num_classes):
+                    if h is out or (isinstance(h, torch.Tensor) and h.dim() > 1 and h.shape[0]
+                                    == x.shape[1] and h.shape[axis] == self.num_classes):
                         layer = name
                 if layer is not None and layer not in found:
                     found.append(layer)
@@ -274,7 +278,8 @@ class GenericEnsemble(EnsembleModel):
         # every member's tensors before any forward: the copies of the shared buffers are
         # taken before member 0 counts its batch in them
         tensors = [self._member_tensors(m) for m in range(self.members)]
-        return torch.stack([self._call_one(t, x[m] if x_dim == 0 else x) for m, t in enumerate(tensors)])
+        return torch.stack([self._call_one(t, x[m] if x_dim == 0 else x)
+                            for m, t in enumerate(tensors)])
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``[B, M*C, ...]`` (``stack_inputs``); returns ``[B, M, classes]``."""
@@ -326,7 +331,8 @@ class GenericEnsemble(EnsembleModel):
                         if t is None or name in self._shared_names:
                             continue
                         if id(t) not in replaced:
-                            value = t.detach().view(self.members, *self._plain_shapes[name])[m].clone()
+                            shape = self._plain_shapes[name]
+                            value = t.detach().view(self.members, *shape)[m].clone()
                             replaced[id(t)] = (nn.Parameter(value, requires_grad=t.requires_grad)
                                                if kind == "_parameters" else value)
                         slots[local] = replaced[id(t)]
