@@ -31,7 +31,7 @@ from pipeline.config import load_config  # noqa: E402
 from pipeline.data import load_dataset  # noqa: E402
 from pipeline.dense import train_dense  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
-from pipeline.prune import prune  # noqa: E402
+from pipeline.prune import prune, select_prunable  # noqa: E402
 
 
 def timed(fn):
@@ -74,7 +74,7 @@ def main() -> None:
           f"{seconds['hessian']:.2f} s (+{(seconds['hessian'] / seconds['plain'] - 1) * 100:.1f}%)")
 
     plain = build_model(dense.model, data.input_shape, data.num_classes)
-    names = plain.prunable_names(include_classifier=cfg.prune.prune_classifier)
+    names = select_prunable(plain, cfg.prune)
     per_dense, per_pruned = [], []
     for t in cfg.temperatures:
         _, c0 = cfg.cell(t, cfg.densities[0], cfg.dense_seeds[0])

@@ -458,10 +458,11 @@ class GridRunner:
         """A dense checkpoint's weight spectra: summaries as metrics (step = epoch), per-layer
         values as ``spectra/epoch_<e>.csv`` (uploaded with the checkpoint, in ``files``)."""
         from pipeline.models import build_model
+        from pipeline.prune import select_prunable
         from pipeline.spectra import layer_spectra, rows_to_csv, spectra_rows, summary_metrics
 
         model = build_model(self.cfg.model, data.input_shape, data.num_classes)
-        names = model.prunable_names(include_classifier=self.cfg.prune.prune_classifier)
+        names = select_prunable(model, self.cfg.prune)     # the weights the cells prune
         spectra = layer_spectra({k: state[k] for k in names}, self.cfg.measure.spectra_min_evals)
         self.cache.log(run_id, metrics={k: v for k, v in summary_metrics(spectra, "dense").items()
                                         if not math.isnan(v)}, step=epoch)

@@ -156,6 +156,7 @@ def grid_features(cfg, density: float, dense_seed: int | None = None,
     (or, if missing, trained into) its MLflow experiment; nothing is fine-tuned."""
     from pipeline.grid import GridRunner, checkpoint_path
     from pipeline.models import build_model
+    from pipeline.prune import select_prunable
     from tracking.artifacts import load_file
 
     seed = cfg.dense_seeds[0] if dense_seed is None else dense_seed
@@ -172,7 +173,7 @@ def grid_features(cfg, density: float, dense_seed: int | None = None,
 
         data = load_dataset(dense.data, cfg.runtime.device)
         model = build_model(dense.model, data.input_shape, data.num_classes)
-        names = model.prunable_names(include_classifier=cell.prune.prune_classifier)
+        names = select_prunable(model, cell.prune)
         return checkpoint_features(state, names, cell.prune, cell.measure.spectra_min_evals)
 
     return features
