@@ -1,6 +1,6 @@
 """Replay benchmark of the adaptive regime mapping (``python -m selection map --replay``).
 
-    python bench/map.py [--seeds 20] [--quick] [--out docs/map_replay.png]
+    python bench/map.py [--seeds 20] [--fine-seeds N] [--quick] [--out docs/map_replay.png]
 
 Two finished tables, the mapping loop against two orders of the same cells (random; coarse to
 fine: every other temperature and density first), through the same models, over ``--seeds``
@@ -53,15 +53,18 @@ def tables(quick: bool) -> dict[str, pd.DataFrame]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=20, help="seeds per order (default 20)")
+    ap.add_argument("--fine-seeds", type=int, help="seeds on the finer grid (default: --seeds; "
+                    "it costs about 9x the demo's per seed)")
     ap.add_argument("--quick", action="store_true", help="2 seeds and a smaller fine grid: "
                     "checks that the benchmark runs, its figures mean little")
     ap.add_argument("--out", default=str(REPO_ROOT / "docs" / "map_replay.png"),
                     help="the curve's PNG (default docs/map_replay.png)")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    seeds = range(2 if args.quick else args.seeds)
     curves, figures = {}, {}
     for name, table in tables(args.quick).items():
+        n = 2 if args.quick else (args.fine_seeds or args.seeds) if name == "fine" else args.seeds
+        seeds = range(n)
         started = time.perf_counter()
         c = replay(table, seeds=seeds)
         curves[name], figures[name] = c, replay_summary(c)

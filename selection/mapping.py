@@ -22,14 +22,16 @@ seed of the config. The loop (ours; the paper runs every cell):
      reverts to 0 and the point is uncertain (0.5). A point is ``I`` iff ``p_I >= 0.5``, else
      ``II-B`` iff ``p_IIB >= 0.5``, else ``II-A`` (the labeller's own order).
    - the fine-tuned test accuracy, a Gaussian-process regression (density main effect plus a
-     temperature x density term, hyperparameters by marginal likelihood); the probability
-     that each temperature is the best of its density is estimated by joint posterior samples
-     in which finished cells keep their measured value.
+     temperature x density term, fixed hyperparameters on standardised accuracies); the
+     probability that each temperature is the best of its density is estimated by joint
+     posterior samples in which finished cells keep their measured value.
 4. **Next batch** (:func:`choose_batch`): each unfinished point scores its expected change of
    the map, ``sum over its possible labels (weighted by their probability) of the number of
    points whose predicted label would flip``, computed exactly by the rank-one GP update,
-   plus its probability of being the best temperature of its density. Batches are picked
-   greedily (variances updated after each pick). With a knob other than ``epochs`` a batch
+   plus its probability of being the best temperature of its density times the number of
+   temperatures (a label is 1/cells of the map, a best temperature 1/densities of the best
+   temperatures: so both goals weigh alike). Batches are picked greedily (variances updated
+   after each pick). With a knob other than ``epochs`` a batch
    that shares one dense run (one temperature) is preferred when it keeps at least
    ``1 - GROUP_SLACK`` of the best batch's score: its cells train from one checkpoint as one
    multi-member model. (With ``epochs`` every temperature is a checkpoint of one dense run.)
@@ -82,7 +84,10 @@ INDICATOR_NOISE = 0.05
 KAPPA = 0.2
 GROUP_SLACK = 0.25
 BEST_SAMPLES = 256
-BEST_WEIGHT = 1.0           # one best-temperature decision weighs as one label flip
+# a cell's chance of deciding its density's best temperature, times the number of
+# temperatures: the two goals weigh alike (a label is 1/cells of the map, a best temperature
+# 1/densities of the best temperatures); BEST_WEIGHT scales that
+BEST_WEIGHT = 1.0
 BEST_TOLERANCE = 0.002      # replay: "within" = test accuracy within 0.2 points of the best
 
 
@@ -450,7 +455,8 @@ def _condition(cov: np.ndarray, c: int, noise: float) -> np.ndarray:
 def _greedy(pred: MapPrediction, allowed: np.ndarray, size: int, rng: np.random.Generator
             ) -> tuple[list[int], list[float], list[str]]:
     cov_i, cov_b = pred.cov_i, pred.cov_b
-    best_score = (BEST_WEIGHT * pred.p_best) if pred.p_best is not None else np.zeros(pred.axes.n)
+    weight = BEST_WEIGHT * len(pred.axes.temperatures)
+    best_score = weight * pred.p_best if pred.p_best is not None else np.zeros(pred.axes.n)
     chosen: list[int] = []
     scores: list[float] = []
     why: list[str] = []
@@ -467,7 +473,7 @@ def _greedy(pred: MapPrediction, allowed: np.ndarray, size: int, rng: np.random.
         chosen.append(c)
         scores.append(float(total[k]))
         why.append(f"expected label changes {change[k]:.2f}, p(best of its density) "
-                   f"{best_score[c] / BEST_WEIGHT if BEST_WEIGHT else 0:.2f}")
+                   f"{best_score[c] / weight if weight else 0:.2f}")
         cov_i = _condition(cov_i, c, pred.noise_i[c])
         cov_b = _condition(cov_b, c, INDICATOR_NOISE)
     return chosen, scores, why
