@@ -71,10 +71,10 @@ __all__ = [
     "replay_summary",
 ]
 
-P_REGIME_I = "p_regime_I"          # probability of Regime I
-P_REGIME_IIB = "p_regime_IIB"      # probability of II-B among Regime II
-P_LABEL = "p_label"                # probability of the predicted label
-LABEL_METHOD = "label_method"
+P_REGIME_I = keys.P_REGIME_I       # probability of Regime I
+P_REGIME_IIB = keys.P_REGIME_IIB   # probability of II-B among Regime II
+P_LABEL = "p_label"                # column of the map: probability of the predicted label
+LABEL_METHOD = "label_method"      # column of label_grid's table
 
 # Regime model (ours, tuned by replay on the demo table and the finer synthetic grid of
 # bench/map.py): kernel length scale in rank units, the noise of an observed indicator, and
@@ -892,7 +892,7 @@ def run_map(cfg, budget: int, *, experiment: str | None = None, batch_size: int 
                                       "stop_best_confidence": stop_rule.best_confidence,
                                       "length_scale": LENGTH_SCALE, "kappa": KAPPA})
         log(f"map: new map run {map_run}")
-    cache.log(map_run, tags={"map_budget": budget})
+    cache.log(map_run, tags={keys.MAP_BUDGET: budget})
     result = MapResult(map_run, axes, rounds, None, [], 0, 0, "", 0.0)
 
     def store_rounds() -> None:

@@ -148,6 +148,7 @@ ARTIFACT_RESUME_SLOT = "resume/state_{}.pt"    # two slots (0, 1) alternating by
 # --- adaptive regime mapping (selection/mapping.py, ``python -m selection map``) -----------
 KIND_MAP = "map"                               # the map run; the cells it computes nest under it
 MAP_STOP_REASON = "map_stop_reason"            # tag of a map run: budget, settled, grid exhausted
+MAP_BUDGET = "map_budget"                      # tag of a map run: the latest --budget given
 MAP_CELLS_RUN = "map_cells_run"                # metric (step = round): points run so far
 MAP_LABELS_CHANGED = "map_labels_changed"      # metric (step = round): labels changed since last
 MAP_MAX_UNCERTAINTY = "map_max_uncertainty"    # metric: max 1 - p(label) over points not run
