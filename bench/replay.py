@@ -102,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=int, help="trials per replay (default 2 x temperatures)")
     parser.add_argument("--samplers", default=",".join(SAMPLERS))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--transfer", action="store_true", help="the regime sampler knows the "
+                        "table's other densities (python -m selection replay --transfer)")
+    parser.add_argument("--relabel", action="store_true", help="label the table with "
+                        "selection.regimes.label_grid instead of its regime column")
+    parser.add_argument("--grid", choices=("paper", "paper-fine", "mnist1d", "mnist1d-fine"),
+                        help="replay a synthetic grid of selection.synthetic instead of a table")
     parser.add_argument("--temperatures", help="comma-separated epochs of the synthetic table "
                         f"(default {','.join(map(str, TEMPERATURES))})")
     parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "out"),
@@ -109,7 +115,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     out = Path(args.out)
-    if args.table:
+    if args.grid:
+        from selection import synthetic as syn
+
+        table = {"paper": lambda: syn.paper_like_grid(),
+                 "paper-fine": lambda: syn.paper_like_grid(syn.PAPER_FINE_TEMPERATURES),
+                 "mnist1d": lambda: syn.mnist1d_like_grid(),
+                 "mnist1d-fine": lambda: syn.mnist1d_like_grid(syn.MNIST1D_FINE_TEMPERATURES),
+                 }[args.grid]()
+        source = f"synthetic {args.grid} grid (selection.synthetic, seed 0)"
+    elif args.table:
         source, table = args.table, pd.read_csv(args.table)
     elif DEMO_TABLE.is_file():
         source, table = str(DEMO_TABLE), pd.read_csv(DEMO_TABLE)
@@ -126,11 +141,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # GP fits tiny matrices: one thread is faster than several fighting over two cores
     torch.set_num_threads(1)
-    cells, knob = prepare_table(table)
+    cells, knob = prepare_table(table, relabel=args.relabel)
     densities = sorted(cells[keys.DENSITY].unique().tolist())
     start = time.perf_counter()
     results = compare_samplers(cells, knob, densities, samplers, repeats=repeats, seed=args.seed,
-                               budget=args.budget)
+                               budget=args.budget, transfer=args.transfer)
     seconds = time.perf_counter() - start
 
     n_temps = cells.groupby(keys.DENSITY)[keys.TEMPERATURE].nunique().max()
@@ -160,6 +175,14 @@ def main(argv: list[str] | None = None) -> int:
                   f"{summary['regime']['mean_trials_to_best']:.2f} vs "
                   f"{summary[strongest]['mean_trials_to_best']:.2f}")
         figures["densities"][f"{density:g}"] = entry
+    ratios = [e["regime_over_strongest_median_ratio"] for e in figures["densities"].values()
+              if "regime_over_strongest_median_ratio" in e]
+    if ratios:
+        figures["mean_ratio"] = float(np.mean(ratios))
+        figures["max_ratio"] = float(max(ratios))
+        print(f"median ratio regime / strongest baseline: mean over densities "
+              f"{figures['mean_ratio']:.2f} (target <= 0.5), max {figures['max_ratio']:.2f} "
+              "(target <= 1)")
     plot = plot_results(results, out / "replay.png")
     print(f"plot: {plot}")
     low = [e for d, e in figures["densities"].items()

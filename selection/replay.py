@@ -26,6 +26,10 @@ Definitions (ours):
   best test accuracy of the density - test accuracy of the cell with the best objective among
   the first k trials (the one a user would pick). Test accuracy never reaches the study.
 - The grid sampler stops after one pass over the grid; its scores after that stay constant.
+- ``transfer=True``: the regime sampler of each density is given the table's OTHER densities
+  as finished cells of the same grid (:func:`selection.sampler.transfer_prior`: their
+  regimes and objective values, never test accuracy), as a grid tuned one density after
+  another would have them. The Optuna baselines do not use other densities.
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ import pandas as pd
 from pipeline.knobs import get_knob
 from selection._knob import cold_to_hot
 from selection._validate import check_table
-from selection.regimes import REGIMES, RegimeWarning, label_regimes
+from selection.regimes import REGIMES, RegimeWarning, label_grid
+from selection.sampler import TransferPrior, transfer_prior
 from selection.tuner import (
     SAMPLER_NAMES,
     CellObjective,
@@ -104,8 +109,14 @@ def prepare_table(
     knob: str | None = None,
     eps: float | None = None,
     tau: float | None = None,
+    relabel: bool = False,
 ) -> tuple[pd.DataFrame, str]:
     """One row per (temperature, density) of one knob, with a ``regime``; and the knob.
+
+    The table's own ``regime`` column is used when every row has one, unless ``relabel`` or
+    a threshold is given: then the rows are labelled by
+    :func:`selection.regimes.label_grid` (with ``eps``/``tau`` when given), all densities at
+    once, and each cell gets its point's label.
 
     Raises:
         ValueError: a required column missing, several knobs without ``knob``, an unknown knob,
@@ -132,14 +143,14 @@ def prepare_table(
         numeric.append(keys.TEST_ACC)
     cells = df.groupby([keys.TEMPERATURE, keys.DENSITY], as_index=False)[numeric].mean()
     has_regime = keys.REGIME in df.columns and df[keys.REGIME].isin(REGIMES).all()
-    if has_regime and eps is None and tau is None:
-        mode = (df.groupby([keys.TEMPERATURE, keys.DENSITY])[keys.REGIME]
-                .agg(lambda s: s.value_counts().index[0]).reset_index())
-        cells = cells.merge(mode, on=[keys.TEMPERATURE, keys.DENSITY])
-    else:
+    if not (has_regime and eps is None and tau is None and not relabel):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RegimeWarning)
-            cells, _ = label_regimes(cells, eps=eps, tau=tau)
+            df, _ = label_grid(df.dropna(subset=[keys.LMC_BARRIER, keys.CKA]), eps, tau,
+                               n_resamples=0)
+    mode = (df.groupby([keys.TEMPERATURE, keys.DENSITY])[keys.REGIME]
+            .agg(lambda s: s.value_counts().index[0]).reset_index())
+    cells = cells.merge(mode, on=[keys.TEMPERATURE, keys.DENSITY])
     cells[keys.KNOB] = knob
     return cells.reset_index(drop=True), knob
 
@@ -169,8 +180,10 @@ def replay_density(
     budget: int | None = None,
     objective_column: str = keys.VAL_ACC,
     tolerance: float = DEFAULT_TOLERANCE,
+    transfer: bool = False,
 ) -> ReplayResult:
-    """Replay ``sampler`` once per seed on the cells of ``density`` of a prepared table."""
+    """Replay ``sampler`` once per seed on the cells of ``density`` of a prepared table
+    (with ``transfer``, the regime sampler knows the other densities' cells)."""
     at = cells[np.isclose(cells[keys.DENSITY].to_numpy(dtype=float), density)]
     if at.empty:
         densities = sorted(cells[keys.DENSITY].unique().tolist())
@@ -186,6 +199,11 @@ def replay_density(
                         strict=True))
                if keys.TEST_ACC in at.columns and at[keys.TEST_ACC].notna().all() else None)
     lookup = _TableLookup(at, objective_column)
+    prior = None
+    if transfer and sampler == "regime":
+        others = cells[~np.isclose(cells[keys.DENSITY].to_numpy(dtype=float), density)]
+        prior = transfer_prior(others[[keys.TEMPERATURE, keys.DENSITY, keys.REGIME,
+                                       objective_column]], density, knob, objective_column)
 
     trajectories = []
     to_best, to_within = [], []
@@ -193,7 +211,7 @@ def replay_density(
     test_regret = np.zeros((len(seeds), budget)) if test_of is not None else None
     for r, seed in enumerate(seeds):
         tried = _replay_once(lookup, temperatures, knob, density, sampler, seed, budget,
-                             objective_column)
+                             objective_column, prior)
         trajectories.append(tried)
         values = [objective_of[t] for t in tried]
         to_best.append(next((k + 1 for k, t in enumerate(tried) if t in best), budget + 1))
@@ -217,7 +235,8 @@ def replay_density(
 
 
 def _replay_once(lookup: _TableLookup, temperatures: list, knob: str, density: float,
-                 sampler: str, seed: int, budget: int, objective_column: str) -> list[float]:
+                 sampler: str, seed: int, budget: int, objective_column: str,
+                 prior: TransferPrior | None = None) -> list[float]:
     objective = CellObjective(lookup, density, temperatures, knob,
                               encoding=sampler_encoding(sampler), objective_column=objective_column)
     verbosity = optuna.logging.get_verbosity()
@@ -228,7 +247,8 @@ def _replay_once(lookup: _TableLookup, temperatures: list, knob: str, density: f
             warnings.simplefilter("ignore")
             study = optuna.create_study(
                 direction="maximize", storage=optuna.storages.InMemoryStorage(),
-                sampler=create_sampler(sampler, knob, seed, temperatures=temperatures))
+                sampler=create_sampler(sampler, knob, seed, temperatures=temperatures,
+                                       transfer=prior))
             study.optimize(objective, n_trials=budget)
     finally:
         optuna.logging.set_verbosity(verbosity)
@@ -246,8 +266,10 @@ def compare_samplers(
     budget: int | None = None,
     objective_column: str = keys.VAL_ACC,
     tolerance: float = DEFAULT_TOLERANCE,
+    transfer: bool = False,
 ) -> dict[float, dict[str, ReplayResult]]:
-    """Replay every sampler at every density with seeds ``seed .. seed + repeats - 1``.
+    """Replay every sampler at every density with seeds ``seed .. seed + repeats - 1``
+    (``transfer``: see :func:`replay_density`).
 
     Deterministic for a given ``seed``.
     """
@@ -258,7 +280,8 @@ def compare_samplers(
         raise ValueError(f"unknown sampler(s) {unknown}; allowed: {', '.join(SAMPLER_NAMES)}")
     seeds = list(range(seed, seed + repeats))
     return {float(d): {s: replay_density(cells, knob, d, s, seeds, budget=budget,
-                                         objective_column=objective_column, tolerance=tolerance)
+                                         objective_column=objective_column, tolerance=tolerance,
+                                         transfer=transfer)
                        for s in samplers}
             for d in densities}
 

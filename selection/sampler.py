@@ -65,7 +65,7 @@ from pipeline.knobs import HOTTER_HIGHER, Knob, get_knob
 from selection._knob import cold_to_hot
 from selection.regimes import REGIME_I, REGIME_II_A, REGIME_II_B
 
-__all__ = ["RegimeGuidedSampler"]
+__all__ = ["RegimeGuidedSampler", "TransferPrior", "transfer_prior"]
 
 CONNECTED_REGIMES = (REGIME_II_A, REGIME_II_B)
 
@@ -119,6 +119,7 @@ class RegimeGuidedSampler(BaseSampler):
         regime_predictor: Callable[[float], str | None] | None = None,
         regime_attr: str = "regime",
         resolution: float = 0.01,
+        transfer: TransferPrior | None = None,
     ) -> None:
         self.temperature_param = temperature_param
         self.knob = get_knob(knob) if isinstance(knob, str) else knob
@@ -130,6 +131,7 @@ class RegimeGuidedSampler(BaseSampler):
         if not 0 < resolution < 1:
             raise ValueError(f"resolution must be in (0, 1), got {resolution!r}")
         self.resolution = resolution
+        self.transfer = transfer
 
     # --- delegation ---------------------------------------------------------------------
     def infer_relative_search_space(
@@ -260,6 +262,21 @@ class RegimeGuidedSampler(BaseSampler):
             return space.values[best if best is not None else self._rng.randint(n)]
         # Boundary s in 0..n: positions < s are Regime I; the optimum for s is min(s, n - 1).
         kept = _min_disagreement_splits(observations, n)
+        scores = None
+        if self.transfer is not None:
+            pseudo, scores = self.transfer.on(space)
+            # what the other densities imply steers; the study's own trials decide
+            costs = {s: _disagreements(pseudo, s) for s in kept}
+            kept = [s for s in kept if costs[s] == min(costs.values())]
+            if scores and not any(obs.value is not None or obs.label is not None
+                                  for obs in observations):
+                # the start: the temperature the other densities predict best, among those
+                # the kept boundaries allow to be connected
+                allowed = [p for p in free if p >= min(kept) and p in scores]
+                if allowed:
+                    top = max(scores[p] for p in allowed)
+                    tied = [p for p in allowed if math.isclose(scores[p], top)]
+                    return space.values[self._bisect_discrete(space, tied)]
         targets = {min(s, n - 1) for s in kept}
         candidates = [p for p in free if p in targets]
         if candidates:
@@ -267,10 +284,11 @@ class RegimeGuidedSampler(BaseSampler):
                 choice = self._predicted_discrete(space, candidates, kept, observations)
                 if choice is not None:
                     return space.values[choice]
-            return space.values[self._bisect_discrete(space, candidates)]
-        return space.values[self._exploit_discrete(space, observations, free, maximize)]
+            return space.values[self._bisect_discrete(space, candidates, scores)]
+        return space.values[self._exploit_discrete(space, observations, free, maximize, scores)]
 
-    def _bisect_discrete(self, space: _Space, candidates: list[int]) -> int:
+    def _bisect_discrete(self, space: _Space, candidates: list[int],
+                         scores: dict[int, float] | None = None) -> int:
         pieces: list[list[int]] = []
         for p in sorted(candidates):
             if pieces and pieces[-1][-1] == p - 1:
@@ -282,6 +300,10 @@ class RegimeGuidedSampler(BaseSampler):
         middle = (space.coords[piece[0]] + space.coords[piece[-1]]) / 2
         gaps = [abs(space.coords[p] - middle) for p in piece]
         ties = [piece[i] for i, g in enumerate(gaps) if math.isclose(g, min(gaps))]
+        if scores and len(ties) > 1 and any(p in scores for p in ties):
+            # two middles: the one the grid's other densities predict better
+            top = max(scores.get(p, -math.inf) for p in ties)
+            ties = [p for p in ties if math.isclose(scores.get(p, -math.inf), top)]
         # Two middles: on a piece at one end of the grid take the one nearer that end. It costs
         # nothing on average and puts the end cell (the optimum at very low density, hottest,
         # or at high density, coldest) one trial earlier.
@@ -313,13 +335,18 @@ class RegimeGuidedSampler(BaseSampler):
         return self._bisect_discrete(space, chosen)
 
     def _exploit_discrete(
-        self, space: _Space, observations: list[_Observation], free: list[int], maximize: bool
+        self, space: _Space, observations: list[_Observation], free: list[int], maximize: bool,
+        scores: dict[int, float] | None = None,
     ) -> int:
         best = self._best_position(observations, maximize)
         if best is None:
             return free[self._pick(list(range(len(free))))]
         distance = [abs(space.coords[p] - space.coords[best]) for p in free]
         nearest = [i for i, d in enumerate(distance) if math.isclose(d, min(distance))]
+        if scores and len(nearest) > 1 and any(free[i] in scores for i in nearest):
+            # two neighbours of the best: the one the other densities predict better
+            top = max(scores.get(free[i], -math.inf) for i in nearest)
+            nearest = [i for i in nearest if math.isclose(scores.get(free[i], -math.inf), top)]
         return free[self._pick(nearest)]
 
     def _best_position(self, observations: list[_Observation], maximize: bool) -> int | None:
@@ -475,3 +502,107 @@ def _continuous_gaps(
     costs = [_disagreements(observations, (a + b) / 2) for a, b in gaps]
     best = min(costs)
     return [gap for gap, c in zip(gaps, costs, strict=True) if c == best]
+
+
+# --- transfer from the other densities of a grid ------------------------------------------
+
+@dataclass(frozen=True)
+class TransferPrior:
+    """What the finished cells of a grid's other densities say about a target density.
+
+    Attributes:
+        regimes: temperature -> 0 (Regime I) or 1 (connected), where the other densities
+            imply it under "denser is better connected" (the coldest connected temperature
+            moves monotonically with density): a connected cell at a sparser density makes
+            every temperature as hot or hotter connected here, a Regime-I cell at a denser
+            density makes every temperature as cold or colder Regime I here.
+        scores: temperature -> closeness in [0, 1] to the predicted best temperature: the
+            best temperatures (by objective) of the nearest sparser and the nearest denser
+            density, as ranks on the cold -> hot axis, interpolated linearly in log density
+            (one side only: its best); 1 at the predicted rank, falling linearly to 0 at the
+            far end of the axis.
+        densities: the densities the prediction came from.
+    """
+
+    regimes: dict[float, int]
+    scores: dict[float, float]
+    densities: tuple[float, ...] = ()
+
+    def on(self, space: _Space) -> tuple[list[_Observation], dict[int, float]]:
+        """Pseudo-observations of the implied regimes and the scores, by position of a
+        discrete ``space``."""
+        pseudo, scores = [], {}
+        for t, label in self.regimes.items():
+            coord = space.coord_of(float(t))
+            if coord is not None:
+                pseudo.append(_Observation(coord, label, None, False))
+        for t, score in self.scores.items():
+            coord = space.coord_of(float(t))
+            if coord is not None:
+                scores[int(coord)] = float(score)
+        return pseudo, scores
+
+
+def transfer_prior(cells: Any, density: float, knob: Knob | str,
+                   objective_column: str = "val_acc", maximize: bool = True) -> TransferPrior:
+    """A :class:`TransferPrior` for ``density`` from finished cells of other densities.
+
+    ``cells``: a DataFrame (or records) with ``temperature``, ``density``, ``regime`` (I, II-A,
+    II-B or missing) and ``objective_column``; rows at ``density`` itself are ignored (the
+    study's own trials cover them), rows of one (temperature, density) are averaged.
+    """
+    import pandas as pd
+
+    knob = get_knob(knob) if isinstance(knob, str) else knob
+    df = pd.DataFrame(cells)
+    if df.empty:
+        return TransferPrior({}, {}, ())
+    others = df[~np.isclose(df["density"].to_numpy(dtype=float), float(density))]
+    order = {float(t): i for i, t in enumerate(cold_to_hot(knob.name, sorted(
+        {float(t) for t in df["temperature"]})))}
+    regimes: dict[float, int] = {}
+    connected_at = {}   # per sparser density: the coldest connected rank
+    regime_i_at = {}    # per denser density: the hottest Regime-I rank
+    for d, rows in others.groupby("density"):
+        labels = rows.dropna(subset=["regime"])
+        ranks_c = [order[float(t)] for t, r in zip(labels["temperature"], labels["regime"],
+                                                    strict=True) if r in CONNECTED_REGIMES]
+        ranks_i = [order[float(t)] for t, r in zip(labels["temperature"], labels["regime"],
+                                                    strict=True) if r == REGIME_I]
+        if d < density and ranks_c:
+            connected_at[d] = min(ranks_c)
+        if d > density and ranks_i:
+            regime_i_at[d] = max(ranks_i)
+    if connected_at:
+        coldest = min(connected_at.values())
+        regimes.update({t: 1 for t, r in order.items() if r >= coldest})
+    if regime_i_at:
+        hottest = max(regime_i_at.values())
+        for t, r in order.items():
+            if r <= hottest:
+                regimes[t] = 0 if t not in regimes else regimes[t]
+    sign = 1.0 if maximize else -1.0
+    best_rank: dict[float, float] = {}
+    for d in sorted(float(d) for d in others["density"].unique()):
+        rows = others[np.isclose(others["density"].to_numpy(dtype=float), d)]
+        values = rows.groupby("temperature")[objective_column].mean().dropna() * sign
+        if len(values) < 2:
+            continue
+        top = values.max()
+        # the density's best temperature (ties: the coldest), as a rank on the cold -> hot axis
+        best_rank[d] = float(min(order[float(t)] for t, v in values.items() if v == top))
+    sparser = [d for d in best_rank if d < density]
+    denser = [d for d in best_rank if d > density]
+    if sparser and denser:
+        s_d, d_d = max(sparser), min(denser)
+        x = math.log(density / s_d) / math.log(d_d / s_d)
+        predicted = best_rank[s_d] + x * (best_rank[d_d] - best_rank[s_d])
+        used = [s_d, d_d]
+    elif sparser or denser:
+        nearest = max(sparser) if sparser else min(denser)
+        predicted, used = best_rank[nearest], [nearest]
+    else:
+        return TransferPrior(regimes, {}, ())
+    span = max(len(order) - 1, 1)
+    scores = {t: 1.0 - abs(r - predicted) / span for t, r in order.items()}
+    return TransferPrior(regimes, scores, tuple(used))

@@ -74,6 +74,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     replay.add_argument("--eps", type=float, help="relabel the table with this barrier "
                         "threshold (default: its regime column, else estimated)")
     replay.add_argument("--tau", type=float, help="relabel the table with this CKA threshold")
+    replay.add_argument("--relabel", action="store_true", help="label the table with the "
+                        "grid labeller (jump along temperature) instead of its regime column")
+    replay.add_argument("--transfer", action="store_true", help="replay the density with the "
+                        "table's other densities known as finished cells of the grid (the "
+                        "regime sampler starts from what they predict)")
     replay.add_argument("--json", action="store_true", help="print one JSON object keyed by "
                         "sampler instead of the table (no plot unless --out is given)")
     replay.add_argument("--out", help="folder for the plot (default: the current folder; "
@@ -186,11 +191,12 @@ def run_replay(args: argparse.Namespace) -> int:
     samplers = [s.strip() for s in args.sampler.split(",") if s.strip()]
     try:
         cells, knob = prepare_table(args.table, objective_column=args.objective_column,
-                                    knob=args.knob, eps=args.eps, tau=args.tau)
+                                    knob=args.knob, eps=args.eps, tau=args.tau,
+                                    relabel=args.relabel)
         results = compare_samplers(cells, knob, [args.density], samplers,
                                    repeats=args.repeats, seed=args.seed, budget=args.budget,
                                    objective_column=args.objective_column,
-                                   tolerance=args.tolerance)
+                                   tolerance=args.tolerance, transfer=args.transfer)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -32,7 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 from pipeline.knobs import Knob, get_knob
 from selection._knob import cold_to_hot
 from selection.regimes import REGIMES, RegimeWarning, label_regimes
-from selection.sampler import RegimeGuidedSampler
+from selection.sampler import RegimeGuidedSampler, TransferPrior
 from tracking import keys
 from tracking.store import get_client, init_experiment, search_all_runs, with_retries
 from tracking.tables import RUN_ID
@@ -73,11 +73,13 @@ def create_sampler(
     temperatures: Sequence[float] | None = None,
     regime_predictor: Callable[[float], str | None] | None = None,
     n_startup_trials: int = 2,
+    transfer: TransferPrior | None = None,
 ) -> BaseSampler:
     """A sampler by name, to be used with a :class:`CellObjective` of
     ``encoding=sampler_encoding(name)``.
 
-    - ``regime``: :class:`~selection.sampler.RegimeGuidedSampler` on the temperature values.
+    - ``regime``: :class:`~selection.sampler.RegimeGuidedSampler` on the temperature values
+      (with ``transfer``, it starts from what the grid's other densities predict).
     - ``tpe``: Optuna's default TPE on the categorical temperature (its first 10 trials are
       random, so on a dozen temperatures it is random search; SCIENCE.md 4.1).
     - ``tpe2``: TPE with ``n_startup_trials`` (2) random trials, over the ordered index.
@@ -93,7 +95,7 @@ def create_sampler(
     knob = get_knob(knob) if isinstance(knob, str) else knob
     if name == "regime":
         return RegimeGuidedSampler(TEMPERATURE_PARAM, knob, seed=seed,
-                                   regime_predictor=regime_predictor)
+                                   regime_predictor=regime_predictor, transfer=transfer)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     if name == "tpe2":
