@@ -81,7 +81,7 @@ DEFAULT_SHARE = 0.5
 #: on a CPU, the most activation memory one evaluation forward of a chunk takes: larger
 #: batches of members x examples run no faster there (the data no longer fit any cache;
 #: bench/memory.py measures it), they only use more memory
-CPU_FORWARD_BYTES = 256 * 2 ** 20
+CPU_FORWARD_BYTES = 128 * 2 ** 20
 GIB = 2 ** 30
 
 
