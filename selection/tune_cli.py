@@ -121,11 +121,14 @@ def run_tune(args: argparse.Namespace,
             experiment, study_params={keys.KNOB: cfg.knob, keys.DENSITY: args.density,
                                       keys.SAMPLER: args.sampler},
             register_best=None if args.no_register else _register_best)
+        context, transfer = _grid_context(experiment, cfg.knob, args.density,
+                                          args.sampler == "regime", args.eps, args.tau)
         study = tune(lookup, density=args.density, temperature_space=list(cfg.temperatures),
                      knob=cfg.knob, n_trials=args.n_trials, sampler=args.sampler,
                      seed=args.seed, storage=storage, study_name=args.study,
                      eps=args.eps, tau=args.tau, regime_labeller=labeller,
-                     regime_predictor=predictor, logger=logger)
+                     regime_predictor=predictor, logger=logger, context=context,
+                     transfer=transfer)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -144,6 +147,38 @@ def run_tune(args: argparse.Namespace,
           f"({cfg.knob}), val_acc {best.value:.4f}, regime {best.user_attrs.get(keys.REGIME)}, "
           f"trial {best.number}")
     return 0
+
+
+def _grid_context(experiment: str, knob: str, density: float, want_transfer: bool,
+                  eps: float | None, tau: float | None):
+    """Finished cells of the experiment's grid at other densities (labels of the trials use
+    them) and, for the regime sampler, the transfer start they give; (None, None) when the
+    experiment has none yet."""
+    import warnings
+
+    from selection.regimes import RegimeWarning, label_grid
+    from selection.sampler import transfer_prior
+    from tracking import keys
+    from tracking.tables import results_table
+
+    try:
+        table = results_table(experiment)
+    except ValueError:   # no such experiment yet
+        return None, None
+    table = table[(table[keys.KNOB].astype(str) == knob)
+                  & (abs(table[keys.DENSITY] - density) > 1e-9)]
+    table = table.dropna(subset=[keys.LMC_BARRIER, keys.CKA])
+    if table.empty:
+        return None, None
+    transfer = None
+    if want_transfer:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RegimeWarning)
+            labelled, _ = label_grid(table, eps, tau, n_resamples=0)
+        transfer = transfer_prior(labelled, density, knob)
+    print(f"{len(table)} finished cells of other densities in {experiment!r} inform the "
+          "labels" + (" and the start" if transfer else ""))
+    return table, transfer
 
 
 def _register_best(study, best, study_run_id: str) -> None:

@@ -31,7 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.knobs import Knob, get_knob
 from selection._knob import cold_to_hot
-from selection.regimes import REGIMES, RegimeWarning, label_regimes
+from selection.regimes import REGIMES, RegimeWarning, label_grid, label_regimes
 from selection.sampler import RegimeGuidedSampler, TransferPrior
 from tracking import keys
 from tracking.store import get_client, init_experiment, search_all_runs, with_retries
@@ -53,6 +53,8 @@ TEMPERATURE_PARAM = keys.TEMPERATURE
 TEMPERATURE_INDEX_PARAM = "temperature_index"
 # Trial user attribute with the thresholds used for the trial's regime label.
 THRESHOLDS_ATTR = "regime_thresholds"
+# Trial user attribute: which rule gave the regime (classifier, thresholds, cell or grid).
+REGIME_SOURCE_ATTR = "regime_source"
 
 
 # --- samplers ------------------------------------------------------------------------------
@@ -195,16 +197,19 @@ class CellObjective:
     2. with ``eps`` and ``tau`` both given: the rule labels with those fixed thresholds
        (:func:`selection.regimes.label_regimes`);
     3. with neither given, the row's own ``regime`` if it has a valid one (a labelled table);
-    4. otherwise the rule labels with the missing thresholds estimated from this cell and the
-       cells of the study's finished trials (read back from their user attributes, so every
-       worker sees the same cells). The thresholds used are stored in ``regime_thresholds``.
+    4. otherwise :func:`selection.regimes.label_grid` (the jump along temperature, or the
+       given eps with tau estimated) over this cell, the cells of the study's finished trials
+       (read back from their user attributes, so every worker sees the same cells) and the
+       ``context`` cells: finished cells of the same grid at OTHER densities (e.g. from the
+       tracking store), so the labels follow all the grid knows, not the first one to three
+       cells. The method and values used are stored in ``regime_thresholds``.
+    Which rule applied is the trial attribute ``regime_source``: ``classifier``,
+    ``thresholds``, ``cell`` or ``grid``.
 
     Note:
-        With estimated thresholds the first cells are labelled from very few points: a single
-        barrier below -0.01 (1 point of train error) is Regime I and every connected cell is
-        II-B until the CKA values spread. Labels of finished trials are not revised when
-        later cells move the estimate. Pass ``eps``/``tau`` recorded from a labelled grid (or
-        a classifier) when they are known: that is the reliable way.
+        Without context, the first cells are labelled from very few points (one cell: by
+        the pooled level, i.e. a barrier below -0.01 is Regime I). Labels of finished trials
+        are not revised when later cells move the labels; each trial records its own.
     """
 
     def __init__(
@@ -219,6 +224,7 @@ class CellObjective:
         eps: float | None = None,
         tau: float | None = None,
         regime_labeller: Callable[[Mapping[str, Any]], str | None] | None = None,
+        context: pd.DataFrame | None = None,
     ) -> None:
         if objective_column.startswith("test"):
             raise ValueError(f"objective column {objective_column!r}: test accuracy is never "
@@ -234,6 +240,8 @@ class CellObjective:
         self.objective_column = objective_column
         self.eps, self.tau = eps, tau
         self.regime_labeller = regime_labeller
+        self.context = _context_rows(context, self.knob.name, self.density)
+        self.last_source: str | None = None
         if isinstance(temperature_space, (FloatDistribution, IntDistribution)):
             if encoding == "index":
                 raise ValueError("the index encoding needs a grid of temperatures, not a range")
@@ -274,40 +282,89 @@ class CellObjective:
         }
         if thresholds is not None:
             attrs[THRESHOLDS_ATTR] = thresholds
+        attrs[REGIME_SOURCE_ATTR] = self.last_source
         for name, attr in attrs.items():
             trial.set_user_attr(name, _jsonable(attr))
         return math.nan if value is None else value
 
     def regime_of(self, row: Mapping[str, Any], study: optuna.Study | None = None
                   ) -> tuple[str | None, dict | None]:
-        """The regime of a cell row and the thresholds used (None when none were)."""
+        """The regime of a cell row and the thresholds/labels used (None when none were);
+        ``self.last_source`` says which rule applied."""
+        self.last_source = None
         if self.regime_labeller is not None:
+            self.last_source = "classifier"
             return self.regime_labeller(row), None
         own = row.get(keys.REGIME)
         if self.eps is None and self.tau is None and own in REGIMES:
+            self.last_source = "cell"
             return own, None
         barrier, cka = _number(row.get(keys.LMC_BARRIER)), _number(row.get(keys.CKA))
         if barrier is None or cka is None:
             return None, None
-        cells = [(barrier, cka)]
-        if (self.eps is None or self.tau is None) and study is not None:
-            cells = _labelled_cells(study) + cells
-        frame = pd.DataFrame(cells, columns=[keys.LMC_BARRIER, keys.CKA])
+        temperature = _number(row.get(keys.TEMPERATURE))
+        here = (temperature if temperature is not None else math.nan, self.density, barrier, cka)
+        if self.eps is not None and self.tau is not None:
+            frame = pd.DataFrame([(barrier, cka)], columns=[keys.LMC_BARRIER, keys.CKA])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RegimeWarning)
+                labelled, thresholds = label_regimes(frame, eps=self.eps, tau=self.tau)
+            self.last_source = "thresholds"
+            return str(labelled[keys.REGIME].iloc[-1]), thresholds.to_dict()
+        cells = [c for c in (_labelled_cells(study) if study is not None else [])
+                 if c[0] != here[0]] + [here]
+        frame = pd.DataFrame(cells, columns=[keys.TEMPERATURE, keys.DENSITY, keys.LMC_BARRIER,
+                                             keys.CKA])
+        frame[keys.KNOB] = self.knob.name
+        frame[keys.DENSE_SEED] = 0
+        if self.context is not None:
+            frame = pd.concat([self.context, frame], ignore_index=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RegimeWarning)
-            labelled, thresholds = label_regimes(frame, eps=self.eps, tau=self.tau)
-        return str(labelled[keys.REGIME].iloc[-1]), thresholds.to_dict()
+            labelled, info = label_grid(frame, self.eps, self.tau, n_resamples=0)
+        self.last_source = "grid"
+        summary = {k: info[k] for k in ("method", "eps", "level", "level_source", "tau",
+                                        "tau_source")}
+        summary["n_cells"] = len(frame)
+        summary["n_context_cells"] = 0 if self.context is None else len(self.context)
+        return str(labelled[keys.REGIME].iloc[-1]), summary
 
 
-def _labelled_cells(study: optuna.Study) -> list[tuple[float, float]]:
-    """(barrier, cka) of the study's finished trials, one per temperature (cells repeat)."""
+def _context_rows(context: pd.DataFrame | None, knob: str, density: float
+                  ) -> pd.DataFrame | None:
+    """The rows of ``context`` (a results table) that can label a trial: this knob, other
+    densities, barrier and CKA known; the columns :func:`label_grid` reads."""
+    if context is None or len(context) == 0:
+        return None
+    df = context.copy()
+    if keys.KNOB in df.columns:
+        df = df[df[keys.KNOB].astype(str) == knob]
+    df = df[~np.isclose(df[keys.DENSITY].to_numpy(dtype=float), density)]
+    df = df.dropna(subset=[keys.LMC_BARRIER, keys.CKA])
+    if df.empty:
+        return None
+    from tracking.tables import PAIR_METRICS
+
+    wanted = [keys.KNOB, keys.TEMPERATURE, keys.DENSITY, keys.DENSE_SEED, keys.LMC_BARRIER,
+              keys.LMC_BARRIER_STD, keys.CKA, keys.CKA_STD, PAIR_METRICS]
+    df[keys.KNOB] = knob
+    if keys.DENSE_SEED not in df.columns:
+        df[keys.DENSE_SEED] = 0
+    return df[[c for c in wanted if c in df.columns]].reset_index(drop=True)
+
+
+def _labelled_cells(study: optuna.Study) -> list[tuple[float, float, float, float]]:
+    """(temperature, density, barrier, cka) of the study's finished trials, one per
+    temperature (cells repeat)."""
     cells = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
                                                           TrialState.PRUNED)):
         barrier = _number(trial.user_attrs.get(keys.LMC_BARRIER))
         cka = _number(trial.user_attrs.get(keys.CKA))
-        if barrier is not None and cka is not None:
-            cells[trial.user_attrs.get(keys.TEMPERATURE)] = (barrier, cka)
+        temperature = _number(trial.user_attrs.get(keys.TEMPERATURE))
+        density = _number(trial.user_attrs.get(keys.DENSITY))
+        if None not in (barrier, cka, temperature, density):
+            cells[temperature] = (temperature, density, barrier, cka)
     return list(cells.values())
 
 
@@ -525,12 +582,17 @@ def tune(
     regime_labeller: Callable[[Mapping[str, Any]], str | None] | None = None,
     regime_predictor: Callable[[float], str | None] | None = None,
     logger: MlflowTrialLogger | None = None,
+    context: pd.DataFrame | None = None,
+    transfer: TransferPrior | None = None,
 ) -> optuna.Study:
     """Run ``n_trials`` more trials of a (new or resumed) study; return the study.
 
     ``storage`` is a :func:`make_storage` URL/path or a storage object; ``None`` is the journal
     file at :func:`default_storage_path`. With ``logger``, every trial of this process is
     logged to MLflow and :meth:`MlflowTrialLogger.on_study_end` is called at the end.
+    ``context``: finished cells (a results table) of the same grid, other densities used by
+    the labels (see :class:`CellObjective`); ``transfer``: the regime sampler's start from
+    them (:func:`selection.sampler.transfer_prior`).
     """
     knob = get_knob(knob) if isinstance(knob, str) else knob
     if n_trials < 1:
@@ -538,12 +600,13 @@ def tune(
     grid = None if isinstance(temperature_space, BaseDistribution) else temperature_space
     objective = CellObjective(lookup, density, temperature_space, knob,
                               encoding=sampler_encoding(sampler) if grid is not None else "value",
-                              eps=eps, tau=tau, regime_labeller=regime_labeller)
+                              eps=eps, tau=tau, regime_labeller=regime_labeller,
+                              context=context)
     study = optuna.create_study(
         study_name=study_name or study_name_for(knob, density, sampler),
         storage=storage if isinstance(storage, BaseStorage) else make_storage(storage),
         sampler=create_sampler(sampler, knob, seed, temperatures=grid,
-                               regime_predictor=regime_predictor),
+                               regime_predictor=regime_predictor, transfer=transfer),
         direction="maximize", load_if_exists=True)
     for name, value in ((keys.KNOB, knob.name), (keys.DENSITY, float(density)),
                         (keys.SAMPLER, sampler)):

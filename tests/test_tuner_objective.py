@@ -93,7 +93,36 @@ def test_estimated_thresholds_use_the_study_cells():
     study.optimize(objective, n_trials=2)
     regimes = [t.user_attrs["regime"] for t in study.trials]
     assert regimes == ["I", "II-B"]   # a lone barrier -0.08 < -0.01 is Regime I
-    assert study.trials[1].user_attrs["regime_thresholds"]["eps_source"] == "estimated"
+    labels = study.trials[1].user_attrs["regime_thresholds"]
+    assert labels["method"] == "jump" and labels["n_cells"] == 2
+    assert labels["n_context_cells"] == 0
+    assert [t.user_attrs["regime_source"] for t in study.trials] == ["grid", "grid"]
+
+
+def test_finished_cells_of_other_densities_label_the_trial():
+    from selection.synthetic import TRUE_REGIME, paper_like_grid
+    from tracking import keys
+
+    grid = paper_like_grid(seed=0)
+    here = grid[(grid[keys.DENSITY] == 0.14) & (grid[keys.TEMPERATURE] == 100)]
+    assert here[keys.LMC_BARRIER].item() < -0.02 and here[TRUE_REGIME].item() == "II-B"
+    row = here.iloc[0].drop(labels=[keys.REGIME, TRUE_REGIME]).to_dict()
+
+    def lookup(t, d):
+        return row
+
+    alone, with_grid = (optuna.create_study(direction="maximize") for _ in range(2))
+    alone.optimize(CellObjective(lookup, 0.14, [100], "epochs"), n_trials=1)
+    assert alone.trials[0].user_attrs["regime"] == "I"   # one cell: the pooled level
+    with_grid.optimize(CellObjective(lookup, 0.14, [100], "epochs",
+                                     context=grid.drop(columns=[TRUE_REGIME])), n_trials=1)
+    trial = with_grid.trials[0]
+    assert trial.user_attrs["regime"] == "II-B"           # the grid's jumps say connected
+    assert trial.user_attrs["regime_thresholds"]["n_context_cells"] == len(grid) - 6
+    assert trial.user_attrs["regime_source"] == "grid"
+    given = optuna.create_study(direction="maximize")
+    given.optimize(CellObjective(lookup, 0.14, [100], "epochs", eps=-0.05, tau=0.9), n_trials=1)
+    assert given.trials[0].user_attrs["regime_source"] == "thresholds"
 
 
 def test_nan_objective_fails_the_trial():

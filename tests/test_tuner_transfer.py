@@ -72,3 +72,40 @@ def test_transfer_replay_beats_half_the_strongest_baseline_on_the_fine_grid():
         s = {name: r.summary()["median_trials_to_best"] for name, r in results[d].items()}
         ratios.append(s["regime"] / min(s["tpe2"], s["gp"]))
     assert max(ratios) <= 1 and sum(ratios) / len(ratios) <= 0.5
+
+
+def test_tune_reads_other_densities_from_the_store(tracking_uri):
+    import json
+    import time
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    from selection.tune_cli import _grid_context
+    from tracking.tables import PAIR_METRICS, results_table
+
+    df = paper_like_grid(seed=0)
+    client = MlflowClient()
+    experiment_id = client.create_experiment("grid")
+    now = int(time.time() * 1000)
+    for i, row in df.iterrows():
+        run_id = client.create_run(experiment_id, tags={keys.RUN_KIND: keys.KIND_CELL,
+                                                        keys.SPEC_HASH: f"h{i}"}).info.run_id
+        pairs = json.loads(row[PAIR_METRICS])
+        metrics = {m: row[m] for m in (keys.VAL_ACC, keys.TEST_ACC, keys.LMC_BARRIER,
+                                       keys.LMC_BARRIER_STD, keys.CKA, keys.CKA_STD)}
+        for base in (keys.LMC_BARRIER, keys.CKA):
+            metrics.update({keys.pair_metric(base, *map(int, k.split("_"))): v
+                            for k, v in pairs[base].items()})
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                         params=[Param(p, str(row[p])) for p in (keys.KNOB, keys.TEMPERATURE,
+                                                                  keys.DENSITY, keys.DENSE_SEED)])
+        client.set_terminated(run_id)
+    # the per-pair metrics of the cell runs come back as the table's pair_metrics column
+    table = results_table("grid")
+    back = json.loads(table.loc[0, PAIR_METRICS])
+    assert len(back[keys.LMC_BARRIER]) == 3 and set(back) == {keys.LMC_BARRIER, keys.CKA}
+    context, transfer = _grid_context("grid", "epochs", 0.06, True, None, None)
+    assert len(context) == len(df) - 6 and not (context[keys.DENSITY] == 0.06).any()
+    assert max(transfer.scores, key=transfer.scores.get) == 70.0   # the neighbours' best
+    assert _grid_context("nope", "epochs", 0.06, True, None, None) == (None, None)
