@@ -17,7 +17,7 @@ fine-tune of ``--paper-iterations`` steps, LMC + CKA) through ``run_cells`` and 
 peak memory (goal: under 8 GB on a CPU).
 
     python bench/memory.py [--quick] [--images 2048] [--threads 2] [--memory-gb 0]
-    python bench/memory.py --paper [--paper-iterations 20]
+    python bench/memory.py --paper [--paper-iterations 20] [--paper-images 50000]
 
 The LAST line printed is one JSON object of the figures.
 """
@@ -133,9 +133,11 @@ def paper_cell(args) -> None:
 
     workers = args.workers or default_workers()
     torch.set_num_threads(1 if workers > 1 else args.threads)
-    x, y = generated(50_000)
-    xt, yt = generated(10_000, seed=1)
-    data = Dataset("generated-cifar", x[:45_000], y[:45_000], x[45_000:], y[45_000:], xt, yt, 10,
+    n = args.paper_images
+    x, y = generated(n)
+    xt, yt = generated(n // 5, seed=1)
+    data = Dataset("generated-cifar", x[:n * 9 // 10], y[:n * 9 // 10], x[n * 9 // 10:], y[n * 9 // 10:],
+                   xt, yt, 10,
                    augment=_augmentation("crop_flip", torch.zeros(3)))
     dense = DenseSpec(model=SPEC)
     ft = FinetuneSpec(train=TrainSpec(epochs=1, iterations=args.paper_iterations, batch_size=64),
@@ -155,7 +157,8 @@ def paper_cell(args) -> None:
 def run_child(mode: str, args) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--images", str(args.images),
            "--threads", str(args.threads), "--workers", str(args.workers),
-           "--memory-gb", str(args.memory_gb), "--paper-iterations", str(args.paper_iterations)]
+           "--memory-gb", str(args.memory_gb), "--paper-iterations", str(args.paper_iterations),
+           "--paper-images", str(args.paper_images)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode:
@@ -173,6 +176,7 @@ def main() -> None:
     ap.add_argument("--memory-gb", type=float, default=0.0, help="budget; 0 = the default")
     ap.add_argument("--paper", action="store_true", help="one paper-size cell (50,000 images)")
     ap.add_argument("--paper-iterations", type=int, default=20)
+    ap.add_argument("--paper-images", type=int, default=50_000, help="(smaller: a smoke run)")
     ap.add_argument("--child", choices=["plain", "unbounded", "budgeted", "paper"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
@@ -183,7 +187,7 @@ def main() -> None:
         return child(args)
     if args.paper:
         r = run_child("paper", args)
-        print(f"paper-size PreResNet-20 cell, 50,000 images, {args.paper_iterations} fine-tune steps: "
+        print(f"PreResNet-20 cell, {args.paper_images} images, {args.paper_iterations} fine-tune steps: "
               f"peak {r['peak_mb']:.0f} MB (data and setup {r['setup_mb']:.0f} MB), "
               f"{r['seconds']:.0f} s, budget {r['budget_gb']:.1f} GiB, {r['workers']} workers; "
               f"goal: under 8 GB -> {'met' if r['peak_mb'] < 8000 else 'NOT met'}")
