@@ -21,6 +21,7 @@ _EXPORTS = {
     "REGIMES": "regimes",
     "Thresholds": "regimes",
     "label_regimes": "regimes",
+    "label_grid": "regimes",
     "sensitivity": "regimes",
     "fit_classifier": "classifier",
     "cross_validate": "classifier",

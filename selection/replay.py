@@ -9,10 +9,10 @@ Definitions (ours):
 - The table needs ``knob, temperature, density``, the objective column (``val_acc`` by
   default), ``lmc_barrier`` and ``cka``; ``test_acc`` is optional (test regret). Rows of one
   cell over several dense seeds are averaged (the regime of the averaged cell is its most
-  frequent label). Without a ``regime`` column, or with ``eps``/``tau`` given, the cells are
-  labelled by :func:`selection.regimes.label_regimes` over the WHOLE table (all densities at
-  once, its recommended use): the replay then stands for tuning with thresholds known from an
-  earlier grid.
+  frequent label). Without a ``regime`` column, with ``eps``/``tau`` given, or with
+  ``relabel``, the cells are labelled by :func:`selection.regimes.label_grid` over the WHOLE
+  table (all densities at once): the replay then stands for tuning with the labels of a
+  finished grid.
 - The best cell of a density is the temperature with the highest objective there (ties: any
   of them counts). Trials to best = the 1-based number of the first trial at a best cell;
   trials to within ``tolerance`` (0.002 = 0.2 accuracy points) = the first trial whose
