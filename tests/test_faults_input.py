@@ -18,7 +18,7 @@ CASES = {
     "unknown dataset": (["data.name=cifar99"], ["data.name='cifar99'", "allowed: cifar10"]),
     "unknown model": (["model.name=resnet999"], ["model.name='resnet999'", "allowed: cnn1d"]),
     "unknown knob": (["knob=warmth"], ["knob 'warmth'", "allowed: batch_size, epochs"]),
-    "unknown pruning method": (["prune.method=bogus"], ["prune.method='bogus'", "allowed: global"]),
+    "unknown pruning method": (["prune.method=bogus"], ["prune.method='bogus'", "allowed: alpha, global"]),
     "unknown metric": (["measure.metrics=[lmc, bogus]"], ["measure.metrics", "'bogus'", "allowed: cka, lmc"]),
     "missing data directory": (["data.name=cifar10", "data.data_dir=/nonexistent/cifar"],
                                ["data.data_dir='/nonexistent/cifar'", "does not exist"]),

@@ -83,6 +83,7 @@ _ALTERNATIVES = {
     ("TrainSpec", "schedule"): "cosine", ("TrainSpec", "milestones"): (0.3,),
     ("TrainSpec", "momentum"): 0.5,
     ("PruneSpec", "method"): "lamp", ("PruneSpec", "density"): 0.5,
+    ("PruneSpec", "include"): ("conv*",), ("PruneSpec", "exclude"): ("fc*",),
     ("FinetuneSpec", "seeds"): (0, 1), ("FinetuneSpec", "recipe"): "short",
     ("MeasureSpec", "metrics"): ("lmc",),
     ("CellSpec", "knob"): "batch_size",
