@@ -32,7 +32,7 @@ State = dict[str, torch.Tensor]
 
 @dataclass
 class CellResult:
-    """Everything SCIENCE.md 2.4-2.5 asks of one cell."""
+    """Everything one cell measures (docs/method.md#measurements, #aggregation)."""
 
     spec: CellSpec
     dense: DenseSpec

@@ -1,6 +1,6 @@
 """Selection layer: regime labels, the regime classifier, model selection, the tuner.
 
-Works from a results table (DESIGN.md section 6: a DataFrame or its CSV), so any finished
+Works from a results table (docs/design.md#the-results-table: a DataFrame or its CSV), so any finished
 grid can be analysed without recomputation. CLI: ``python -m selection
 {classify,select,tune,replay}``.
 

@@ -19,7 +19,7 @@ def add_table_source(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--experiment", help="MLflow experiment whose FINISHED cell runs form "
                         "the results table; results are logged under its grid parent run")
-    source.add_argument("--table", help="results table CSV (DESIGN.md section 6 columns)")
+    source.add_argument("--table", help="results table CSV (columns: docs/design.md#the-results-table)")
     add_store_options(parser)
 
 

@@ -10,7 +10,7 @@ Model: log(density) and the knob-oriented temperature ("heat": larger = hotter; 
 every temperature is positive, since knob grids are geometric: epochs 10..160, batch sizes,
 learning rates), standardised, then a multinomial logistic regression. Why not gradient
 boosting: a grid has tens of cells, and regime boundaries in (log temperature, log density)
-are close to straight lines (SCIENCE.md: I at low density and cold, II-A hot, II-B dense and
+are close to straight lines (docs/method.md#the-idea: I at low density and cold, II-A hot, II-B dense and
 cold), which a linear softmax model draws as three sectors with smooth, extrapolating
 boundaries; trees give axis-aligned steps that do not extrapolate to unseen densities.
 Everything is a stock sklearn object, so the model is saved in MLflow's safe ``skops`` format.

@@ -1,4 +1,4 @@
-"""Rule labels of the three regimes (SCIENCE.md section 3), with their thresholds.
+"""Rule labels of the three regimes (docs/method.md#regimes-and-how-they-are-labelled), with their thresholds.
 
 Regime I iff ``lmc_barrier < eps`` (a barrier: poorly connected); among the other cells II-B
 iff ``cka >= tau`` (relatively similar outputs), else II-A. Barriers are train-error fractions
@@ -321,7 +321,7 @@ def sensitivity(df: pd.DataFrame, eps_values: Iterable[float], tau_values: Itera
 # --- labels of a grid: the jump along temperature (ours) -----------------------------------
 #
 # The paper draws the I/II boundary by eye at the jump of the barrier along the temperature
-# axis of each sparse density, not at one level of the barrier (SCIENCE.md section 3): a hot,
+# axis of each sparse density, not at one level of the barrier (docs/method.md#labels): a hot,
 # very sparse corner with moderate barriers is drawn II-A, while a colder cell of the same
 # density with a barrier only a few times deeper is Regime I. :func:`label_grid` follows that
 # drawing; :func:`label_regimes` remains the rule with one eps for given thresholds.

@@ -1,43 +1,15 @@
-"""Regime-guided Optuna sampler for the training temperature (SCIENCE.md 4.1, Algorithm 1).
+"""Regime-guided Optuna sampler for the training temperature (paper Algorithm 1).
 
-The paper's Algorithm 1 walks one temperature at a time: run a cell, read its regime, go hotter
-in Regime I and colder in Regime II-A, stop when the regime flips. Its premise is that along the
-temperature axis of one density the regimes are ordered: cold cells are poorly connected
-(Regime I), hot cells are connected (II-A, or II-B), and the best temperature is the coldest one
-that is still connected. Walking one grid step at a time wastes trials; this sampler keeps the
-whole set of boundaries consistent with every finished trial and bisects it instead, so on n
-ordered temperatures the boundary is found in about log2(n + 1) trials.
-
-How a temperature is chosen, with positions ordered from the coldest to the hottest:
-
-1. Every labelled trial votes on where the boundary ``s`` lies (cells colder than ``s`` in
-   Regime I, the others connected): a Regime-I trial at position p says ``s > p`` (only hotter is
-   promising), a II-A or II-B trial says ``s <= p`` (it is connected, so the optimum is it or
-   colder). The boundaries that contradict the fewest trials are kept; with consistent labels
-   that is the open interval between the hottest Regime-I trial and the coldest connected one.
-   The best temperature for a boundary is the coldest connected cell just at it.
-   II-B ("near the optimum; stay") is treated as connected, like II-A, not as a stop: at
-   high density every cold cell is II-B and the coldest one is the best, so a colder cell can
-   still beat a II-B one; the bisection reaches it in a few trials and then exploits (3.).
-2. If untried temperatures remain there, bisect: split them by the temperatures already tried
-   or running (other workers), take the largest piece and sample its middle. With a regime
-   predictor (e.g. a registered classifier), sample instead the predicted boundary inside the
-   kept set: predictions steer, observations decide.
-   The first trial is therefore the middle of the range (of the cold -> hot order of a grid,
-   of the log range of a log distribution). Algorithm 1 starts from a given temperature and
-   walks; the middle is the start that minimises the worst case, and its regime already
-   halves the range. (Starting at the coldest, the usual training recipe, wins only where the
-   coldest cell is the answer, at high density, and costs about one extra trial at the low
-   densities where the regime flip matters.)
-3. Otherwise the boundary is pinned down (or the labels leave no untried candidate): exploit,
-   sampling the untried temperature nearest to the best objective value seen so far.
-
-Ties are broken by a random generator seeded by the sampler's seed (or the study's name) and
-the trial number, so a run is reproducible given the seed, and a worker can replay the choice
-of any other: workers that ask for trials at the same moment take the 1st, 2nd, ... choice
-instead of the same one (SCIENCE.md's Algorithm 1 is sequential; this is its parallel form). A piece
-with two middles at one end of the grid takes the one nearer the end (free on average, and the
-ends are where the optimum sits at very low and at high density).
+Along one density the regimes are ordered cold -> hot (Regime I, then connected: II-A or II-B)
+and the best temperature is the coldest connected one. Instead of stepping one temperature at a
+time, the sampler keeps the boundaries that contradict the fewest finished trials and bisects
+the untried temperatures among them (about log2(n + 1) trials on n temperatures), then exploits
+near the best objective. II-B counts as connected, not as a stop. With finished cells at
+neighbouring densities (``transfer``), the first trial is the temperature they predict instead
+of the middle. A choice depends only on the earlier trials and on tie-breaks seeded by the seed
+and the trial number, so concurrent workers replay each other's choices instead of duplicating
+them. The rules and their reasons: docs/method.md#how-the-sampler-chooses-a-temperature,
+docs/design.md#optuna-studies-and-workers.
 """
 
 from __future__ import annotations

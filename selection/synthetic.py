@@ -1,6 +1,6 @@
 """Synthetic results tables with known regimes, for tests, examples and benchmarks.
 
-The layout mimics the phase structure of SCIENCE.md: Regime I at low density with cold
+The layout mimics the phase structure of docs/method.md#the-idea: Regime I at low density with cold
 training (a clear barrier, low CKA), II-A at hot training (connected, lower CKA), II-B at high
 density with cold training (connected, high CKA). The truth is in column ``true_regime``;
 ``regime`` is left empty, as in a fresh results table.
@@ -38,7 +38,7 @@ def true_regime(hotness: float, sparsity: float) -> str:
 def synthetic_table(temperatures: Sequence[float] = (2, 5, 10, 20, 40, 80),
                     densities: Sequence[float] = (0.05, 0.1, 0.2, 0.4, 0.8),
                     knob: str = "epochs", dense_seeds: int = 1, seed: int = 0) -> pd.DataFrame:
-    """A results table (DESIGN.md columns plus ``true_regime``) with a known regime per cell.
+    """A results table (docs/design.md#the-results-table columns plus ``true_regime``) with a known regime per cell.
 
     Test accuracy is highest at the coldest temperature that is not Regime I, falling by two
     points per temperature step away from it; validation accuracy tracks it with noise of

@@ -83,7 +83,7 @@ def create_sampler(
     - ``regime``: :class:`~selection.sampler.RegimeGuidedSampler` on the temperature values
       (with ``transfer``, it starts from what the grid's other densities predict).
     - ``tpe``: Optuna's default TPE on the categorical temperature (its first 10 trials are
-      random, so on a dozen temperatures it is random search; SCIENCE.md 4.1).
+      random, so on a dozen temperatures it is random search; docs/method.md#baselines-and-replay).
     - ``tpe2``: TPE with ``n_startup_trials`` (2) random trials, over the ordered index.
     - ``gp``: ``GPSampler`` with ``n_startup_trials`` (2) random trials, over the ordered index.
       Ours: Optuna's default of 10 would make it random search on a small grid too, and the

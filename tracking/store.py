@@ -1,6 +1,6 @@
 """Where runs are stored: the tracking URI, the artifact root, experiments, retries.
 
-Defaults (DESIGN.md section 4): with ``MLFLOW_TRACKING_URI`` unset, the store is the SQLite
+Defaults (docs/design.md#stores-and-defaults): with ``MLFLOW_TRACKING_URI`` unset, the store is the SQLite
 file ``<repo>/mlflow.db`` and artifacts go under ``<repo>/mlruns`` (or
 ``$THREE_REGIME_ARTIFACT_ROOT``). The URI is always set explicitly, never left to MLflow's
 implicit default, and exported so that worker processes inherit it.

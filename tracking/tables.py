@@ -1,6 +1,6 @@
 """Results tables: an experiment's cell runs as one DataFrame, one row per cell.
 
-The table (DESIGN.md section 6) is the contract between layers: written as CSV it is the
+The table (docs/design.md#the-results-table) is the contract between layers: written as CSV it is the
 input of the classifier, the model selection and the tuner's replay benchmark, so a grid from
 any source with these columns can be analysed without recomputation.
 """
@@ -48,7 +48,8 @@ OPTIONAL_COLUMNS = [*keys.SPECTRAL_COLUMNS, *keys.CURVATURE_COLUMNS]
 
 
 def run_row(run: Run) -> dict:
-    """The results-table row of one cell run (DESIGN.md section 6)."""
+    """The results-table row of one cell run (docs/design.md#the-results-table; the record it
+    reads: docs/design.md#cell-run)."""
     params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
     row: dict = {c: params.get(c) for c in CELL_COLUMNS}
     row.update({c: metrics.get(c, math.nan) for c in _METRIC_COLUMNS})
