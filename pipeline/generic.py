@@ -38,10 +38,12 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from pipeline.models import EnsembleModel, _is_shared
+from pipeline.models import EConv, ELinear, EnsembleModel, _is_shared
 
-#: layer types whose weights are prunable by default (the output layer excepted)
-PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+#: layer types whose weights are prunable by default (the output layer excepted); the
+#: built-in models' one-member layers count as the convolutions and linear layers they are
+LINEAR_TYPES = (nn.Linear, ELinear)
+PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, EConv, *LINEAR_TYPES)
 
 # probe results per module structure: (why vmap cannot run it or None, output layer names)
 _PROBED: dict[tuple, tuple[str | None, tuple[str, ...]]] = {}
@@ -197,7 +199,7 @@ class GenericEnsemble(EnsembleModel):
                 out = self._call_one_checked(m, x[m])
                 layer = None
                 for name, mod, h in runs:
-                    axis = -1 if isinstance(mod, nn.Linear) else 1
+                    axis = -1 if isinstance(mod, LINEAR_TYPES) else 1
                     if h is out or (isinstance(h, torch.Tensor) and h.dim() > 1 and h.shape[0]
                                     == x.shape[1] and h.shape[axis] == self.num_classes):
                         layer = name

@@ -60,6 +60,9 @@ def select_prunable(model: torch.nn.Module, spec: PruneSpec) -> list[str]:
     """
     default = model.prunable_names(include_classifier=spec.prune_classifier)
     if not spec.include and not spec.exclude:
+        if not default:
+            raise ValueError("the model has no Conv/Linear weight to prune besides its output "
+                             "layer: name the weights to prune with prune.include")
         return default
     names = [n for n, _ in model.named_parameters()]
     for where, globs in (("prune.include", spec.include), ("prune.exclude", spec.exclude)):

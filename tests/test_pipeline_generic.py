@@ -19,8 +19,8 @@ from pipeline.landscape import (
     reestimate_bn,
     softmax_outputs,
 )
-from pipeline.models import split_members, stack_inputs, stack_members
-from pipeline.specs import TrainSpec
+from pipeline.models import build_model, list_models, split_members, stack_inputs, stack_members
+from pipeline.specs import ModelSpec, TrainSpec
 from pipeline.train import derive_seed, evaluate, train
 
 torch.set_num_threads(1)
@@ -408,3 +408,33 @@ def test_cka_of_a_model_with_itself_is_one(case):
     plain.load_state_dict(states[1])
     with torch.no_grad():
         assert _close(outs[2], plain.eval()(data.x_train).softmax(-1))
+
+
+# --- the built-in models through the generic path (bench/generic.py compares their speed) ------
+
+BUILTIN = {"cnn1d": (ModelSpec(name="cnn1d"), (1, 40)),
+           "mlp": (ModelSpec(name="mlp", width=0.25), (1, 40)),
+           "preresnet": (ModelSpec(name="preresnet", width=0.25), (3, 32, 32)),
+           "vgg": (ModelSpec(name="vgg", depth=11, width=0.125), (3, 32, 32))}
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_builtin_one_member_model_through_the_generic_path(name):
+    """A built-in with one member is a plain module: M generic copies of it are the hand-written
+    M-member model (same state_dict, same logits in both modes, same prunable weights)."""
+    spec, shape = BUILTIN[name]
+    hand = build_model(spec, shape, 10, 3, seed=0)
+    gen = build_generic(lambda: build_model(spec, shape, 10, 1), shape, 10, 3)
+    gen.load_state_dict(hand.state_dict())
+    assert gen.prunable_names() == hand.prunable_names()
+    everything = hand.prunable_names(include_classifier=True)
+    assert gen.prunable_names(include_classifier=True) == everything
+    x = torch.randn(3, 4, *shape)
+    for mode in ("eval", "train"):
+        getattr(hand, mode)()
+        getattr(gen, mode)()
+        assert _close(gen.logits(stack_inputs(x)), hand.logits(stack_inputs(x)))
+        with torch.no_grad():       # as LMC and CKA run it (the member-major path needs it)
+            assert _close(gen.logits_shared(x[0]), hand.logits_shared(x[0]))
+    for k, v in hand.state_dict().items():      # the train-mode passes updated the same statistics
+        assert _close(gen.state_dict()[k], v), k

@@ -312,3 +312,11 @@ def _split(model):
     from pipeline.models import split_members
 
     return split_members(model.state_dict(), model.members)
+
+
+def test_a_model_with_nothing_to_prune_says_to_name_weights():
+    model = build_generic(lambda: nn.Sequential(nn.Flatten(), nn.Linear(40, 10)), (1, 40), 10)
+    assert model.prunable_names() == []
+    with pytest.raises(ValueError, match="prune.include"):
+        select_prunable(model, PruneSpec())
+    assert select_prunable(model, PruneSpec(include=("1.weight",))) == ["1.weight"]
