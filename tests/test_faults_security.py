@@ -67,7 +67,7 @@ def test_passwords_in_store_urls_are_never_logged_or_printed(tmp_path):
         # a storage that cannot be reached: the error does not show the password either
         down = cli(["selection", "tune", "--config", str(config), "--density", "0.5", "--n-trials", "1",
                     "--storage", pg_url("nowhere", PASSWORD).replace(":5432/", ":9/"),
-                    "--tracking-uri", tracking_uri], env)
+                    "--tracking-uri", tracking_uri], {**env, "THREE_REGIME_STORE_TIMEOUT": "3"})
         assert down.returncode != 0 and PASSWORD not in down.stdout + down.stderr
 
         client = MlflowClient(tracking_uri)
