@@ -523,9 +523,17 @@ def _label_points(points: _Points, barrier: np.ndarray, cka: np.ndarray, eps: fl
             level, level_source = -pooled, POOLED
             info["pooled_eps_source"] = source
         for _, idx in no_jump:
-            # all or nothing: without a jump a density is Regime I only if even its most
-            # connected cell is as deep as the level
-            is_i[idx] = magnitude[idx].min() >= level
+            if level_source == POOLED:
+                # no jump anywhere: Regime I = the run of cells from the coldest whose barriers
+                # are below the pooled eps (noisy barriers, e.g. -0.21 .. -0.08 cold and -0.01
+                # at one hot cell, keep their cold Regime-I block; hotter cells are II)
+                below = barrier[idx] < -level
+                run = int(np.argmin(below)) if not below.all() else len(idx)
+                is_i[idx[:run]] = True
+            else:
+                # all or nothing: without a jump a density is Regime I only if even its most
+                # connected cell is as deep as the level the jumps set
+                is_i[idx] = magnitude[idx].min() >= level
             method[idx] = level_source
         # Denser is better connected: once a density has no Regime-I cell, no denser density
         # of the knob has one at a temperature as hot as that density's coldest cell or hotter.

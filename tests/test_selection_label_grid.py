@@ -148,7 +148,8 @@ def test_probabilities_move_with_the_pair_spread():
                                                keys.CKA: {"0_1": 0.9, "0_2": 0.9, "1_2": 0.9}})})
     labelled, _ = _grid(pd.DataFrame(rows), n_resamples=300, seed=0)
     cold = labelled[keys.TEMPERATURE] >= 40
-    assert uncertain(labelled.loc[cold, P_REGIME_I]).any()
+    # the spread moves a cold cell's probability well away from certainty (without it: 1.0)
+    assert (labelled.loc[cold, P_REGIME_I] <= 0.85).any()
 
 
 def test_mean_and_std_fallback_without_pair_values():
