@@ -25,7 +25,6 @@ from selection.regimes import (
     RegimeWarning,
     label_grid,
     label_regimes,
-    uncertain,
 )
 from selection.synthetic import (
     MNIST1D_FINE_TEMPERATURES,
