@@ -211,7 +211,13 @@ def test_budget_bounds_peak_memory():
     """Peak RSS of counting 11 PreResNet-20 members' errors over 256 CIFAR-shaped images,
     unbounded (one batch of 256) vs a 64 MiB budget, each in a fresh process."""
     script = textwrap.dedent("""
-        import resource, sys
+        import sys
+        def hwm_kib():
+            # VmHWM is this process's own peak: ru_maxrss keeps the parent's RSS at fork
+            # (a full pytest run's 1.3 GB) across exec, which hid the forward's peak
+            for line in open("/proc/self/status"):
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
         sys.path.insert(0, %r)
         import torch
         torch.set_num_threads(1)
@@ -219,17 +225,15 @@ def test_budget_bounds_peak_memory():
         from pipeline.parallel import Budget, activation_size
         from pipeline.specs import ModelSpec
         from pipeline.train import correct_counts
-        # the baseline before anything is built: a later reading can sit below an earlier
-        # transient peak (seen under memory pressure), so the delta is taken from here
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         spec = ModelSpec(name="preresnet", depth=20)
         x, y = torch.randn(256, 3, 32, 32), torch.randint(0, 10, (256,))
         per = activation_size(build_model(spec, (3, 32, 32), 10), x[:2]).eval
         model = build_model(spec, (3, 32, 32), 10, members=11)
         budget = Budget(float(sys.argv[1]) * 2 ** 20)
         bs = eval_batch_size(model, x, budget, per)
+        before = hwm_kib()
         correct_counts(model, x, y, bs)
-        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, bs)
+        print((hwm_kib() - before) / 1024, bs)
     """) % str(ROOT)
 
     def peak(mib):
