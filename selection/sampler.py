@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -71,6 +72,9 @@ class RegimeGuidedSampler(BaseSampler):
         regime_attr: the trial user attribute holding a trial's regime.
         resolution: for a continuous temperature, the fraction of the range below which the
             interval counts as pinned down and the sampler switches to exploitation.
+        transfer: finished cells at other densities that steer the first choices.
+        choice_wait_s: how long to wait for an earlier trial of another worker that is
+            choosing its temperature at the same moment before replaying its choice.
 
     Note:
         The regime must be stored on the trial (``trial.set_user_attr(regime_attr, ...)``) by
@@ -79,7 +83,8 @@ class RegimeGuidedSampler(BaseSampler):
         fail again); PRUNED trials contribute their regime if they have one. RUNNING trials of
         other workers are never duplicated on a discrete space and split the interval, so that
         parallel workers bisect different pieces; a RUNNING trial that has not chosen its
-        temperature yet (a worker choosing at the same moment) has its choice replayed.
+        temperature yet (a worker choosing at the same moment) is waited for, up to
+        ``choice_wait_s``, then has its choice replayed.
     """
 
     def __init__(
@@ -92,6 +97,7 @@ class RegimeGuidedSampler(BaseSampler):
         regime_attr: str = "regime",
         resolution: float = 0.01,
         transfer: TransferPrior | None = None,
+        choice_wait_s: float = 5.0,
     ) -> None:
         self.temperature_param = temperature_param
         self.knob = get_knob(knob) if isinstance(knob, str) else knob
@@ -104,6 +110,7 @@ class RegimeGuidedSampler(BaseSampler):
             raise ValueError(f"resolution must be in (0, 1), got {resolution!r}")
         self.resolution = resolution
         self.transfer = transfer
+        self.choice_wait_s = choice_wait_s
 
     # --- delegation ---------------------------------------------------------------------
     def infer_relative_search_space(
@@ -161,6 +168,7 @@ class RegimeGuidedSampler(BaseSampler):
         self._raise_error_if_multi_objective(study)
         maximize = study.direction == StudyDirection.MAXIMIZE
         space = _Space.of(param_distribution, self.knob, self.temperature_param)
+        self._wait_for_earlier_choices(study, trial)
         history = self._observations(study, trial, space)
         choose = self._sample_discrete if space.values is not None else self._sample_continuous
 
@@ -179,6 +187,20 @@ class RegimeGuidedSampler(BaseSampler):
             if coord is not None:
                 history.append((number, _Observation(coord, None, None, True)))
         return choice_of(trial.number)
+
+    def _wait_for_earlier_choices(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """Give workers that asked before ``trial`` and are choosing now time to store it.
+
+        A choice takes milliseconds; waiting for it (bounded by ``choice_wait_s``) makes the
+        history exact. Replaying alone is not enough: between the other worker's read and
+        ours an earlier trial may have finished, so our replay of its choice, made from a
+        newer history, can differ from the choice it made (seen on PostgreSQL: two workers
+        took the same temperature). Trials still choosing after the wait (a crashed worker)
+        are replayed.
+        """
+        deadline = time.monotonic() + self.choice_wait_s
+        while self._choosing_now(study, trial) and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def _choosing_now(self, study: optuna.Study, trial: FrozenTrial) -> list[int]:
         """Numbers of the RUNNING trials before ``trial`` without a temperature yet.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import optuna
 import pytest
@@ -173,8 +174,10 @@ def test_workers_choosing_at_the_same_time_take_different_temperatures(tmp_path,
             return trial.suggest_categorical("temperature", EPOCHS)
         return trial.suggest_float("temperature", 1.0, 100.0, log=True)
 
+    # (choice_wait_s=0: one thread asks for all four, so nobody else stores a choice meanwhile)
     workers = [optuna.load_study(study_name=name, storage=storage,
-                                 sampler=RegimeGuidedSampler("temperature", "epochs", seed=seed))
+                                 sampler=RegimeGuidedSampler("temperature", "epochs", seed=seed,
+                                                             choice_wait_s=0))
                for _ in range(4)]
     trials = [w.ask() for w in workers]                 # all RUNNING, none has a temperature
     got = {t.number: suggest(t) for t in reversed(trials)}   # the last to ask chooses first
@@ -183,6 +186,62 @@ def test_workers_choosing_at_the_same_time_take_different_temperatures(tmp_path,
                                 sampler=RegimeGuidedSampler("temperature", "epochs", seed=seed),
                                 study_name=name)
     assert got[trials[0].number] == suggest(alone.ask())
+
+
+@pytest.mark.parametrize("wait_s", [5.0, 0.0])
+def test_a_worker_waits_for_an_earlier_choice_made_from_an_older_history(tmp_path, wait_s):
+    """Worker A reads the history while trial 0 is running, then trial 0 finishes, then B
+    chooses while A is still choosing: B's replay of A's choice (from the newer history) would
+    differ from A's; waiting for A's stored choice keeps them apart. With no wait they can collide
+    (the failure seen with two tuners on PostgreSQL)."""
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.journal")))
+    name = "older-history"
+    optuna.create_study(study_name=name, storage=storage, direction="maximize")
+
+    def worker(**kw):
+        sampler = RegimeGuidedSampler("temperature", "epochs", seed=0, choice_wait_s=wait_s, **kw)
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+
+    first = worker().ask()
+    t0 = first.suggest_categorical("temperature", EPOCHS)
+    a_read, a_may_choose = threading.Event(), threading.Event()
+    slow = worker()
+    read = slow.sampler._observations
+
+    def read_then_stall(*args):
+        history = read(*args)
+        a_read.set()
+        a_may_choose.wait(10)
+        return history
+
+    slow.sampler._observations = read_then_stall
+    a_trial, b_trial = slow.ask(), worker().ask()      # trials 1 (A) and 2 (B)
+    got = {}
+    thread = threading.Thread(target=lambda: got.update(a=a_trial.suggest_categorical(
+        "temperature", EPOCHS)))
+    thread.start()
+    assert a_read.wait(10)
+    first.set_user_attr("regime", "II-A")                # trial 0 finishes: connected
+    worker().tell(first, 0.1)
+    b_study = worker()
+    choices = []                                         # B's replays, then its own choice
+    choose = b_study.sampler._sample_discrete
+    b_study.sampler._sample_discrete = lambda *a: choices.append(choose(*a)) or choices[-1]
+    if wait_s:                                           # A stores its choice while B waits
+        threading.Timer(0.3, a_may_choose.set).start()
+    got["b"] = b_study.sampler.sample_independent(
+        b_study, b_study._storage.get_trial(b_trial._trial_id), "temperature",
+        CategoricalDistribution(EPOCHS))
+    a_may_choose.set()
+    thread.join(10)
+    assert t0 not in (got["a"], got["b"]) and got["a"] != got["b"], got
+    if wait_s:
+        assert choices == [got["b"]]                     # A's real choice was read, not replayed
+    else:
+        # the replay is made from the newer history and misses A's real choice: B avoids a
+        # temperature A did not take, and could take A's (the collision seen on PostgreSQL)
+        assert choices[0] != got["a"], (choices, got)
 
 
 @pytest.mark.parametrize("n", [1, 2, 6, 10, 16])
