@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import pandas as pd  # noqa: E402
 
-from selection.map_cli import format_summary  # noqa: E402
+from selection.cli.map import format_summary  # noqa: E402
 from selection.mapping import plot_replay, replay, replay_summary  # noqa: E402
 from selection.synthetic import paper_like_grid  # noqa: E402
 

@@ -1,13 +1,17 @@
 """Selection layer: regime labels, the regime classifier, model selection, the tuner.
 
-Works from a results table (docs/design.md#the-results-table: a DataFrame or its CSV), so any finished
-grid can be analysed without recomputation. CLI: ``python -m selection
-{classify,select,tune,replay}``.
+Works from a results table (docs/design.md#the-results-table: a DataFrame or its CSV), so any
+finished grid can be analysed without recomputation. CLI: ``python -m selection
+{classify,select,tune,replay,demo,map}``, one module per command in :mod:`selection.cli`.
 
 Modules: ``regimes`` (rule labels and their thresholds), ``classifier`` (the registered
-regime classifier), ``model_selection`` (paper Algorithms 2 and 2.1), ``regime_map`` (the
-regime labels over the phase diagram), ``synthetic`` (tables with known regimes). The names
-below are loaded on first use, so that importing one module does not import them all.
+regime classifier), ``classify`` (labels, classifiers and their record: the ``classify``
+command's work), ``model_selection`` (paper Algorithms 2 and 2.1), ``regime_map`` (the
+regime labels over the phase diagram), ``tuner`` and ``sampler`` (temperature tuning),
+``replay`` (samplers compared on a finished table), ``mapping`` (adaptive regime mapping),
+``synthetic`` (tables with known regimes); ``_tracking`` holds everything the layer writes to
+MLflow. The names below are loaded on first use, so that importing one module does not import
+them all.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ _EXPORTS = {
     "load_classifier": "classifier",
     "tag_cell_runs": "classifier",
     "select_models": "model_selection",
-    "log_selection": "model_selection",
+    "log_selection": "_tracking",
     "plot_regime_map": "regime_map",
     "synthetic_table": "synthetic",
 }

@@ -1,19 +1,19 @@
-"""``python -m selection <command>``: classify, select, tune, replay.
+"""``python -m selection <command>``: classify, select, tune, replay, demo, map.
 
-Each command module exposes ``add_parser(subparsers)``, which adds its subcommand(s) and sets
-``func(args) -> int`` (the exit status) as their default. To add commands, import the module
-and append it to ``_COMMAND_MODULES``.
+Each command is a module of :mod:`selection.cli` exposing ``add_parser(subparsers)``, which
+adds its subcommand and sets ``func(args) -> int`` (the exit status) as its default. To add a
+command, write its module there and add its name to ``COMMANDS``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
-from selection import classify_cli, demo, map_cli, select_cli, tune_cli
-
-# one entry per command module; a module may add several commands (tune_cli: tune, replay)
-_COMMAND_MODULES = [classify_cli, select_cli, tune_cli, demo, map_cli]
+# the order of ``python -m selection --help``
+COMMANDS = ("classify", "select", "tune", "replay", "demo", "map")
+_COMMAND_MODULES = [importlib.import_module(f"selection.cli.{name}") for name in COMMANDS]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,5 @@
-"""Input checks shared by the selection layer: columns, NaN, units (fractions, not percent)."""
+"""Input checks shared by the selection layer: columns, NaN, units (fractions, not percent),
+one knob, known regime labels, an objective that is never a test accuracy."""
 
 from __future__ import annotations
 
@@ -68,3 +69,43 @@ def check_table(df: pd.DataFrame, required: Sequence[str], *, allow_nan: bool = 
                 raise ValueError(
                     f"column {column!r} has missing (NaN) values in {_where(df, nan)}; "
                     "drop those cells or recompute them before labelling")
+
+
+def one_knob(df: pd.DataFrame, what: str) -> str:
+    """The one knob of ``df``, for ``what`` (e.g. "model selection"), which compares the
+    temperatures of one knob.
+
+    Raises:
+        ValueError: the table has several knobs (or none).
+    """
+    knobs = df[keys.KNOB].unique().tolist()
+    if len(knobs) != 1:
+        raise ValueError(f"{what} works on one knob; the table has knobs {knobs}: select the "
+                         "rows of one knob first")
+    return str(knobs[0])
+
+
+def check_labels(df: pd.DataFrame) -> None:
+    """Every value of the ``regime`` column is a regime label.
+
+    Raises:
+        ValueError: naming the unknown labels and the allowed ones.
+    """
+    from selection.regimes import REGIMES  # regimes imports this module
+
+    bad = sorted(set(df[keys.REGIME].unique()) - set(REGIMES))
+    if bad:
+        raise ValueError(f"column {keys.REGIME!r} has unknown labels {bad}; allowed: "
+                         f"{list(REGIMES)} (label the table with label_grid or label_regimes "
+                         "first)")
+
+
+def check_objective(column: str) -> None:
+    """Test accuracy is never an objective: no sampler may see it.
+
+    Raises:
+        ValueError: ``column`` is a test column.
+    """
+    if column.startswith("test"):
+        raise ValueError(f"objective column {column!r}: test accuracy is never an objective; "
+                         "use the validation accuracy (val_acc)")

@@ -40,7 +40,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from selection._knob import hotter_is_lower
-from selection._validate import check_table
+from selection._validate import check_labels, check_table, one_knob
 from selection.regimes import REGIMES
 from tracking import keys
 from tracking.store import get_client, with_retries
@@ -66,12 +66,9 @@ def _check_feature_set(feature_set: str) -> tuple[str, ...]:
 
 
 def _one_knob(df: pd.DataFrame) -> str:
-    knobs = df[keys.KNOB].unique().tolist()
-    if len(knobs) != 1:
-        raise ValueError(f"a regime classifier is fitted on one knob; the table has knobs "
-                         f"{knobs}: select the rows of one knob first")
-    hotter_is_lower(knobs[0])  # fails on an unknown knob, listing the known ones
-    return str(knobs[0])
+    knob = one_knob(df, "a regime classifier")
+    hotter_is_lower(knob)  # fails on an unknown knob, listing the known ones
+    return knob
 
 
 def build_pipeline(feature_set: str, knob: str, log_temperature: bool, n_classes: int
@@ -106,10 +103,7 @@ def build_pipeline(feature_set: str, knob: str, log_temperature: bool, n_classes
 def _xy(df: pd.DataFrame, feature_set: str) -> tuple[pd.DataFrame, np.ndarray]:
     features = _check_feature_set(feature_set)
     check_table(df, (keys.KNOB, *features, keys.REGIME))
-    bad = sorted(set(df[keys.REGIME].unique()) - set(REGIMES))
-    if bad:
-        raise ValueError(f"column {keys.REGIME!r} has unknown labels {bad}; allowed: "
-                         f"{list(REGIMES)} (label the table with label_regimes first)")
+    check_labels(df)
     return df[list(features)].astype(float), df[keys.REGIME].astype(str).to_numpy()
 
 

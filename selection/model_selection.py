@@ -24,22 +24,17 @@ Our choices (the paper is silent):
 
 from __future__ import annotations
 
-import json
-import tempfile
-import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from selection._knob import cold_to_hot
-from selection._mlflow import child_run
-from selection._validate import check_table
+from selection._validate import check_table, one_knob
 from selection.regimes import REGIME_I, Thresholds, grid_thresholds, label_grid, label_regimes
 from tracking import keys
 
@@ -128,10 +123,7 @@ def select_models(df: pd.DataFrame, densities: Sequence[float] | None = None,
     check_table(df, SELECT_COLUMNS, allow_nan=True)
     if labeller not in LABELLERS:
         raise ValueError(f"labeller must be one of {LABELLERS}, got {labeller!r}")
-    knobs = df[keys.KNOB].unique().tolist()
-    if len(knobs) != 1:
-        raise ValueError(f"model selection compares temperatures of one knob; the table has "
-                         f"knobs {knobs}: select the rows of one knob first")
+    knob = one_knob(df, "model selection")
     notes: list[str] = []
     incomplete = df[list(METRIC_COLUMNS)].isna().any(axis=1)
     if incomplete.any():
@@ -144,7 +136,7 @@ def select_models(df: pd.DataFrame, densities: Sequence[float] | None = None,
         raise ValueError(f"no cell has all of {list(METRIC_COLUMNS)}: nothing to select from")
     candidates = (complete.groupby([keys.TEMPERATURE, keys.DENSITY], as_index=False)
                   [list(METRIC_COLUMNS)].mean())
-    candidates[keys.KNOB] = knobs[0]
+    candidates[keys.KNOB] = knob
     with warnings.catch_warnings(record=True):  # recorded in thresholds.warnings instead
         if labeller == "rule":
             candidates, thresholds = label_regimes(candidates, eps, tau)
@@ -161,7 +153,7 @@ def select_models(df: pd.DataFrame, densities: Sequence[float] | None = None,
     rows = []
     for density in targets:
         cells = candidates[candidates[keys.DENSITY] == density]
-        order = cold_to_hot(knobs[0], cells[keys.TEMPERATURE].tolist())
+        order = cold_to_hot(knob, cells[keys.TEMPERATURE].tolist())
         cells = cells.set_index(keys.TEMPERATURE).loc[order].reset_index()
         oracle = float(cells[keys.TEST_ACC].max())
         connected = cells[cells[keys.REGIME] != REGIME_I]
@@ -214,35 +206,3 @@ def plot_regret(table: pd.DataFrame, path: str | Path, title: str | None = None)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     return path
-
-
-def log_selection(result: SelectionResult, experiment: str,
-                  parent_run_id: str | None = None) -> str:
-    """Log ``result`` as a run (``run_kind=selection``) of ``experiment``, nested under
-    ``parent_run_id`` (e.g. the grid parent run) when given; return the run id.
-
-    Logged: the thresholds and target densities as params, the mean regret of each method as
-    metrics, and the artifacts ``keys.ARTIFACT_SELECTION_TABLE`` (CSV),
-    ``keys.PLOT_SELECTION_REGRET`` and ``keys.ARTIFACT_REGIME_THRESHOLDS``.
-    """
-    densities = sorted(result.table["density"].unique())
-    with child_run(experiment, keys.KIND_SELECTION, "select", parent_run_id) as run, \
-            tempfile.TemporaryDirectory() as tmp:
-        client = mlflow.MlflowClient()
-        now = int(time.time() * 1000)
-        params = {**result.thresholds.params(),
-                  keys.SELECTION_DENSITIES: json.dumps([float(d) for d in densities])}
-        metrics = {keys.mean_regret_metric(m): v for m, v in result.mean_regret().items()
-                   if not np.isnan(v)}
-        client.log_batch(run.info.run_id,
-                         params=[mlflow.entities.Param(k, v) for k, v in params.items()],
-                         metrics=[mlflow.entities.Metric(k, float(v), now, 0)
-                                  for k, v in metrics.items()])
-        folder = Path(tmp)
-        result.table.to_csv(folder / keys.ARTIFACT_SELECTION_TABLE, index=False)
-        (folder / keys.ARTIFACT_REGIME_THRESHOLDS).write_text(result.thresholds.to_json())
-        plot_regret(result.table, folder / keys.PLOT_SELECTION_REGRET)
-        for name in (keys.ARTIFACT_SELECTION_TABLE, keys.ARTIFACT_REGIME_THRESHOLDS,
-                     keys.PLOT_SELECTION_REGRET):
-            mlflow.log_artifact(str(folder / name))
-        return run.info.run_id

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from selection._knob import hotter_is_lower
-from selection._validate import check_table
+from selection._validate import check_labels, check_table, one_knob
 from selection.regimes import (
     P_REGIME_I,
     P_REGIME_IIB,
@@ -46,10 +46,7 @@ def regime_grid(df: pd.DataFrame) -> pd.DataFrame:
     to the first in the order I, II-A, II-B.
     """
     check_table(df, (keys.TEMPERATURE, keys.DENSITY, keys.REGIME))
-    bad = sorted(set(df[keys.REGIME].unique()) - set(REGIMES))
-    if bad:
-        raise ValueError(f"column {keys.REGIME!r} has unknown labels {bad}; allowed: "
-                         f"{list(REGIMES)}")
+    check_labels(df)
 
     def majority(labels: pd.Series) -> str:
         counts = labels.value_counts()
@@ -83,10 +80,7 @@ def uncertain_grid(df: pd.DataFrame) -> pd.DataFrame | None:
 def plot_regime_map(df: pd.DataFrame, path: str | Path, title: str | None = None) -> Path:
     """Draw the regime map of labelled table ``df`` (one knob) as a PNG at ``path``."""
     check_table(df, (keys.KNOB, keys.TEMPERATURE, keys.DENSITY, keys.REGIME))
-    knobs = df[keys.KNOB].unique().tolist()
-    if len(knobs) != 1:
-        raise ValueError(f"a regime map shows one knob; the table has knobs {knobs}")
-    knob = str(knobs[0])
+    knob = one_knob(df, "a regime map")
     grid = regime_grid(df)
     codes = np.array([[np.nan if r is None else REGIMES.index(r) for r in row]
                       for row in grid.to_numpy()], dtype=float)

@@ -34,7 +34,6 @@ Definitions (ours):
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -48,7 +47,7 @@ import pandas as pd
 
 from pipeline.knobs import get_knob
 from selection._knob import cold_to_hot
-from selection._validate import check_table
+from selection._validate import check_objective, check_table
 from selection.regimes import REGIMES, RegimeWarning, label_grid
 from selection.sampler import TransferPrior, transfer_prior
 from selection.tuner import (
@@ -123,9 +122,7 @@ def prepare_table(
             a test-accuracy objective, or a table the labeller rejects.
     """
     df = pd.read_csv(table) if isinstance(table, (str, Path)) else table.copy()
-    if objective_column.startswith("test"):
-        raise ValueError(f"objective column {objective_column!r}: test accuracy is never an "
-                         "objective; use the validation accuracy (val_acc)")
+    check_objective(objective_column)
     required = [keys.KNOB, keys.TEMPERATURE, keys.DENSITY, objective_column,
                 keys.LMC_BARRIER, keys.CKA]
     check_table(df, required, allow_nan=True)
@@ -343,8 +340,3 @@ def plot_results(results: Mapping[float, Mapping[str, ReplayResult]], path: str 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def dumps(obj: Any) -> str:
-    """Strict JSON (no NaN)."""
-    return json.dumps(obj, allow_nan=False)

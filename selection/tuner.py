@@ -1,4 +1,4 @@
-"""Regime-guided temperature tuning with Optuna: objective, samplers, storage, MLflow logging.
+"""Regime-guided temperature tuning with Optuna: objective, samplers, storage, the study.
 
 For one target density, a trial chooses a training temperature, runs (or fetches from the
 cache) the cell at that temperature and density, and returns its VALIDATION accuracy; the
@@ -12,34 +12,35 @@ reports that need it (the replay benchmark's regret) look it up themselves, outs
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from collections import ChainMap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
 import pandas as pd
-from mlflow.entities import Metric, Param, RunTag
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 from optuna.samplers import BaseSampler
 from optuna.storages import BaseStorage, InMemoryStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from pipeline.knobs import Knob, get_knob
 from selection._knob import cold_to_hot
+from selection._validate import check_objective
 from selection.regimes import REGIMES, RegimeWarning, label_grid, label_regimes
 from selection.sampler import RegimeGuidedSampler, TransferPrior
 from tracking import keys
-from tracking.store import get_client, init_experiment, search_all_runs, with_retries
 from tracking.tables import RUN_ID
+
+if TYPE_CHECKING:
+    from selection._tracking import MlflowTrialLogger
 
 __all__ = [
     "SAMPLER_NAMES", "TEMPERATURE_PARAM", "TEMPERATURE_INDEX_PARAM", "CellObjective",
-    "MlflowTrialLogger", "create_sampler", "default_storage_path", "make_storage",
+    "create_sampler", "default_storage_path", "make_storage",
     "sampler_encoding", "study_name_for", "tune",
 ]
 
@@ -226,9 +227,7 @@ class CellObjective:
         regime_labeller: Callable[[Mapping[str, Any]], str | None] | None = None,
         context: pd.DataFrame | None = None,
     ) -> None:
-        if objective_column.startswith("test"):
-            raise ValueError(f"objective column {objective_column!r}: test accuracy is never "
-                             "an objective; use the validation accuracy (val_acc)")
+        check_objective(objective_column)
         if not 0 < density <= 1:
             raise ValueError(f"density must be a fraction in (0, 1], got {density!r}")
         if encoding not in ("value", "index"):
@@ -403,132 +402,6 @@ def _plain_numbers(values: Iterable[Any]) -> list:
     return sorted(set(out))
 
 
-# --- MLflow --------------------------------------------------------------------------------
-
-class MlflowTrialLogger:
-    """Optuna callback logging a study to MLflow: one parent run, one child run per trial.
-
-    The study run (tag ``run_kind=study``, ``study_name``) is found by its tags or created on
-    the first trial, so several worker processes of one study (and a resumed study) share it.
-    Each finished trial becomes a child run (``run_kind=trial``, ``mlflow.parentRunId``, tags
-    ``study_name``, ``trial_number``, ``regime``, ``cell_run_id``, ``trial_state``; params
-    temperature, density, knob and the trial's own params; metrics the objective, LMC barrier
-    and CKA), written with one ``log_batch`` call.
-
-    Args:
-        experiment: the MLflow experiment (created if missing).
-        objective_name: metric name of the trial value.
-        study_params: params of the study run (knob, density, sampler, ...), logged once.
-        register_best: hook called by :meth:`on_study_end` as
-            ``register_best(study, best_trial, study_run_id)``, e.g. to register the best
-            trial's pruned model (its cell run is the trial's ``run_id`` attribute) with an
-            alias. Not set here: the pipeline layer owns the models.
-
-    Note:
-        Set the tracking URI before (``tracking.store.configure``); this class never relies on
-        MLflow's implicit default.
-    """
-
-    def __init__(
-        self,
-        experiment: str,
-        *,
-        objective_name: str = keys.VAL_ACC,
-        study_params: Mapping[str, Any] | None = None,
-        register_best: Callable[[optuna.Study, FrozenTrial, str], None] | None = None,
-    ) -> None:
-        self.client = get_client()
-        self.experiment_id = init_experiment(experiment)
-        self.objective_name = objective_name
-        self.study_params = dict(study_params or {})
-        self.register_best = register_best
-        self._study_runs: dict[str, str] = {}
-
-    def study_run_id(self, study: optuna.Study) -> str:
-        """Id of the study's parent run, created on first use."""
-        name = study.study_name
-        if name in self._study_runs:
-            return self._study_runs[name]
-        def first_study_run() -> str | None:
-            runs = search_all_runs(
-                self.client, [self.experiment_id],
-                f"tags.{keys.RUN_KIND} = '{keys.KIND_STUDY}' and tags.{keys.STUDY_NAME} = '{name}'",
-                order_by=["attributes.start_time ASC"])
-            first = min(runs, key=lambda r: (r.info.start_time, r.info.run_id), default=None)
-            return first.info.run_id if first is not None else None
-
-        run_id = first_study_run()
-        if run_id is None:
-            run = with_retries(self.client.create_run, self.experiment_id, run_name=name,
-                               tags={keys.RUN_KIND: keys.KIND_STUDY, keys.STUDY_NAME: name})
-            # Workers starting at the same moment may each have created one: every worker keeps
-            # the earliest (start time, then id) and the others delete their own.
-            run_id = first_study_run() or run.info.run_id
-            if run_id != run.info.run_id:
-                with_retries(self.client.delete_run, run.info.run_id)
-            else:
-                params = [Param(k, str(v)) for k, v in sorted(self.study_params.items())]
-                with_retries(self.client.log_batch, run_id, params=params)
-        self._study_runs[name] = run_id
-        return run_id
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        parent = self.study_run_id(study)
-        attrs = trial.user_attrs
-        tags = {
-            keys.PARENT_RUN_ID: parent, keys.RUN_KIND: keys.KIND_TRIAL,
-            keys.STUDY_NAME: study.study_name, keys.TRIAL_NUMBER: str(trial.number),
-            keys.TRIAL_STATE: trial.state.name,
-        }
-        if attrs.get(keys.REGIME):
-            tags[keys.REGIME] = str(attrs[keys.REGIME])
-        if attrs.get(RUN_ID):
-            tags[keys.CELL_RUN_ID] = str(attrs[RUN_ID])
-        run = with_retries(self.client.create_run, self.experiment_id,
-                           run_name=f"{study.study_name}/trial-{trial.number}", tags=tags)
-        params = {k: v for k, v in self.study_params.items() if k != keys.TEMPERATURE}
-        params.update(trial.params)
-        for name in (keys.TEMPERATURE, keys.DENSITY):
-            if attrs.get(name) is not None:
-                params[name] = attrs[name]
-        now = int(time.time() * 1000)
-        metrics = []
-        if trial.value is not None and math.isfinite(trial.value):
-            metrics.append(Metric(self.objective_name, float(trial.value), now, 0))
-        for name in (keys.LMC_BARRIER, keys.CKA):
-            if _number(attrs.get(name)) is not None:
-                metrics.append(Metric(name, float(attrs[name]), now, 0))
-        with_retries(self.client.log_batch, run.info.run_id, metrics=metrics,
-                     params=[Param(k, str(v)) for k, v in sorted(params.items())])
-        status = "FINISHED" if trial.state == TrialState.COMPLETE else (
-            "KILLED" if trial.state == TrialState.PRUNED else "FAILED")
-        with_retries(self.client.set_terminated, run.info.run_id, status)
-
-    def on_study_end(self, study: optuna.Study) -> str:
-        """Log the best trial on the study run, call ``register_best``, end the run.
-
-        Returns the study run id.
-        """
-        parent = self.study_run_id(study)
-        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if complete:
-            best = study.best_trial
-            now = int(time.time() * 1000)
-            metrics = [Metric(keys.BEST_VALUE, float(best.value), now, len(study.trials))]
-            temperature = _number(best.user_attrs.get(keys.TEMPERATURE))
-            if temperature is not None:
-                metrics.append(Metric(keys.BEST_TEMPERATURE, temperature, now,
-                                      len(study.trials)))
-            tags = [RunTag(keys.BEST_TRIAL_NUMBER, str(best.number))]
-            if best.user_attrs.get(RUN_ID):
-                tags.append(RunTag(keys.CELL_RUN_ID, str(best.user_attrs[RUN_ID])))
-            with_retries(self.client.log_batch, parent, metrics=metrics, tags=tags)
-            if self.register_best is not None:
-                self.register_best(study, best, parent)
-        with_retries(self.client.set_terminated, parent, "FINISHED")
-        return parent
-
-
 # --- a registered regime classifier as predictor / labeller --------------------------------
 
 def classifier_callables(
@@ -589,7 +462,8 @@ def tune(
 
     ``storage`` is a :func:`make_storage` URL/path or a storage object; ``None`` is the journal
     file at :func:`default_storage_path`. With ``logger``, every trial of this process is
-    logged to MLflow and :meth:`MlflowTrialLogger.on_study_end` is called at the end.
+    logged to MLflow and its ``on_study_end`` is called at the end
+    (:class:`selection._tracking.MlflowTrialLogger`).
     ``context``: finished cells (a results table) of the same grid, other densities used by
     the labels (see :class:`CellObjective`); ``transfer``: the regime sampler's start from
     them (:func:`selection.sampler.transfer_prior`).

@@ -17,7 +17,8 @@ import pytest
 from helpers import REPO, cli_env, pg_url, postgres_database, wait_for
 from mlflow import MlflowClient
 
-from selection.tuner import MlflowTrialLogger, make_storage
+from selection._tracking import MlflowTrialLogger
+from selection.tuner import make_storage
 from tracking import keys
 from tracking.store import configure, experiment_id, search_all_runs
 
@@ -27,7 +28,8 @@ STUDY_PARAMS = {keys.KNOB: "epochs", keys.DENSITY: 0.1, keys.SAMPLER: "regime"}
 
 WORKER = f"""
 import sys, time
-from selection.tuner import MlflowTrialLogger, tune
+from selection._tracking import MlflowTrialLogger
+from selection.tuner import tune
 from tracking.store import configure
 
 storage, uri = sys.argv[1], sys.argv[2]

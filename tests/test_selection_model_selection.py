@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from selection._tracking import log_selection
 from selection.model_selection import (
     ALG2,
     ALG2_1,
@@ -17,7 +18,6 @@ from selection.model_selection import (
     METHODS,
     ORACLE,
     SelectionWarning,
-    log_selection,
     plot_regret,
     select_models,
 )

@@ -9,8 +9,9 @@ from pathlib import Path
 import optuna
 from mlflow import MlflowClient
 
-from selection.tune_cli import add_parser, run_tune
-from selection.tuner import MlflowTrialLogger, tune
+from selection._tracking import MlflowTrialLogger
+from selection.cli.tune import add_parser, run_tune
+from selection.tuner import tune
 from tracking import keys
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -107,9 +108,9 @@ def test_tune_command_reports_a_bad_config(tmp_path, capsys):
 def test_workers_creating_the_study_run_at_the_same_moment_share_one(tracking_uri, monkeypatch):
     """Workers A and B both search before either has created the study run (the race): each
     creates one; both end up on the earliest, the other is deleted."""
-    import selection.tuner as tuner_mod
+    import selection._tracking as tracking_mod
 
-    real_search = tuner_mod.search_all_runs
+    real_search = tracking_mod.search_all_runs
     calls = []
 
     def search(*args, **kwargs):
@@ -117,7 +118,7 @@ def test_workers_creating_the_study_run_at_the_same_moment_share_one(tracking_ur
         # call 1: A's first look, call 3: B's first look -- both before any run existed
         return [] if len(calls) in (1, 3) else real_search(*args, **kwargs)
 
-    monkeypatch.setattr(tuner_mod, "search_all_runs", search)
+    monkeypatch.setattr(tracking_mod, "search_all_runs", search)
     study = optuna.create_study(study_name="race", direction="maximize")
     a = MlflowTrialLogger("race-exp", study_params={keys.DENSITY: 0.1})
     b = MlflowTrialLogger("race-exp", study_params={keys.DENSITY: 0.1})

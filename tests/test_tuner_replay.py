@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from selection.cli.replay import add_parser
 from selection.replay import compare_samplers, prepare_table, replay_density, results_json
-from selection.tune_cli import add_parser
 
 TEMPS = [2, 3, 5, 8, 12, 20, 30, 40, 60, 80]
 CHEAP = ["regime", "tpe", "tpe2", "random", "grid"]  # gp is slow; it has its own smoke test

@@ -81,7 +81,7 @@ def test_tune_reads_other_densities_from_the_store(tracking_uri):
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
-    from selection.tune_cli import _grid_context
+    from selection.cli.tune import _grid_context
     from tracking.tables import PAIR_METRICS, results_table
 
     df = paper_like_grid(seed=0)

@@ -1,29 +1,23 @@
-"""``python -m selection tune`` and ``python -m selection replay``.
-
-- ``tune``: regime-guided (or baseline) Optuna tuning of the training temperature for one
-  target density of a grid config; each trial runs the cell through the pipeline, or fetches
-  it from the MLflow cache when it was computed before.
-- ``replay``: replays a finished results table as a tabular objective and compares samplers
-  over many seeds (see :mod:`selection.replay`).
-"""
+"""``python -m selection tune``: regime-guided (or baseline) Optuna tuning of the training
+temperature for one target density of a grid config; each trial runs the cell through the
+pipeline, or fetches it from the MLflow cache when it was computed before."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
+from selection.cli._common import add_threshold_options
 from selection.tuner import SAMPLER_NAMES
 from tracking.cli import add_store_options
 
-__all__ = ["add_parser", "run_tune", "run_replay"]
+__all__ = ["add_parser", "run_tune"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register the ``tune`` and ``replay`` subcommands (each sets ``func(args) -> int``)."""
+    """Register the ``tune`` subcommand."""
     tune = subparsers.add_parser(
         "tune", help="tune the training temperature for a target density (Optuna)",
         description="Regime-guided Optuna tuning of the training temperature for one target "
@@ -37,10 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                       "(postgresql://...) or 'memory' (default: <repo>/optuna.journal)")
     tune.add_argument("--study", help="study name (default tune-<knob>-d<density>-<sampler>); "
                       "an existing study is resumed")
-    tune.add_argument("--eps", type=float, help="LMC-barrier threshold (train-error fraction); "
-                      "Regime I iff barrier < eps (default: estimated from the study's cells)")
-    tune.add_argument("--tau", type=float, help="CKA threshold; II-B iff cka >= tau "
-                      "(default: estimated from the study's cells)")
+    add_threshold_options(tune, over="the study's cells")
     tune.add_argument("--classifier", help="registered regime classifier NAME[@ALIAS]: a "
                       "phase model steers the sampler, a landscape model labels the cells")
     tune.add_argument("--seed", type=int, default=0, help="sampler seed")
@@ -55,42 +46,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                            "(default: registered as <study>-pruned, alias champion)")
     tune.set_defaults(func=run_tune)
 
-    replay = subparsers.add_parser(
-        "replay", help="compare samplers by replaying a finished grid table",
-        description="Replay a finished results table as a tabular objective (a trial looks up "
-                    "a cell) and compare temperature samplers over many seeds.")
-    replay.add_argument("--table", required=True, help="results table CSV")
-    replay.add_argument("--density", type=float, required=True, help="target density")
-    replay.add_argument("--sampler", default=",".join(SAMPLER_NAMES),
-                        help=f"comma-separated samplers among {', '.join(SAMPLER_NAMES)}")
-    replay.add_argument("--repeats", type=int, default=50, help="seeds per sampler")
-    replay.add_argument("--seed", type=int, default=0, help="first seed")
-    replay.add_argument("--budget", type=int, help="trials per replay (default: twice the "
-                        "number of temperatures)")
-    replay.add_argument("--objective-column", default="val_acc")
-    replay.add_argument("--tolerance", type=float, default=0.002,
-                        help="'within' margin as a fraction (0.002 = 0.2 accuracy points)")
-    replay.add_argument("--knob", help="the knob to replay when the table has several")
-    replay.add_argument("--eps", type=float, help="relabel the table with this barrier "
-                        "threshold (default: its regime column, else estimated)")
-    replay.add_argument("--tau", type=float, help="relabel the table with this CKA threshold")
-    replay.add_argument("--relabel", action="store_true", help="label the table with the "
-                        "grid labeller (jump along temperature) instead of its regime column")
-    replay.add_argument("--transfer", action="store_true", help="replay the density with the "
-                        "table's other densities known as finished cells of the grid (the "
-                        "regime sampler starts from what they predict)")
-    replay.add_argument("--json", action="store_true", help="print one JSON object keyed by "
-                        "sampler instead of the table (no plot unless --out is given)")
-    replay.add_argument("--out", help="folder for the plot (default: the current folder; "
-                        "with --json: no plot)")
-    replay.set_defaults(func=run_replay)
-
 
 def run_tune(args: argparse.Namespace,
              lookup: Callable[[float, float], Mapping[str, Any]] | None = None) -> int:
     """Run the ``tune`` command; ``lookup`` replaces the pipeline (tests, dry runs)."""
     from pipeline.config import load_config
-    from selection.tuner import MlflowTrialLogger, classifier_callables, make_storage, tune
+    from selection._tracking import MlflowTrialLogger
+    from selection.tuner import classifier_callables, make_storage, tune
     from tracking import keys
     from tracking.cli import open_store
 
@@ -200,51 +162,15 @@ def _register_best(study, best, study_run_id: str) -> None:
         # the study's result stands without it; say why nothing was registered
         print(f"warning: the best trial's model was not registered: {e}", file=sys.stderr)
         return
-    print(f"registered the best trial's pruned model: models:/{name}@champion (version {version})")
+    print(f"registered the best trial's pruned model: models:/{name}@champion "
+          f"(version {version})")
 
 
 def _grid_run_or_none(experiment: str) -> str | None:
     """The latest FINISHED grid run of ``experiment``; None if it has none or does not exist."""
-    from selection._mlflow import grid_parent_run_id
+    from selection._tracking import grid_parent_run_id
 
     try:
         return grid_parent_run_id(experiment)
     except ValueError:   # no such experiment yet: the first cell creates it
         return None
-
-
-def run_replay(args: argparse.Namespace) -> int:
-    """Run the ``replay`` command."""
-    from selection.replay import (
-        compare_samplers,
-        format_results,
-        plot_results,
-        prepare_table,
-        results_json,
-    )
-
-    samplers = [s.strip() for s in args.sampler.split(",") if s.strip()]
-    try:
-        cells, knob = prepare_table(args.table, objective_column=args.objective_column,
-                                    knob=args.knob, eps=args.eps, tau=args.tau,
-                                    relabel=args.relabel)
-        results = compare_samplers(cells, knob, [args.density], samplers,
-                                   repeats=args.repeats, seed=args.seed, budget=args.budget,
-                                   objective_column=args.objective_column,
-                                   tolerance=args.tolerance, transfer=args.transfer)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    (by_sampler,) = results.values()
-    plot = None
-    if args.out or not args.json:
-        name = f"replay_{knob}_d{args.density:g}.png"
-        plot = plot_results(results, Path(args.out or ".") / name)
-    if args.json:
-        print(json.dumps(results_json(by_sampler), allow_nan=False))
-        return 0
-    print(f"replay of {args.table} at density {args.density:g} ({knob}), {args.repeats} seeds "
-          f"per sampler, objective {args.objective_column}")
-    print(format_results(results))
-    print(f"plot: {plot}")
-    return 0

@@ -13,10 +13,8 @@ import argparse
 import time
 from pathlib import Path
 
-from selection._cli import fail
+from selection.cli._common import fail
 from tracking.cli import add_store_options
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -84,17 +82,20 @@ def run_demo(args: argparse.Namespace) -> int:
         ("classify", ["classify", "--experiment", exp, "--out", str(out / "regime_labels.csv"),
                       "--map", str(out / "regime_map.png")], selection_main),
         ("select", ["select", "--experiment", exp, "--density", "all",
-                    "--out", str(out / "selection.csv"), "--plot", str(out / "selection_regret.png")],
+                    "--out", str(out / "selection.csv"),
+                    "--plot", str(out / "selection_regret.png")],
          selection_main),
         ("tune", ["tune", "--config", args.config, "--density", str(args.density),
                   "--n-trials", str(int(args.n_trials)), "--sampler", "regime"], selection_main),
         ("replay", ["replay", "--table", str(out / "results.csv"), "--density", str(args.density),
-                    "--sampler", "regime,tpe,tpe2,gp,random,grid", "--repeats", str(args.replay_repeats),
+                    "--sampler", "regime,tpe,tpe2,gp,random,grid",
+                    "--repeats", str(args.replay_repeats),
                     "--out", str(out / "replay")], selection_main),
     ]
     codes = {}
     for name, argv, entry in steps:
-        print(f"\n=== {name}: python -m {entry.__module__.split('.')[0]} {' '.join(argv)}", flush=True)
+        package = entry.__module__.split('.')[0]
+        print(f"\n=== {name}: python -m {package} {' '.join(argv)}", flush=True)
         codes[name] = entry(argv)
         if name == "grid" and codes[name] != 0:
             print("the grid had failures: the analyses below use the cells that finished")

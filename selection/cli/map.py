@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from selection._cli import fail
+from selection.cli._common import add_threshold_options, fail
 
 __all__ = ["add_parser", "run_map_command"]
 
@@ -36,9 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "the points): the 4 corners and spread points)")
     p.add_argument("--seed", type=int, default=0, help="tie-breaks of the design and the "
                    "choices (default 0)")
-    p.add_argument("--eps", type=float, help="LMC-barrier threshold for the labels "
-                   "(default: the labeller's own, eps-free)")
-    p.add_argument("--tau", type=float, help="CKA threshold for the labels")
+    add_threshold_options(p, over="the cells run")
     p.add_argument("--patience", type=int, default=2, help="stop rule: rounds without a label "
                    "change (default 2)")
     p.add_argument("--max-uncertainty", type=float, default=0.1, help="stop rule: the largest "

@@ -7,13 +7,20 @@ import argparse
 import warnings
 from pathlib import Path
 
-from selection._cli import add_mlflow_options, add_table_source, fail, load_table, log_target
+from selection._tracking import log_selection
+from selection.cli._common import (
+    add_mlflow_options,
+    add_table_source,
+    add_threshold_options,
+    fail,
+    load_table,
+    log_target,
+)
 from selection.model_selection import (
     ORACLE,
     SELECT_COLUMNS,
     SelectionResult,
     SelectionWarning,
-    log_selection,
     plot_regret,
     select_models,
 )
@@ -30,7 +37,8 @@ def parse_densities(values: list[str]) -> list[float] | None:
         try:
             densities.append(float(v))
         except ValueError:
-            raise ValueError(f"--density must be a number in (0, 1] or 'all', got {v!r}") from None
+            raise ValueError(f"--density must be a number in (0, 1] or 'all', got {v!r}"
+                             ) from None
         if not 0 < densities[-1] <= 1:
             raise ValueError(f"--density must be a fraction in (0, 1], got {v!r}")
     return densities
@@ -65,8 +73,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_table_source(parser)
     parser.add_argument("--density", action="append", required=True,
                         help="target density (fraction); repeat it for several, or 'all'")
-    parser.add_argument("--eps", type=float, help="LMC-barrier threshold (default: estimated)")
-    parser.add_argument("--tau", type=float, help="CKA threshold (default: estimated)")
+    add_threshold_options(parser)
     parser.add_argument("--out", help="write the table of choices to this CSV")
     parser.add_argument("--plot", help="also write the regret plot PNG here")
     add_mlflow_options(parser)

@@ -1,4 +1,5 @@
-"""Pieces shared by the ``python -m selection`` commands: the table source, MLflow options."""
+"""Pieces shared by the ``python -m selection`` commands: the table source, the MLflow options,
+the regime thresholds."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ def add_table_source(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--experiment", help="MLflow experiment whose FINISHED cell runs form "
                         "the results table; results are logged under its grid parent run")
-    source.add_argument("--table", help="results table CSV (columns: docs/design.md#the-results-table)")
+    source.add_argument("--table", help="results table CSV "
+                        "(columns: docs/design.md#the-results-table)")
     add_store_options(parser)
 
 
@@ -29,6 +31,18 @@ def add_mlflow_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mlflow-experiment", default=DEFAULT_LOG_EXPERIMENT,
                         help="experiment to log to when the input is --table "
                         f"(default: {DEFAULT_LOG_EXPERIMENT})")
+
+
+def add_threshold_options(parser: argparse.ArgumentParser, over: str = "the table's cells",
+                          note: str = "") -> None:
+    """``--eps`` and ``--tau``, the regime thresholds (see
+    :func:`selection.regimes.label_grid`); ``over`` names the cells labelled without them,
+    ``note`` ends both help texts."""
+    parser.add_argument("--eps", type=float, help="LMC-barrier threshold, a train-error "
+                        "fraction: Regime I iff lmc_barrier < eps (default: the jump along "
+                        f"temperature over {over}){note}")
+    parser.add_argument("--tau", type=float, help="CKA threshold: II-B iff cka >= tau among "
+                        f"the Regime II cells (default: estimated from {over}){note}")
 
 
 def load_table(args: argparse.Namespace, required: Sequence[str]) -> pd.DataFrame:
@@ -71,7 +85,7 @@ def log_target(args: argparse.Namespace) -> tuple[str | None, str | None]:
     """
     if args.no_mlflow:
         return None, None
-    from selection._mlflow import grid_parent_run_id
+    from selection._tracking import grid_parent_run_id
 
     _configure(args)
     if args.experiment:
