@@ -18,6 +18,7 @@ from pipeline.cell import finetune_members, run_cells
 from pipeline.config import Runtime, parse_config
 from pipeline.data import Dataset
 from pipeline.landscape import all_pairs, lmc_curves, measure_pairs, softmax_outputs
+from pipeline.memstat import peak_rss_mb, varied_states
 from pipeline.models import build_model, eval_batch_size
 from pipeline.parallel import CPU_FORWARD_BYTES, GIB, Budget, activation_size, free_memory
 from pipeline.specs import (
@@ -38,17 +39,7 @@ CASES = {"preresnet": (ModelSpec(name="preresnet", depth=20, width=0.25), (3, 8,
 
 def _states(spec, shape, n=3):
     """``n`` models with different weights and non-trivial BatchNorm statistics."""
-    states = []
-    for s in range(n):
-        model = build_model(spec, shape, 10, seed=s)
-        g = torch.Generator().manual_seed(s)
-        with torch.no_grad():
-            for mod in model.modules():
-                if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
-                    mod.weight.normal_(1, 0.2, generator=g)
-                    mod.bias.normal_(0, 0.2, generator=g)
-        states.append(model.state_dict())
-    return states
+    return varied_states(spec, shape, n)
 
 
 def _data(shape, n=150):
@@ -212,15 +203,10 @@ def test_budget_bounds_peak_memory():
     unbounded (one batch of 256) vs a 64 MiB budget, each in a fresh process."""
     script = textwrap.dedent("""
         import sys
-        def hwm_kib():
-            # VmHWM is this process's own peak: ru_maxrss keeps the parent's RSS at fork
-            # (a full pytest run's 1.3 GB) across exec, which hid the forward's peak
-            for line in open("/proc/self/status"):
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
         sys.path.insert(0, %r)
         import torch
         torch.set_num_threads(1)
+        from pipeline.memstat import peak_rss_mb
         from pipeline.models import build_model, eval_batch_size
         from pipeline.parallel import Budget, activation_size
         from pipeline.specs import ModelSpec
@@ -231,9 +217,9 @@ def test_budget_bounds_peak_memory():
         model = build_model(spec, (3, 32, 32), 10, members=11)
         budget = Budget(float(sys.argv[1]) * 2 ** 20)
         bs = eval_batch_size(model, x, budget, per)
-        before = hwm_kib()
+        before = peak_rss_mb()   # VmHWM: the child's own peak (see pipeline.memstat)
         correct_counts(model, x, y, bs)
-        print((hwm_kib() - before) / 1024, bs)
+        print(peak_rss_mb() - before, bs)
     """) % str(ROOT)
 
     def peak(mib):
@@ -248,3 +234,17 @@ def test_budget_bounds_peak_memory():
     assert bs_unbounded == 1000 and bs_bounded < 32
     assert unbounded > 600, unbounded           # ~11 x 256 x 0.4 MB
     assert bounded < 64 * 2.5, bounded
+
+
+def test_peak_rss_is_the_childs_own_not_its_parents():
+    """A child's ``peak_rss_mb`` must not start at its parent's size, as ``ru_maxrss`` does."""
+    ballast = torch.ones(2 ** 28)                       # 1 GiB touched in this (parent) process
+    parent = peak_rss_mb()
+    assert parent > 1024
+    code = ("import resource; from pipeline.memstat import peak_rss_mb; "
+            "print(peak_rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    child, child_maxrss = map(float, out.stdout.split())
+    del ballast
+    assert 0 < child < parent - 512, (child, parent, child_maxrss)
