@@ -32,7 +32,7 @@ _EXPORTS = {
     "predict_regimes": "classifier",
     "log_classifier": "classifier",
     "load_classifier": "classifier",
-    "tag_cell_runs": "classifier",
+    "tag_cell_runs": "_tracking",
     "select_models": "model_selection",
     "log_selection": "_tracking",
     "plot_regime_map": "regime_map",

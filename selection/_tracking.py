@@ -2,8 +2,13 @@
 
 - the grid parent run that results nest under (:func:`grid_parent_run_id`) and the runs
   nested under it (:func:`child_run`);
-- the ``classify`` run (:func:`log_classification`), the ``select`` run
-  (:func:`log_selection`) and the tuner's study and trial runs (:class:`MlflowTrialLogger`).
+- the ``classify`` run (:func:`log_classification`) and the regime tags of the cell runs
+  (:func:`tag_cell_runs`), the ``select`` run (:func:`log_selection`), and the tuner's study
+  and trial runs (:class:`MlflowTrialLogger`).
+
+A classifier's model and its registry versions are logged by
+:func:`selection.classifier.log_classifier` (``mlflow.sklearn``), the adaptive map's run by
+:mod:`selection.mapping`.
 
 Params, metrics and tags go through ``tracking``'s batch logger (:meth:`RunCache.log
 <tracking.cache.RunCache.log>`: one ``log_batch`` call, with retries), never through a
@@ -15,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,8 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
+from selection._validate import check_table
 from tracking import keys
 from tracking.cache import RunCache
 from tracking.store import (
@@ -98,7 +108,7 @@ def log_classification(report: ClassifyReport, experiment: str, names: Mapping[s
     Then each cell run gets its ``regime`` tag, and the regime map is also logged under
     ``plots/`` of the grid run.
     """
-    from selection.classifier import log_classifier, tag_cell_runs
+    from selection.classifier import log_classifier
     from selection.classify import CLASSIFY_COLUMNS
     from selection.regimes import regime_counts
     from tracking.tables import write_table
@@ -127,6 +137,41 @@ def log_classification(report: ClassifyReport, experiment: str, names: Mapping[s
     if report.grid_run_id is not None:
         with_retries(get_client().log_artifact, report.grid_run_id, str(regime_map),
                      keys.ARTIFACT_PLOTS_DIR)
+
+
+def tag_cell_runs(df: pd.DataFrame, client: MlflowClient | None = None) -> int:
+    """Write each row's ``regime`` as the ``regime`` tag of its cell run (column ``run_id``).
+
+    With the columns of ``selection.regimes.label_grid``, the run also gets the metrics
+    ``p_regime_I`` and ``p_regime_IIB`` (when not NaN) and the tag ``regime_label_method``.
+    Rows without a run id or a regime are skipped; so are run ids unknown to this tracking
+    store (a table from elsewhere), with a warning. Returns the number of runs tagged.
+    """
+    check_table(df, (keys.REGIME,), allow_nan=True)
+    if RUN_ID not in df.columns:
+        return 0
+    # the batch logger writes to any run by its id; its experiment is for lookups, unused here
+    runs = RunCache(client or get_client(), experiment_id="")
+    rows = df[df[RUN_ID].notna() & df[keys.REGIME].notna()]
+    tagged, unknown = 0, []
+    for _, row in rows.iterrows():
+        run_id = str(row[RUN_ID])
+        tags = {keys.REGIME: str(row[keys.REGIME])}
+        if isinstance(row.get("label_method"), str):
+            tags[keys.REGIME_LABEL_METHOD] = row["label_method"]
+        metrics = {name: row[name] for name in (keys.P_REGIME_I, keys.P_REGIME_IIB)
+                   if name in row.index and pd.notna(row[name])}
+        try:
+            runs.log(run_id, metrics=metrics, tags=tags)
+            tagged += 1
+        except MlflowException as e:
+            if e.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                raise
+            unknown.append(str(run_id))
+    if unknown:
+        warnings.warn(f"{len(unknown)} run ids of the table are not in this tracking store, "
+                      f"not tagged: {unknown[:5]}", stacklevel=2)
+    return tagged
 
 
 # --- select --------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ Everything is a stock sklearn object, so the model is saved in MLflow's safe ``s
 
 from __future__ import annotations
 
-import time
 import warnings
 from dataclasses import dataclass
 
@@ -27,10 +26,7 @@ import mlflow.sklearn
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import Metric, RunTag
-from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
-from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
 from sklearn.dummy import DummyClassifier
@@ -43,8 +39,7 @@ from selection._knob import hotter_is_lower
 from selection._validate import check_labels, check_table, one_knob
 from selection.regimes import REGIMES
 from tracking import keys
-from tracking.store import get_client, with_retries
-from tracking.tables import RUN_ID
+from tracking.store import with_retries
 
 LANDSCAPE = "landscape"
 PHASE = "phase"
@@ -332,39 +327,3 @@ def model_version_description(df: pd.DataFrame, feature_set: str, run_id: str,
 def load_classifier(name: str, alias: str = DEFAULT_ALIAS) -> Pipeline:
     """The registered classifier ``name`` at ``alias``, loaded from ``models:/name@alias``."""
     return mlflow.sklearn.load_model(f"models:/{name}@{alias}")
-
-
-def tag_cell_runs(df: pd.DataFrame, client: MlflowClient | None = None) -> int:
-    """Write each row's ``regime`` as the ``regime`` tag of its cell run (column ``run_id``).
-
-    With the columns of ``selection.regimes.label_grid``, the run also gets the metrics
-    ``p_regime_I`` and ``p_regime_IIB`` (when not NaN) and the tag ``regime_label_method``.
-    Rows without a run id or a regime are skipped; so are run ids unknown to this tracking
-    store (a table from elsewhere), with a warning. Returns the number of runs tagged.
-    """
-    check_table(df, (keys.REGIME,), allow_nan=True)
-    if RUN_ID not in df.columns:
-        return 0
-    client = client or get_client()
-    rows = df[df[RUN_ID].notna() & df[keys.REGIME].notna()]
-    tagged, unknown = 0, []
-    now = int(time.time() * 1000)
-    for _, row in rows.iterrows():
-        run_id = str(row[RUN_ID])
-        tags = [RunTag(keys.REGIME, str(row[keys.REGIME]))]
-        if isinstance(row.get("label_method"), str):
-            tags.append(RunTag(keys.REGIME_LABEL_METHOD, row["label_method"]))
-        metrics = [Metric(name, float(row[name]), now, 0)
-                   for name in (keys.P_REGIME_I, keys.P_REGIME_IIB)
-                   if name in row.index and pd.notna(row[name])]
-        try:
-            with_retries(client.log_batch, run_id, metrics=metrics, tags=tags)
-            tagged += 1
-        except MlflowException as e:
-            if e.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
-                raise
-            unknown.append(str(run_id))
-    if unknown:
-        warnings.warn(f"{len(unknown)} run ids of the table are not in this tracking store, "
-                      f"not tagged: {unknown[:5]}", stacklevel=2)
-    return tagged

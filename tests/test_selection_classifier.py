@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from selection._tracking import tag_cell_runs
 from selection.classifier import (
     GROUP_BY_DENSITY,
     LANDSCAPE,
@@ -20,7 +21,6 @@ from selection.classifier import (
     load_classifier,
     log_classifier,
     predict_regimes,
-    tag_cell_runs,
 )
 from selection.regimes import REGIME_I, REGIME_II_A, REGIME_II_B, RegimeWarning, label_regimes
 from selection.synthetic import synthetic_table
