@@ -7,7 +7,7 @@ import os
 import sys
 
 from pipeline.config import load_config
-from pipeline.executors import get_executor, list_executors
+from pipeline.executors import EXECUTORS, get_executor
 from tracking.cli import add_store_options, open_store
 
 
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("grid", help="run or resume every cell of a config")
     _config_args(g)
-    g.add_argument("--executor", default="serial", choices=list_executors(),
+    g.add_argument("--executor", default="serial", choices=EXECUTORS.names(),
                    help="where cells run (default: serial, in this process)")
     g.add_argument("--workers", type=int, default=0, help="worker processes (dask; 0 = one per core)")
     g.add_argument("--scheduler", help="address of an existing Dask scheduler (dask executor)")

@@ -56,7 +56,8 @@ class Runtime:
                 or not 0 <= self.memory_gb < float("inf"):
             raise ValueError(f"runtime.memory_gb={self.memory_gb!r}: must be a number >= 0 "
                              "(GiB; 0 = half the device's free memory)")
-        if not isinstance(self.device, str) or not re.fullmatch(r"cpu|mps|cuda(:\d+)?", self.device):
+        if not isinstance(self.device, str) \
+                or not re.fullmatch(r"cpu|mps|cuda(:\d+)?", self.device):
             raise ValueError(f"runtime.device={self.device!r}: allowed: cpu, cuda, cuda:N, mps")
 
 
@@ -79,7 +80,8 @@ class GridConfig:
     def base_dense(self, seed: int) -> DenseSpec:
         return DenseSpec(data=self.data, model=self.model, train=self.dense, seed=seed)
 
-    def cell(self, temperature: float, density: float, dense_seed: int) -> tuple[DenseSpec, CellSpec]:
+    def cell(self, temperature: float, density: float, dense_seed: int
+             ) -> tuple[DenseSpec, CellSpec]:
         """The dense run and the cell spec of one grid point."""
         dense, epoch = dense_for(self.knob, temperature, self.base_dense(dense_seed))
         cell = CellSpec(knob=self.knob, temperature=float(temperature), checkpoint_epoch=epoch,
@@ -113,13 +115,21 @@ _SECTIONS = {"data": DataSpec, "model": ModelSpec, "dense": TrainSpec, "prune": 
              "measure": MeasureSpec, "runtime": Runtime}
 
 
+def _reject_unknown_keys(values: dict, allowed, where: str) -> None:
+    """A typo in a key is an error naming it and every allowed key, never ignored."""
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+
+
+def _fields(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
 def _build(cls, values: dict, where: str):
     if not isinstance(values, dict):
         raise ValueError(f"{where}: expected a mapping, got {values!r}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+    _reject_unknown_keys(values, _fields(cls), where)
     try:
         return cls(**values)
     except TypeError as e:
@@ -131,10 +141,7 @@ def _finetune(values: dict) -> FinetuneSpec:
         raise ValueError(f"finetune: expected a mapping, got {values!r}")
     values = dict(values)
     own_names = ("seeds", "last_epochs", "recipe")
-    unknown = sorted(set(values) - set(own_names) - {f.name for f in dataclasses.fields(TrainSpec)})
-    if unknown:
-        allowed = sorted([*own_names, *(f.name for f in dataclasses.fields(TrainSpec))])
-        raise ValueError(f"finetune: unknown key(s) {unknown}; allowed: {allowed}")
+    _reject_unknown_keys(values, [*own_names, *_fields(TrainSpec)], "finetune")
     own = {k: values.pop(k) for k in own_names if k in values}
     return _build(FinetuneSpec, {**own, "train": _build(TrainSpec, values, "finetune")}, "finetune")
 
@@ -158,10 +165,7 @@ def parse_config(raw: dict, overrides: list[str] | None = None,
             raise ValueError(f"--set {item!r}: expected key=value, e.g. --set finetune.epochs=5")
         key, value = item.split("=", 1)
         _set(raw, key.strip(), value)
-    top = {f.name for f in dataclasses.fields(GridConfig)}
-    unknown = sorted(set(raw) - top)
-    if unknown:
-        raise ValueError(f"config: unknown key(s) {unknown}; allowed: {sorted(top)}")
+    _reject_unknown_keys(raw, _fields(GridConfig), "config")
     for required in ("experiment", "knob", "temperatures", "densities"):
         if required not in raw:
             raise ValueError(f"config: missing required key {required!r}")
@@ -177,7 +181,8 @@ def parse_config(raw: dict, overrides: list[str] | None = None,
             kwargs[key] = tuple(value)
     for d in kwargs["densities"]:
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 < d <= 1:
-            raise ValueError(f"config.densities contains {d!r}: densities must be in (0, 1] (fraction kept)")
+            raise ValueError(f"config.densities contains {d!r}: densities must be in (0, 1] "
+                             "(fraction kept)")
     seed_lists = [("config.dense_seeds", kwargs.get("dense_seeds", ()))]
     if "finetune" in kwargs:
         seed_lists.append(("finetune.seeds", kwargs["finetune"].seeds))

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from pipeline.specs import DataSpec
+from tracking.registries import Registry
 
 
 @dataclass
@@ -58,37 +59,37 @@ class _Raw:
     augment: str | None = None      # "crop_flip" (CIFAR), "crop" (SVHN) or None
 
 
-_LOADERS: dict[str, Callable[[Path | None], _Raw]] = {}
-_NEEDS_DIR: set[str] = set()
+@dataclass(frozen=True)
+class _Loader:
+    """How a registered dataset is read: ``read(data_dir)``; ``from_files`` if it is read
+    from ``data.data_dir`` (then a missing folder fails before any compute)."""
+
+    read: Callable[[Path | None], _Raw]
+    from_files: bool = False
+
+    @classmethod
+    def generated(cls, read: Callable[[Path | None], _Raw]) -> _Loader:
+        return cls(read)
+
+    @classmethod
+    def files(cls, read: Callable[[Path], _Raw]) -> _Loader:
+        return cls(read, from_files=True)
 
 
-def register_dataset(name: str, needs_data_dir: bool = False):
-    def deco(fn):
-        if name in _LOADERS:
-            raise ValueError(f"dataset {name!r} is already registered")
-        _LOADERS[name] = fn
-        if needs_data_dir:
-            _NEEDS_DIR.add(name)
-        return fn
-    return deco
-
-
-def list_datasets() -> list[str]:
-    return sorted(_LOADERS)
+DATASETS: Registry[_Loader] = Registry("dataset")
 
 
 def check_dataset(spec: DataSpec) -> None:
     """Fail fast (before any compute) on an unknown dataset or a missing data directory."""
     if spec.factory:
         return      # a data factory: checked when the config is loaded (pipeline.factories)
-    if spec.name not in _LOADERS:
-        raise ValueError(f"data.name={spec.name!r}: unknown dataset; allowed: {', '.join(list_datasets())}")
-    if spec.name in _NEEDS_DIR:
+    if DATASETS.get(spec.name, field="data.name").from_files:
         if not spec.data_dir:
             raise ValueError(f"data.data_dir is empty: dataset {spec.name!r} is read from files; "
                              "set data.data_dir to the folder holding them (nothing is downloaded)")
         if not Path(spec.data_dir).expanduser().is_dir():
-            raise FileNotFoundError(f"data.data_dir={spec.data_dir!r} does not exist (dataset {spec.name!r})")
+            raise FileNotFoundError(f"data.data_dir={spec.data_dir!r} does not exist "
+                                    f"(dataset {spec.name!r})")
 
 
 _CACHE: dict[tuple, Dataset] = {}
@@ -104,10 +105,11 @@ def load_dataset(spec: DataSpec, device: str | torch.device = "cpu") -> Dataset:
             _CACHE[key] = factory_dataset(spec, device)
         return _CACHE[key]
     check_dataset(spec)
-    key = (spec.name, spec.val_fraction, spec.split_seed, spec.train_subset, spec.data_dir, str(device))
+    key = (spec.name, spec.val_fraction, spec.split_seed, spec.train_subset, spec.data_dir,
+           str(device))
     if key in _CACHE:
         return _CACHE[key]
-    raw = _LOADERS[spec.name](Path(spec.data_dir).expanduser() if spec.data_dir else None)
+    raw = DATASETS.get(spec.name).read(Path(spec.data_dir).expanduser() if spec.data_dir else None)
     x, y = raw.x_train, raw.y_train
     if spec.train_subset:
         x, y = x[: spec.train_subset], y[: spec.train_subset]
@@ -123,7 +125,8 @@ def load_dataset(spec: DataSpec, device: str | torch.device = "cpu") -> Dataset:
         x_val=xt[val_idx], y_val=torch.from_numpy(y[val_idx].astype(np.int64)),
         x_test=norm(raw.x_test), y_test=torch.from_numpy(raw.y_test.astype(np.int64)),
         num_classes=raw.num_classes,
-        augment=_augmentation(raw.augment, pad_value=torch.from_numpy((-mean / std).astype(np.float32))),
+        augment=_augmentation(raw.augment,
+                              pad_value=torch.from_numpy((-mean / std).astype(np.float32))),
     ).to(device)
     _CACHE[key] = ds
     return ds
@@ -178,7 +181,8 @@ def _augmentation(kind: str | None, pad_value: torch.Tensor):
 
 # --- built-in datasets -------------------------------------------------------------------
 
-@register_dataset("mnist1d")
+@DATASETS.register("mnist1d")
+@_Loader.generated
 def _mnist1d(_: Path | None) -> _Raw:
     """MNIST-1D generated procedurally with its fixed default seed (no download)."""
     from mnist1d.data import get_dataset_args, make_dataset
@@ -187,7 +191,8 @@ def _mnist1d(_: Path | None) -> _Raw:
     return _Raw(data["x"][:, None, :], data["y"], data["x_test"][:, None, :], data["y_test"], 10)
 
 
-@register_dataset("digits")
+@DATASETS.register("digits")
+@_Loader.generated
 def _digits(_: Path | None) -> _Raw:
     """scikit-learn's 8x8 digits (1,797 images): tiny, for tests."""
     from sklearn.datasets import load_digits
@@ -213,7 +218,8 @@ def _cifar(root: Path, folder: str, train_files: list[str], test_file: str, labe
         # Note: CIFAR's python format is a pickle; it is read only from the user's own data dir.
         with open(_require(root / folder / fname, name), "rb") as f:
             d = pickle.load(f, encoding="bytes")
-        return np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(d[label_key])
+        x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        return x, np.asarray(d[label_key])
 
     parts = [read(f) for f in train_files]
     xte, yte = read(test_file)
@@ -222,18 +228,21 @@ def _cifar(root: Path, folder: str, train_files: list[str], test_file: str, labe
     return _Raw(xtr, ytr, xte.astype(np.float32) / 255.0, yte, num_classes, "crop_flip")
 
 
-@register_dataset("cifar10", needs_data_dir=True)
+@DATASETS.register("cifar10")
+@_Loader.files
 def _cifar10(root: Path) -> _Raw:
     return _cifar(root, "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)],
                   "test_batch", b"labels", 10, "cifar10")
 
 
-@register_dataset("cifar100", needs_data_dir=True)
+@DATASETS.register("cifar100")
+@_Loader.files
 def _cifar100(root: Path) -> _Raw:
     return _cifar(root, "cifar-100-python", ["train"], "test", b"fine_labels", 100, "cifar100")
 
 
-@register_dataset("svhn", needs_data_dir=True)
+@DATASETS.register("svhn")
+@_Loader.files
 def _svhn(root: Path) -> _Raw:
     from scipy.io import loadmat
 
@@ -267,11 +276,13 @@ def _mnist_like(root: Path, folder: str, name: str) -> _Raw:
     return _Raw(xtr, ytr, xte, yte, 10)
 
 
-@register_dataset("mnist", needs_data_dir=True)
+@DATASETS.register("mnist")
+@_Loader.files
 def _mnist(root: Path) -> _Raw:
     return _mnist_like(root, "MNIST", "mnist")
 
 
-@register_dataset("fashion_mnist", needs_data_dir=True)
+@DATASETS.register("fashion_mnist")
+@_Loader.files
 def _fashion(root: Path) -> _Raw:
     return _mnist_like(root, "FashionMNIST", "fashion_mnist")

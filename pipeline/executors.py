@@ -17,6 +17,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tracking.registries import Registry
+
+# name -> the executor class, built with the options of that kind
+EXECUTORS: Registry[Callable[..., object]] = Registry("executor")
+
 
 @dataclass
 class Node:
@@ -25,6 +30,7 @@ class Node:
     deps: dict[str, str] = field(default_factory=dict)   # kwarg name -> dependency key
 
 
+@EXECUTORS.register("serial")
 class SerialExecutor:
     """Runs nodes in order, in this process (the default, for tests and the demo).
 
@@ -41,7 +47,8 @@ class SerialExecutor:
         results: dict[str, object] = {}
         fatal: BaseException | None = None
         for node in nodes:
-            failed = [results[d] for d in node.deps.values() if isinstance(results.get(d), BaseException)]
+            failed = [results[d] for d in node.deps.values()
+                      if isinstance(results.get(d), BaseException)]
             if fatal is not None or failed:
                 results[node.key] = fatal or failed[0]
                 continue
@@ -64,6 +71,7 @@ def _run_node(fn: Callable[..., object], torch_threads: int, deps: dict[str, obj
     return fn(**deps)
 
 
+@EXECUTORS.register("dask")
 class DaskExecutor:
     """Submits the DAG as Dask futures with dependencies and waits for all of them.
 
@@ -193,21 +201,10 @@ def _scheduler_identity(address: str, seconds: float) -> dict:
     return reply
 
 
-_EXECUTORS: dict[str, Callable[..., object]] = {"serial": lambda **kw: SerialExecutor(),
-                                                "dask": lambda **kw: DaskExecutor(**kw)}
-
-
-def register_executor(name: str, factory: Callable[..., object]) -> None:
-    if name in _EXECUTORS:
-        raise ValueError(f"executor {name!r} is already registered")
-    _EXECUTORS[name] = factory
-
-
-def list_executors() -> list[str]:
-    return sorted(_EXECUTORS)
-
-
 def get_executor(name: str, **options):
-    if name not in _EXECUTORS:
-        raise ValueError(f"executor {name!r}: unknown; allowed: {', '.join(sorted(_EXECUTORS))}")
-    return _EXECUTORS[name](**options)
+    """A new executor of kind ``name`` (see ``EXECUTORS``) built with ``options``.
+
+    Raises:
+        ValueError: an unknown name (the message lists the registered ones) or bad options.
+    """
+    return EXECUTORS.get(name)(**options)

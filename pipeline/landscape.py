@@ -22,6 +22,7 @@ from pipeline.models import EnsembleModel, eval_batch_size, stack_members
 from pipeline.parallel import Budget, activation_size, map_chunks, split
 from pipeline.specs import MeasureSpec
 from pipeline.train import correct_counts
+from tracking.registries import Registry
 
 State = dict[str, torch.Tensor]
 
@@ -95,9 +96,10 @@ def example_bytes(build: Callable[[int], EnsembleModel], x: torch.Tensor, budget
     return activation_size(probe, x[:2], im2col=getattr(probe, "member_major", False)).eval
 
 
-def lmc_curves(build: Callable[[int], EnsembleModel], states: list[State], pairs: list[tuple[int, int]],
-               x: torch.Tensor, y: torch.Tensor, points: int = 11, bn_batch_size: int = 64,
-               max_members: int = 64, workers: int = 1, memory: Budget | None = None) -> list[list[float]]:
+def lmc_curves(build: Callable[[int], EnsembleModel], states: list[State],
+               pairs: list[tuple[int, int]], x: torch.Tensor, y: torch.Tensor, points: int = 11,
+               bn_batch_size: int = 64, max_members: int = 64, workers: int = 1,
+               memory: Budget | None = None) -> list[list[float]]:
     """Train error along the linear path of each pair, BN re-estimated at every point.
 
     Args:
@@ -179,35 +181,23 @@ def softmax_outputs(build: Callable[[int], EnsembleModel], states: list[State], 
         return [probs[m].cpu() for m in range(len(chunk))]
 
     chunk = budget.fit(per_example * min(64, len(x)), max_members)
-    return [o for outs in map_chunks(run, split(len(states), chunk, workers), workers) for o in outs]
+    chunks = split(len(states), chunk, workers)
+    return [o for outs in map_chunks(run, chunks, workers) for o in outs]
 
 
 # --- metric registry -----------------------------------------------------------------------
 
 MetricFn = Callable[..., None]
-_METRICS: dict[str, MetricFn] = {}
-
-
-def register_metric(name: str):
-    def deco(fn):
-        if name in _METRICS:
-            raise ValueError(f"metric {name!r} is already registered")
-        _METRICS[name] = fn
-        return fn
-    return deco
-
-
-def list_metrics() -> list[str]:
-    return sorted(_METRICS)
+METRICS: Registry[MetricFn] = Registry("metric")
 
 
 def check_metrics(spec: MeasureSpec) -> None:
-    for m in spec.metrics:
-        if m not in _METRICS:
-            raise ValueError(f"measure.metrics contains {m!r}: unknown metric; allowed: {', '.join(list_metrics())}")
+    """Fail fast (before any compute) on an unknown metric name."""
+    for i, m in enumerate(spec.metrics):
+        METRICS.get(m, field=f"measure.metrics[{i}]")
 
 
-@register_metric("lmc")
+@METRICS.register("lmc")
 def _lmc_metric(results, build, states, x, y, spec: MeasureSpec, max_members, workers, memory=None):
     curves = lmc_curves(build, states, [r.pair for r in results], x, y, spec.lmc_points,
                         spec.bn_batch_size, max_members, workers, memory)
@@ -215,7 +205,7 @@ def _lmc_metric(results, build, states, x, y, spec: MeasureSpec, max_members, wo
         r.lmc_errors, r.lmc_barrier = c, lmc_barrier_from_curve(c)
 
 
-@register_metric("cka")
+@METRICS.register("cka")
 def _cka_metric(results, build, states, x, y, spec: MeasureSpec, max_members, workers, memory=None):
     outs = softmax_outputs(build, states, x[: spec.cka_examples], max_members, workers=workers,
                            memory=memory)
@@ -241,5 +231,5 @@ def measure_pairs(build: Callable[[int], EnsembleModel], states: list[State],
     check_metrics(spec)
     results = [PairMetrics(p) for p in pairs]
     for name in spec.metrics:
-        _METRICS[name](results, build, states, x, y, spec, max_members, workers, memory=memory)
+        METRICS.get(name)(results, build, states, x, y, spec, max_members, workers, memory=memory)
     return results

@@ -22,6 +22,7 @@ from torch import nn
 
 from pipeline.parallel import Budget
 from pipeline.specs import ModelSpec
+from tracking.registries import Registry
 
 
 class EConv(nn.Module):
@@ -69,7 +70,7 @@ def _bn(members: int, dims: int, channels: int) -> nn.Module:
     return (nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d)(members * channels)
 
 
-def _flatten(x: torch.Tensor, members: int) -> torch.Tensor:
+def _flatten(x: torch.Tensor) -> torch.Tensor:
     """[B, M*C, *spatial] -> [B, M*(C*prod(spatial))], member-major like a plain flatten."""
     return x.reshape(x.shape[0], -1)
 
@@ -270,7 +271,7 @@ class CNN1D(EnsembleModel):
         self.classifier = ELinear(members, c * length, num_classes)
 
     def forward(self, x):
-        return self.classifier(_flatten(self.features(x), self.members))
+        return self.classifier(_flatten(self.features(x)))
 
 
 class MLP(EnsembleModel):
@@ -293,7 +294,7 @@ class MLP(EnsembleModel):
         self.classifier = ELinear(members, fin, num_classes)
 
     def forward(self, x):
-        return self.classifier(self.features(_flatten(x, self.members)))
+        return self.classifier(self.features(_flatten(x)))
 
 
 SHORTCUTS = ("preact", "raw")
@@ -403,34 +404,39 @@ class VGG(EnsembleModel):
         return self.classifier(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
 
 
-_MODELS: dict[str, Callable[..., EnsembleModel]] = {}
-
-
-def register_model(name: str, builder: Callable[..., EnsembleModel]) -> None:
-    if name in _MODELS:
-        raise ValueError(f"model {name!r} is already registered")
-    _MODELS[name] = builder
-
-
-def list_models() -> list[str]:
-    return sorted(_MODELS)
+# name -> builder(members, in_shape, num_classes, spec) of that architecture
+MODELS: Registry[Callable[..., EnsembleModel]] = Registry("model")
 
 
 def check_model(spec: ModelSpec) -> None:
+    """Fail fast (before any compute) on an unknown model or a shortcut it does not have."""
     if spec.factory:
         return      # a model factory: checked when the config is loaded (pipeline.factories)
-    if spec.name not in _MODELS:
-        raise ValueError(f"model.name={spec.name!r}: unknown model; allowed: {', '.join(list_models())}")
+    MODELS.get(spec.name, field="model.name")
     if spec.shortcut != "preact" and spec.name != "preresnet":
         raise ValueError(f"model.shortcut={spec.shortcut!r}: only model.name=preresnet has a "
                          f"shortcut choice (got model.name={spec.name!r})")
 
 
-register_model("cnn1d", lambda m, s, k, spec: CNN1D(m, s, k, spec.width))
-register_model("mlp", lambda m, s, k, spec: MLP(m, s, k, spec.width, spec.depth))
-register_model("preresnet", lambda m, s, k, spec: PreResNet(m, s, k, spec.width, spec.depth,
-                                                             spec.shortcut))
-register_model("vgg", lambda m, s, k, spec: VGG(m, s, k, spec.width, spec.depth))
+@MODELS.register("cnn1d")
+def _cnn1d(members: int, in_shape: tuple[int, ...], num_classes: int, spec: ModelSpec) -> CNN1D:
+    return CNN1D(members, in_shape, num_classes, spec.width)
+
+
+@MODELS.register("mlp")
+def _mlp(members: int, in_shape: tuple[int, ...], num_classes: int, spec: ModelSpec) -> MLP:
+    return MLP(members, in_shape, num_classes, spec.width, spec.depth)
+
+
+@MODELS.register("preresnet")
+def _preresnet(members: int, in_shape: tuple[int, ...], num_classes: int,
+               spec: ModelSpec) -> PreResNet:
+    return PreResNet(members, in_shape, num_classes, spec.width, spec.depth, spec.shortcut)
+
+
+@MODELS.register("vgg")
+def _vgg(members: int, in_shape: tuple[int, ...], num_classes: int, spec: ModelSpec) -> VGG:
+    return VGG(members, in_shape, num_classes, spec.width, spec.depth)
 
 
 def build_model(spec: ModelSpec, in_shape: tuple[int, ...], num_classes: int, members: int = 1,
@@ -441,11 +447,12 @@ def build_model(spec: ModelSpec, in_shape: tuple[int, ...], num_classes: int, me
 
         return build_factory_model(spec, in_shape, num_classes, members, seed)
     check_model(spec)
+    build = MODELS.get(spec.name)
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return _MODELS[spec.name](members, tuple(in_shape), num_classes, spec)
-    return _MODELS[spec.name](members, tuple(in_shape), num_classes, spec)
+            return build(members, tuple(in_shape), num_classes, spec)
+    return build(members, tuple(in_shape), num_classes, spec)
 
 
 # --- members <-> plain state_dicts -------------------------------------------------------

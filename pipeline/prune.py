@@ -15,37 +15,26 @@ from fnmatch import fnmatchcase
 import torch
 
 from pipeline.specs import PruneSpec
+from tracking.registries import Registry
 
 Masks = dict[str, torch.Tensor]
-_METHODS: dict[str, Callable[[dict[str, torch.Tensor], float, int], Masks]] = {}
-
-
-def register_pruning(name: str):
-    def deco(fn):
-        if name in _METHODS:
-            raise ValueError(f"pruning method {name!r} is already registered")
-        _METHODS[name] = fn
-        return fn
-    return deco
-
-
-def list_pruning_methods() -> list[str]:
-    return sorted(_METHODS)
+# a method: (prunable weights, density, seed, **options) -> masks
+PruningMethod = Callable[..., Masks]
+PRUNING_METHODS: Registry[PruningMethod] = Registry("pruning method")
 
 
 def check_pruning(spec: PruneSpec) -> None:
-    if spec.method not in _METHODS:
-        raise ValueError(f"prune.method={spec.method!r}: unknown pruning method; "
-                         f"allowed: {', '.join(list_pruning_methods())}")
+    """Fail fast (before any compute) on an unknown pruning method."""
+    PRUNING_METHODS.get(spec.method, field="prune.method")
 
 
 def prune(weights: dict[str, torch.Tensor], spec: PruneSpec) -> Masks:
     """Masks for ``weights`` (the prunable weights of one model) under ``spec``."""
-    check_pruning(spec)
+    method = PRUNING_METHODS.get(spec.method, field="prune.method")
     if spec.density == 1.0:
         return {k: torch.ones_like(w) for k, w in weights.items()}
-    return _METHODS[spec.method]({k: w.detach().float() for k, w in weights.items()}, spec.density, spec.seed,
-                                 **_method_options(spec))
+    return method({k: w.detach().float() for k, w in weights.items()}, spec.density, spec.seed,
+                  **_method_options(spec))
 
 
 def select_prunable(model: torch.nn.Module, spec: PruneSpec) -> list[str]:
@@ -110,13 +99,13 @@ def _global(scores: dict[str, torch.Tensor], density: float) -> Masks:
     return out
 
 
-@register_pruning("uniform")
+@PRUNING_METHODS.register("uniform")
 def _uniform(weights, density, seed):
     """The same density in every prunable layer (the paper's default)."""
     return _per_layer({k: w.abs() for k, w in weights.items()}, density)
 
 
-@register_pruning("global")
+@PRUNING_METHODS.register("global")
 def _global_magnitude(weights, density, seed):
     """One magnitude threshold over all prunable weights."""
     return _global({k: w.abs() for k, w in weights.items()}, density)
@@ -133,13 +122,13 @@ def lamp_scores(w: torch.Tensor) -> torch.Tensor:
     return scores.view(w.shape)
 
 
-@register_pruning("lamp")
+@PRUNING_METHODS.register("lamp")
 def _lamp(weights, density, seed):
     """LAMP scores, then one global threshold."""
     return _global({k: lamp_scores(w) for k, w in weights.items()}, density)
 
 
-@register_pruning("random")
+@PRUNING_METHODS.register("random")
 def _random(weights, density, seed):
     """A baseline: random weights kept, the same density in every layer."""
     g = torch.Generator().manual_seed(seed)
@@ -173,7 +162,8 @@ def alpha_layer_densities(alphas: dict[str, float], sizes: dict[str, int], densi
     mean = sum(finite) / len(finite) if finite else 0.0
     a = {k: (alphas[k] if math.isfinite(alphas.get(k, math.nan)) else mean) for k in names}
     lo, hi = min(a.values()), max(a.values())
-    factor = {k: (1.0 + eps - 2.0 * eps * (a[k] - lo) / (hi - lo)) if hi > lo else 1.0 for k in names}
+    factor = {k: (1.0 + eps - 2.0 * eps * (a[k] - lo) / (hi - lo)) if hi > lo else 1.0
+              for k in names}
     total = sum(sizes.values())
     target = round(density * total)
     # water-filling: scale the free layers so the total is exact, holding layers at density 1
@@ -210,7 +200,7 @@ def alpha_layer_densities(alphas: dict[str, float], sizes: dict[str, int], densi
     return keep
 
 
-@register_pruning("alpha")
+@PRUNING_METHODS.register("alpha")
 def _alpha(weights, density, seed, eps=0.2):
     """AlphaPruning: per-layer densities from the layers' WeightWatcher alpha (larger alpha,
     less well trained, pruned more), then magnitude pruning within each layer."""

@@ -10,7 +10,7 @@ import torch
 from helpers import write_tiny
 
 import pipeline.data as data_mod
-from pipeline.data import list_datasets, load_dataset, random_crop_flip
+from pipeline.data import DATASETS, load_dataset, random_crop_flip
 from pipeline.specs import DataSpec
 
 torch.set_num_threads(1)
@@ -20,7 +20,7 @@ BUILTIN = {"mnist1d": ((1, 40), 4000, 1000), "digits": ((1, 8, 8), 1437, 360)}
 
 
 def test_every_dataset_has_a_test_case():
-    assert set(list_datasets()) == set(FILE_DATASETS) | set(BUILTIN)
+    assert set(DATASETS.names()) == set(FILE_DATASETS) | set(BUILTIN)
 
 
 def _check_split(ds, n_total: int, val_fraction: float) -> None:

@@ -19,7 +19,7 @@ from pipeline.landscape import (
     reestimate_bn,
     softmax_outputs,
 )
-from pipeline.models import build_model, list_models, split_members, stack_inputs, stack_members
+from pipeline.models import MODELS, build_model, split_members, stack_inputs, stack_members
 from pipeline.specs import ModelSpec, TrainSpec
 from pipeline.train import derive_seed, evaluate, train
 
@@ -418,7 +418,7 @@ BUILTIN = {"cnn1d": (ModelSpec(name="cnn1d"), (1, 40)),
            "vgg": (ModelSpec(name="vgg", depth=11, width=0.125), (3, 32, 32))}
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", MODELS.names())
 def test_builtin_one_member_model_through_the_generic_path(name):
     """A built-in with one member is a plain module: M generic copies of it are the hand-written
     M-member model (same state_dict, same logits in both modes, same prunable weights)."""

@@ -1,10 +1,12 @@
-"""Temperature knobs: each declares which direction is hotter, and orders values by it."""
+"""Temperature knobs: each has a direction (which values are hotter, from tracking.knobs) and
+orders values by it."""
 
 from __future__ import annotations
 
 import pytest
 
-from pipeline.knobs import HOTTER_HIGHER, HOTTER_LOWER, Knob, get_knob, list_knobs, register_knob
+from pipeline.knobs import HOTTER_HIGHER, HOTTER_LOWER, KNOBS, Knob, get_knob
+from tracking import knobs as tracking_knobs
 
 # docs/method.md#temperature-knobs: fewer epochs, smaller batch, larger SAM rho, larger lr = hotter
 DIRECTIONS = {"epochs": HOTTER_LOWER, "batch_size": HOTTER_LOWER, "sam_rho": HOTTER_HIGHER,
@@ -12,9 +14,10 @@ DIRECTIONS = {"epochs": HOTTER_LOWER, "batch_size": HOTTER_LOWER, "sam_rho": HOT
 
 
 def test_every_knob_declares_its_direction():
-    assert set(list_knobs()) == set(DIRECTIONS)
+    assert set(KNOBS.names()) == set(DIRECTIONS) == set(tracking_knobs.DIRECTIONS.names())
     for name, direction in DIRECTIONS.items():
         assert get_knob(name).hotter == direction
+        assert tracking_knobs.hotter_is_lower(name) == (direction == HOTTER_LOWER)
 
 
 @pytest.mark.parametrize("name", sorted(DIRECTIONS))
@@ -33,10 +36,25 @@ def test_hotter_than_and_cold_to_hot_order(name):
 def test_epochs_cold_to_hot_is_descending():
     assert get_knob("epochs").sort_cold_to_hot([2, 80, 10]) == [80, 10, 2]
     assert get_knob("sam_rho").sort_cold_to_hot([0.5, 0.0, 0.1]) == [0.0, 0.1, 0.5]
+    assert tracking_knobs.cold_to_hot("epochs", [2, 80, 10]) == [80, 10, 2]
+
+
+def test_axis_labels_say_which_way_is_hotter():
+    assert tracking_knobs.axis_label("epochs") == (
+        "temperature: dense training epochs (fewer = hotter)")
+    assert tracking_knobs.axis_label("lr") == "temperature: learning rate (larger = hotter)"
+    assert tracking_knobs.axis_label("dropout") == "temperature: dropout"   # a knob we lack
 
 
 def test_unknown_and_duplicate_knobs():
     with pytest.raises(ValueError, match="heat"):
         get_knob("heat")
     with pytest.raises(ValueError, match="already registered"):
-        register_knob(Knob("epochs", HOTTER_LOWER, None, True, "again"))
+        KNOBS.register("epochs", Knob("epochs", None, True, "again"))
+
+
+def test_a_knob_without_a_direction_is_an_error():
+    # the direction lives in tracking.knobs, which every layer reads: a pipeline-only knob
+    # would be a knob the phase diagrams and the regime labels cannot order
+    with pytest.raises(ValueError, match=r"unknown knob 'warmth'; allowed: batch_size, epochs"):
+        Knob("warmth", "warmth", False, "not registered in tracking.knobs")

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from pipeline.models import (
+    MODELS,
     build_model,
-    list_models,
     repeat_input,
     split_members,
     stack_inputs,
@@ -42,7 +42,7 @@ def _id(case):
 
 
 def test_every_model_has_a_test_case():
-    assert set(list_models()) == set(CASES)
+    assert set(MODELS.names()) == set(CASES)
 
 
 @pytest.mark.parametrize("case", ALL_CASES, ids=_id)

@@ -15,8 +15,8 @@ from pipeline.dense import train_dense
 from pipeline.generic import build_generic
 from pipeline.models import build_model, stack_members
 from pipeline.prune import (
+    PRUNING_METHODS,
     lamp_scores,
-    list_pruning_methods,
     prune,
     realized_density,
     select_prunable,
@@ -34,7 +34,7 @@ from pipeline.specs import (
 
 torch.set_num_threads(1)
 
-METHODS = list_pruning_methods()
+METHODS = PRUNING_METHODS.names()
 # How each built-in method counts density: one global count, or per layer.
 GLOBAL_COUNT = {"global", "lamp", "alpha"}
 PER_LAYER = {"uniform", "random"}

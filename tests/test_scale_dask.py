@@ -13,7 +13,7 @@ from helpers import REPO, cli, cli_env, free_port, runs_of, stop, tiny, write_co
 from mlflow import MlflowClient
 
 from pipeline.config import parse_config
-from pipeline.executors import DaskExecutor, Node, get_executor, list_executors
+from pipeline.executors import EXECUTORS, DaskExecutor, Node, get_executor
 from pipeline.grid import GridRunner
 from tracking import keys
 from tracking.tables import results_table
@@ -54,7 +54,7 @@ def test_executors_map_results_and_failures_per_node(executor, scheduler):
 
 
 def test_dask_is_registered_and_checks_its_options():
-    assert "dask" in list_executors()
+    assert "dask" in EXECUTORS.names()
     with pytest.raises(ValueError, match="workers=-1"):
         get_executor("dask", workers=-1)
     assert DaskExecutor(workers=0).workers >= 1          # 0 = one per core

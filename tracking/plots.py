@@ -19,17 +19,10 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from tracking import keys
+from tracking.knobs import axis_label
 from tracking.store import experiment_id, get_client, latest_finished_run, with_retries
 from tracking.tables import results_table, validate_table, write_table
 
-# tracking cannot import pipeline.knobs (layering), so the axis labels live here
-_KNOB_LABELS = {
-    "epochs": "temperature: dense training epochs (fewer = hotter)",
-    "batch_size": "temperature: batch size, examples (smaller = hotter)",
-    "sam_rho": "temperature: SAM radius rho (larger = hotter)",
-    "lr": "temperature: learning rate (larger = hotter)",
-    "weight_decay": "temperature: weight decay (larger = hotter)",
-}
 _DENSITY_LABEL = "density (% of prunable weights kept)"
 
 
@@ -87,7 +80,7 @@ def _draw(fig: Figure, ax, grid: pd.DataFrame, panel: _Panel, knob: str) -> None
     image = ax.imshow(data, origin="lower", aspect="auto", cmap=cmap, norm=norm)
     ax.set_xticks(range(grid.shape[1]), labels=[f"{t:g}" for t in grid.columns])
     ax.set_yticks(range(grid.shape[0]), labels=[f"{100 * d:g}%" for d in grid.index])
-    ax.set_xlabel(_KNOB_LABELS.get(knob, f"temperature: {knob}"))
+    ax.set_xlabel(axis_label(knob))
     ax.set_ylabel(_DENSITY_LABEL)
     ax.set_title(panel.title, fontsize=10)
     fig.colorbar(image, ax=ax, label=panel.colorbar)
