@@ -71,17 +71,17 @@ def check_table(df: pd.DataFrame, required: Sequence[str], *, allow_nan: bool = 
                     "drop those cells or recompute them before labelling")
 
 
-def one_knob(df: pd.DataFrame, what: str) -> str:
+def one_knob(df: pd.DataFrame, what: str, fix: str = "select the rows of one knob first"
+             ) -> str:
     """The one knob of ``df``, for ``what`` (e.g. "model selection"), which compares the
     temperatures of one knob.
 
     Raises:
-        ValueError: the table has several knobs (or none).
+        ValueError: the table has several knobs (or none); ends with ``fix``.
     """
     knobs = df[keys.KNOB].unique().tolist()
     if len(knobs) != 1:
-        raise ValueError(f"{what} works on one knob; the table has knobs {knobs}: select the "
-                         "rows of one knob first")
+        raise ValueError(f"{what} works on one knob; the table has knobs {knobs}: {fix}")
     return str(knobs[0])
 
 

@@ -47,7 +47,7 @@ import pandas as pd
 
 from pipeline.knobs import get_knob
 from selection._knob import cold_to_hot
-from selection._validate import check_objective, check_table
+from selection._validate import check_objective, check_table, one_knob
 from selection.regimes import REGIMES, RegimeWarning, label_grid
 from selection.sampler import TransferPrior, transfer_prior
 from selection.tuner import (
@@ -126,11 +126,9 @@ def prepare_table(
     required = [keys.KNOB, keys.TEMPERATURE, keys.DENSITY, objective_column,
                 keys.LMC_BARRIER, keys.CKA]
     check_table(df, required, allow_nan=True)
-    knobs = sorted(df[keys.KNOB].dropna().astype(str).unique())
     if knob is None:
-        if len(knobs) != 1:
-            raise ValueError(f"the table has knobs {knobs}: choose one with --knob")
-        knob = knobs[0]
+        knob = one_knob(df.dropna(subset=[keys.KNOB]), "the replay", "choose one with --knob")
+    knobs = sorted(df[keys.KNOB].dropna().astype(str).unique())
     if knob not in knobs:
         raise ValueError(f"knob {knob!r} is not in the table; it has {knobs}")
     get_knob(knob)
