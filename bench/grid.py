@@ -29,30 +29,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from pipeline.cell import run_cells  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.data import load_dataset  # noqa: E402
-from pipeline.dense import train_dense  # noqa: E402
-from pipeline.specs import dense_hash  # noqa: E402
+from pipeline.grid import GridRunner, cells_per_batch, compute_grid  # noqa: E402
 
 
-def compute_untracked(cfg, max_members: int, workers: int, per_batch: int | None) -> tuple[float, dict]:
+def compute_untracked(cfg, max_members: int, workers: int,
+                      per_batch: int | None) -> tuple[float, dict]:
     """Dense runs + cells without MLflow; returns (seconds, {(T, d, seed): metrics})."""
     start = time.perf_counter()
-    data = load_dataset(cfg.data)
-    points = cfg.cells()
-    dense_states = {}
-    for dense, _, _ in points:
-        h = dense_hash(dense)
-        if h not in dense_states:
-            dense_states[h] = train_dense(dense, data, keep_every_epoch=cfg.knob == "epochs")
-    jobs = [(cell, dense, dense_states[dense_hash(dense)][cell.checkpoint_epoch]) for dense, cell, _ in points]
-    size = per_batch or 1
-    results = []
-    for i in range(0, len(jobs), size):
-        results += run_cells(jobs[i:i + size], data, max_members, workers=workers)
+    grid = compute_grid(cfg, max_members, workers, batch=per_batch or 1)
     metrics = {(r.spec.temperature, r.spec.prune.density, s): r.metrics()
-               for r, (_, _, s) in zip(results, points, strict=True)}
+               for r, (_, _, s) in zip(grid.results, grid.points, strict=True)}
     return time.perf_counter() - start, metrics
 
 
@@ -68,30 +55,31 @@ def main() -> None:
     rt = cfg.runtime
     workers = rt.resolved_workers()
     k = len(cfg.finetune.seeds)
-    print(f"grid: {cfg.data.name} {cfg.model.name}, {cfg.knob} {list(cfg.temperatures)} x density "
-          f"{list(cfg.densities)} x {len(cfg.dense_seeds)} dense seed(s) x {k} fine-tune seeds; "
-          f"{cfg.finetune.train.epochs} fine-tune epochs; {os.cpu_count()} cores, {workers} workers")
+    print(f"grid: {cfg.data.name} {cfg.model.name}, {cfg.knob} {list(cfg.temperatures)} x "
+          f"density {list(cfg.densities)} x {len(cfg.dense_seeds)} dense seed(s) x {k} fine-tune "
+          f"seeds; {cfg.finetune.train.epochs} fine-tune epochs; {os.cpu_count()} cores, "
+          f"{workers} workers")
 
     if not args.skip_plain:
         torch.set_num_threads(os.cpu_count() or 1)
         plain_s, plain_m = compute_untracked(cfg, max_members=1, workers=1, per_batch=1)
-        print(f"plain loop (one model at a time, {torch.get_num_threads()} torch threads): {plain_s:.1f} s")
-    per_batch = max(1, rt.max_members // k) if rt.batch_cells else 1
-    untracked_s, ours_m = compute_untracked(cfg, rt.max_members, workers, per_batch)
+        print(f"plain loop (one model at a time, {torch.get_num_threads()} torch threads): "
+              f"{plain_s:.1f} s")
+    untracked_s, ours_m = compute_untracked(cfg, rt.max_members, workers, cells_per_batch(cfg))
     print(f"batched, untracked: {untracked_s:.1f} s")
 
     with tempfile.TemporaryDirectory() as tmp:
-        env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db", "THREE_REGIME_ARTIFACT_ROOT": f"{tmp}/mlruns"}
+        env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db",
+               "THREE_REGIME_ARTIFACT_ROOT": f"{tmp}/mlruns"}
         os.environ.update(env)
-        from pipeline.grid import GridRunner
-
         start = time.perf_counter()
         first = GridRunner(cfg, progress=False).run()
         grid_s = time.perf_counter() - start
         start = time.perf_counter()
         again = GridRunner(cfg, progress=False).run()
         rerun_s = time.perf_counter() - start
-    assert first.computed == len(cfg.cells()) and again.computed == 0, (first.lines(), again.lines())
+    assert first.computed == len(cfg.cells()) and again.computed == 0, (first.lines(),
+                                                                        again.lines())
     print(f"grid, tracked in MLflow: {grid_s:.1f} s ({first.computed} cells computed)")
     print(f"re-run of the finished grid: {rerun_s:.2f} s ({again.cached} cells cached, 0 computed)")
     figures = {"grid_seconds": round(grid_s, 2), "rerun_seconds": round(rerun_s, 3),
@@ -104,11 +92,13 @@ def main() -> None:
         figures.update(plain_seconds=round(plain_s, 2), grid_speedup=round(plain_s / grid_s, 3),
                        compute_speedup=round(plain_s / untracked_s, 3),
                        mean_abs_diff_vs_plain=diffs)
-        print(f"whole grid: plain {plain_s:.1f} s vs tracked grid {grid_s:.1f} s: x{plain_s / grid_s:.2f}; "
-              f"mean |plain - batched|: test_acc {diffs['test_acc']:.4f}, "
-              f"barrier {diffs['lmc_barrier']:.4f}, CKA {diffs['cka']:.4f} "
-              "(fine-tuning is chaotic in float32: the same seeds give nearby, not identical, numbers)")
-    print(f"tracking overhead: {100 * figures['tracking_overhead']:.1f}% of the untracked computation")
+        print(f"whole grid: plain {plain_s:.1f} s vs tracked grid {grid_s:.1f} s: "
+              f"x{plain_s / grid_s:.2f}; mean |plain - batched|: test_acc "
+              f"{diffs['test_acc']:.4f}, barrier {diffs['lmc_barrier']:.4f}, CKA "
+              f"{diffs['cka']:.4f} (fine-tuning is chaotic in float32: the same seeds give "
+              "nearby, not identical, numbers)")
+    print(f"tracking overhead: {100 * figures['tracking_overhead']:.1f}% of the untracked "
+          "computation")
     print(json.dumps(figures))
 
 

@@ -4,8 +4,8 @@
                           [--densities D ...] [--set KEY=VALUE ...] [--threads N] [--csv PATH]
 
 Runs every (temperature, density) cell of a grid config (default: the demo, 6 temperatures x
-5 densities x 3 fine-tune seeds) with ``pipeline.dense.train_dense`` and
-``pipeline.cell.run_cells``, in this process and without MLflow, then prints tables (rows:
+5 densities x 3 fine-tune seeds) with ``pipeline.grid.compute_grid``, in this process and
+without MLflow, then prints tables (rows:
 density; columns: temperature, coldest first) of test accuracy, LMC barrier and CKA, the best
 temperature per density, and the checks of docs/method.md#the-small-default-mnist-1d: at low
 density the best temperature is hotter than the coldest and the coldest has a barrier; at high
@@ -33,10 +33,9 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import torch  # noqa: E402
 
-from pipeline.cell import CellResult, run_cells  # noqa: E402
+from pipeline.cell import CellResult  # noqa: E402
 from pipeline.config import GridConfig, load_config  # noqa: E402
-from pipeline.data import load_dataset  # noqa: E402
-from pipeline.dense import train_dense  # noqa: E402
+from pipeline.grid import compute_grid  # noqa: E402
 from pipeline.knobs import get_knob  # noqa: E402
 
 DEMO = REPO_ROOT / "configs" / "demo.yaml"
@@ -54,29 +53,8 @@ def _log(msg: str) -> None:
 
 def run_sweep(cfg: GridConfig) -> tuple[list[CellResult], dict[str, float]]:
     """Every cell of ``cfg``: one dense run per distinct dense spec, then all cells batched."""
-    data = load_dataset(cfg.data, cfg.runtime.device)
-    points = cfg.cells()
-    keep_every_epoch = cfg.knob == "epochs"
-    checkpoints: dict[str, dict] = {}
-    timings = {"dense_s": 0.0, "cells_s": 0.0}
-    for dense, _, _ in points:
-        h = dense.spec_hash()
-        if h not in checkpoints:
-            started = time.perf_counter()
-            checkpoints[h] = train_dense(dense, data, keep_every_epoch=keep_every_epoch)
-            timings["dense_s"] += time.perf_counter() - started
-            _log(f"dense run {h} ({dense.train.epochs} epochs, seed {dense.seed}): "
-                 f"{time.perf_counter() - started:.1f} s")
-    jobs = [(cell, dense, checkpoints[dense.spec_hash()][cell.checkpoint_epoch]) for dense, cell, _ in points]
-    started = time.perf_counter()
-    _log(f"{len(jobs)} cells x {len(cfg.finetune.seeds)} fine-tune seeds "
-         f"({cfg.finetune.train.epochs} epochs each), max {cfg.runtime.max_members} members at once, "
-         f"{cfg.runtime.resolved_workers()} worker(s) ...")
-    results = run_cells(jobs, data, max_members=cfg.runtime.max_members,
-                        workers=cfg.runtime.resolved_workers())
-    timings["cells_s"] = time.perf_counter() - started
-    _log(f"cells: {timings['cells_s']:.1f} s")
-    return results, timings
+    grid = compute_grid(cfg, log=_log)
+    return grid.results, {"dense_s": grid.dense_seconds, "cells_s": grid.cells_seconds}
 
 
 def summarize(cfg: GridConfig, results: list[CellResult]) -> dict:
@@ -141,15 +119,16 @@ def print_tables(summary: dict) -> None:
         print(head)
         print("-" * len(head))
         for d in densities:
-            print(f"{d:>8g} | " + " ".join(f"{_fmt(table[(d, t)][metric], scale, digits):>7}" for t in temps))
+            values = (_fmt(table[(d, t)][metric], scale, digits) for t in temps)
+            print(f"{d:>8g} | " + " ".join(f"{v:>7}" for v in values))
     print("\nbest temperature per density (by test accuracy), and the section-5 checks:")
     for d, row in summary["checks"].items():
         flags = ", ".join(f"{k}={v}" for k, v in row.items() if isinstance(v, bool))
         print(f"  density {d:g}: best {summary['knob']}={row['best_temperature']:g} "
               f"({100 * row['best_test_acc']:.2f}%; coldest {100 * row['coldest_test_acc']:.2f}%, "
               f"hottest {100 * row['hottest_test_acc']:.2f}%); barrier coldest "
-              f"{100 * row['barrier_at_coldest']:+.2f}, at best {100 * row['barrier_at_best']:+.2f} "
-              f"pts  {flags}")
+              f"{100 * row['barrier_at_coldest']:+.2f}, at best "
+              f"{100 * row['barrier_at_best']:+.2f} pts  {flags}")
     print(f"three-regime effect shown (docs/method.md#the-small-default-mnist-1d): "
           f"{summary['effect_shown']}")
 
@@ -159,14 +138,16 @@ def write_csv(cfg: GridConfig, results: list[CellResult], path: Path) -> None:
     run ids (no MLflow)."""
     import pandas as pd
 
+    from tracking import keys
     from tracking.tables import RESULT_COLUMNS, write_table
 
     rows = []
     for r in results:
         m = r.metrics()
-        rows.append({"knob": cfg.knob, "temperature": r.spec.temperature, "density": r.spec.prune.density,
-                     "dense_seed": r.dense.seed, **{k: m[k] for k in RESULT_COLUMNS if k in m},
-                     "regime": None, "run_id": None, "spec_hash": r.spec_hash})
+        rows.append({keys.KNOB: cfg.knob, keys.TEMPERATURE: r.spec.temperature,
+                     keys.DENSITY: r.spec.prune.density, keys.DENSE_SEED: r.dense.seed,
+                     **{k: m[k] for k in RESULT_COLUMNS if k in m},
+                     keys.REGIME: None, keys.RUN_ID: None, keys.SPEC_HASH: r.spec_hash})
     write_table(pd.DataFrame(rows), path)
 
 
@@ -174,29 +155,32 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(DEMO), help="grid config (default: configs/demo.yaml)")
     p.add_argument("--quick", action="store_true", help="a smaller grid: " + " ".join(QUICK))
-    p.add_argument("--temperatures", type=float, nargs="+", help="override the config's temperatures")
+    p.add_argument("--temperatures", type=float, nargs="+",
+                   help="override the config's temperatures")
     p.add_argument("--densities", type=float, nargs="+", help="override the config's densities")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any config override, e.g. --set finetune.epochs=10 (repeatable)")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch threads of the dense run (default 1: these models are tiny, and with "
-                        "other processes on the cores more threads are several times slower; 0 = "
-                        "PyTorch's default); fine-tuning runs runtime.workers chunks of one thread "
-                        "each (--set runtime.workers=N)")
+                   help="torch threads of the dense run (default 1: these models are tiny, and "
+                        "with other processes on the cores more threads are several times "
+                        "slower; 0 = PyTorch's default); fine-tuning runs runtime.workers chunks "
+                        "of one thread each (--set runtime.workers=N)")
     p.add_argument("--csv", help="also write the results table (docs/design.md#the-results-table) "
                    "to this CSV")
     args = p.parse_args(argv)
 
     overrides = (QUICK if args.quick else []) + args.overrides
     if args.temperatures:
-        overrides.append(f"temperatures={[int(t) if t == int(t) else t for t in args.temperatures]}")
+        temperatures = [int(t) if t == int(t) else t for t in args.temperatures]
+        overrides.append(f"temperatures={temperatures}")
     if args.densities:
         overrides.append(f"densities={args.densities}")
     cfg = load_config(args.config, overrides)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"sweep: {cfg.data.name} / {cfg.model.name}, knob {cfg.knob}, temperatures "
-          f"{list(cfg.temperatures)}, densities {list(cfg.densities)}, dense seeds {list(cfg.dense_seeds)}, "
+          f"{list(cfg.temperatures)}, densities {list(cfg.densities)}, dense seeds "
+          f"{list(cfg.dense_seeds)}, "
           f"fine-tune seeds {list(cfg.finetune.seeds)} x {cfg.finetune.train.epochs} epochs, "
           f"pruning {cfg.prune.method}; torch threads {torch.get_num_threads()}, "
           f"workers {cfg.runtime.resolved_workers()}")

@@ -47,7 +47,10 @@ class CellResult:
     mask: Masks
     finetuned: list[State]
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
+    # the measurements turned on in the cell's measure spec (spectra, curvature): metrics, and
+    # the dense and pruned models' per-layer weight spectra (``pipeline.spectra.cell_spectra``)
+    optional_metrics: dict[str, float] = field(default_factory=dict)
+    spectra: dict | None = None
 
     def metrics(self) -> dict[str, float]:
         """Aggregates over fine-tune seeds (accuracies) and pairs (landscape)."""
@@ -64,7 +67,7 @@ class CellResult:
             out[name], out[f"{name}_std"] = mean_std(values)
         out.update(pruned_acc=self.pruned_acc, dense_acc=self.dense_acc,
                    realized_density=self.realized_density)
-        out.update(self.extra.get("metrics", {}))   # spectra, curvature: only when measured
+        out.update(self.optional_metrics)   # spectra, curvature: only when measured
         return out
 
 
@@ -72,7 +75,8 @@ def prunable_weights(state: State, names: list[str]) -> dict[str, torch.Tensor]:
     return {k: state[k] for k in names}
 
 
-def run_cell(cell: CellSpec, dense: DenseSpec, dense_state: State, data: Dataset, **kw) -> CellResult:
+def run_cell(cell: CellSpec, dense: DenseSpec, dense_state: State, data: Dataset,
+             **kw) -> CellResult:
     """One cell (see ``run_cells``)."""
     return run_cells([(cell, dense, dense_state)], data, **kw)[0]
 
@@ -100,9 +104,10 @@ def run_cells(jobs: list[tuple[CellSpec, DenseSpec, State]], data: Dataset, max_
     started = time.perf_counter()
     cell0, dense0, _ = jobs[0]
     for cell, dense, _ in jobs:
-        if (dense.model, cell.finetune, cell.measure) != (dense0.model, cell0.finetune, cell0.measure):
-            raise ValueError("run_cells batches cells that share the model, fine-tune and measure specs; "
-                             "group the cells first")
+        if (dense.model, cell.finetune, cell.measure) != (dense0.model, cell0.finetune,
+                                                          cell0.measure):
+            raise ValueError("run_cells batches cells that share the model, fine-tune and "
+                             "measure specs; group the cells first")
     device = data.x_train.device
     mspec, ft = dense0.model, cell0.finetune
 
@@ -157,8 +162,8 @@ def run_cells(jobs: list[tuple[CellSpec, DenseSpec, State]], data: Dataset, max_
 
         train(model, data, ft.train, [members[i][1] for i in chunk], masks=stacked_masks,
               on_epoch_end=record, stream="finetune", progress=progress)
-        for i, st in zip(chunk, split_members({k: v.detach().cpu() for k, v in model.state_dict().items()},
-                                              len(chunk)), strict=True):
+        weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        for i, st in zip(chunk, split_members(weights, len(chunk)), strict=True):
             finetuned[i] = st
 
     map_chunks(finetune_chunk, split(len(members), ft_members, workers), workers)
@@ -167,9 +172,9 @@ def run_cells(jobs: list[tuple[CellSpec, DenseSpec, State]], data: Dataset, max_
     local_pairs = all_pairs(k)
     global_pairs = [(c * k + a, c * k + b) for c in range(len(jobs)) for a, b in local_pairs]
     measured = measure_pairs(build, [{kk: v.to(device) for kk, v in s.items()} for s in finetuned],
-                             global_pairs, data.x_train, data.y_train, cell0.measure, max_members, workers,
-                             memory=budget)
-    extras = _optional_measurements(cell0.measure, jobs, masks, finetuned, k, build, data)
+                             global_pairs, data.x_train, data.y_train, cell0.measure,
+                             max_members, workers, memory=budget)
+    optional = _optional_measurements(cell0.measure, jobs, masks, finetuned, k, build, data)
     results = []
     elapsed = time.perf_counter() - started
     for c, (cell, dense, _) in enumerate(jobs):
@@ -185,21 +190,28 @@ def run_cells(jobs: list[tuple[CellSpec, DenseSpec, State]], data: Dataset, max_
             val_acc=[statistics.fmean(curves["val_acc"][i][-n_last:]) for i in idx],
             curves={name: [curves[name][i] for i in idx] for name in curves},
             pairs=pairs, mask={kk: v.cpu() for kk, v in masks[c].items()},
-            finetuned=[finetuned[i] for i in idx], seconds=elapsed / len(jobs), extra=extras[c]))
+            finetuned=[finetuned[i] for i in idx], seconds=elapsed / len(jobs),
+            optional_metrics=optional[c].metrics, spectra=optional[c].spectra))
     return results
 
 
-def _optional_measurements(measure, jobs, masks, finetuned, k, build, data) -> list[dict]:
-    """Per cell: ``{"metrics": {...}, ...}`` of the measurements turned on in ``measure`` (weight
-    spectra of the dense and pruned models, curvature of the first fine-tuned copy)."""
-    extras: list[dict] = [{"metrics": {}} for _ in jobs]
+@dataclass
+class _Optional:
+    metrics: dict[str, float] = field(default_factory=dict)
+    spectra: dict | None = None
+
+
+def _optional_measurements(measure, jobs, masks, finetuned, k, build, data) -> list[_Optional]:
+    """Per cell: the measurements turned on in ``measure`` (weight spectra of the dense and
+    pruned models, curvature of the first fine-tuned copy)."""
+    out = [_Optional() for _ in jobs]
     if measure.spectra:
         from pipeline.spectra import cell_spectra, cell_spectra_metrics
 
         for c, (_, _, state) in enumerate(jobs):
             both = cell_spectra(state, masks[c], measure.spectra_min_evals)
-            extras[c]["spectra"] = both
-            extras[c]["metrics"].update(cell_spectra_metrics(both))
+            out[c].spectra = both
+            out[c].metrics.update(cell_spectra_metrics(both))
     if measure.hessian:
         from pipeline.curvature import model_curvature
         from tracking import keys
@@ -211,12 +223,11 @@ def _optional_measurements(measure, jobs, masks, finetuned, k, build, data) -> l
             model.load_state_dict(finetuned[c * k])
             got = model_curvature(model, x, y, masks[c], measure.hessian_probes,
                                   measure.hessian_iterations)
-            extras[c]["curvature"] = got
-            extras[c]["metrics"].update({keys.HESSIAN_TRACE: got.trace,
-                                         keys.HESSIAN_TRACE_STDERR: got.trace_stderr,
-                                         keys.HESSIAN_TOP_EIGENVALUE: got.top_eigenvalue,
-                                         keys.HESSIAN_EXAMPLES: float(got.examples)})
-    return extras
+            out[c].metrics.update({keys.HESSIAN_TRACE: got.trace,
+                                   keys.HESSIAN_TRACE_STDERR: got.trace_stderr,
+                                   keys.HESSIAN_TOP_EIGENVALUE: got.top_eigenvalue,
+                                   keys.HESSIAN_EXAMPLES: float(got.examples)})
+    return out
 
 
 def finetune_members(mspec: ModelSpec, data: Dataset, ft: FinetuneSpec, max_members: int = 64,

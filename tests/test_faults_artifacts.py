@@ -10,7 +10,8 @@ import torch
 from helpers import runs_of, tiny
 
 from pipeline.config import parse_config
-from pipeline.grid import checkpoint_path, run_grid
+from pipeline.dense_run import checkpoint_path
+from pipeline.grid import run_grid
 from tracking import keys
 from tracking.artifacts import CorruptArtifactError, load_file
 from tracking.store import experiment_id, get_client

@@ -23,9 +23,10 @@ from helpers import (
 )
 from mlflow import MlflowClient
 
-import pipeline.grid as grid_mod
+import pipeline.dense_run as dense_run_mod
 from pipeline.config import parse_config
-from pipeline.grid import GridRunner, checkpoint_path
+from pipeline.dense_run import checkpoint_path
+from pipeline.grid import GridRunner
 from tracking import keys
 from tracking.artifacts import load_file
 from tracking.store import get_client, init_experiment
@@ -130,7 +131,7 @@ def test_a_killed_dense_run_resumes_from_its_newest_verifiable_state(killed, res
     cfg = parse_config(tiny(dense={"epochs": 4, "batch_size": 32}))
     dense, _ = cfg.cell(4, 0.5, 0)
     runner = GridRunner(cfg, progress=False)
-    real_log = grid_mod.log_files
+    real_log = dense_run_mod.log_files
     client = get_client()
 
     def dying(cl, run_id, files):
@@ -142,20 +143,20 @@ def test_a_killed_dense_run_resumes_from_its_newest_verifiable_state(killed, res
         if killed == "after" and checkpoint_path(1) in files:
             _die()
 
-    monkeypatch.setattr(grid_mod, "log_files", dying)
+    monkeypatch.setattr(dense_run_mod, "log_files", dying)
     with pytest.raises(_Killed):
         runner.ensure_dense(dense)
-    monkeypatch.setattr(grid_mod, "log_files", real_log)
+    monkeypatch.setattr(dense_run_mod, "log_files", real_log)
     (run,) = runs_of(client, runner.experiment_id, keys.KIND_DENSE)
 
     resumed_from = []
-    real_train = grid_mod.train_dense
+    real_train = dense_run_mod.train_dense
 
     def spy(spec, data, keep, on_ckpt, on_state, resume, progress=None):
         resumed_from.append(resume.epoch if resume else 0)
         return real_train(spec, data, keep, on_ckpt, on_state, resume, progress)
 
-    monkeypatch.setattr(grid_mod, "train_dense", spy)
+    monkeypatch.setattr(dense_run_mod, "train_dense", spy)
     run_id, computed, _ = GridRunner(cfg, progress=False).ensure_dense(dense)
     assert computed and run_id == run.info.run_id
     assert resumed_from == [resumed]

@@ -7,9 +7,11 @@ import torch
 from helpers import TINY
 from mlflow import MlflowClient
 
+import pipeline.dense_run as dense_run_mod
 import pipeline.grid as grid_mod
 from pipeline.config import parse_config
-from pipeline.grid import GridRunner, checkpoint_path, run_grid
+from pipeline.dense_run import checkpoint_path
+from pipeline.grid import GridRunner, run_grid
 from tracking import keys
 from tracking.artifacts import load_file
 from tracking.tables import RESULT_COLUMNS, results_table
@@ -33,7 +35,7 @@ def _runs(kind: str, status: str | None = None) -> list:
 def counted(monkeypatch):
     """Counts the cells and dense runs actually computed."""
     calls = {"cells": 0, "dense": 0}
-    real_cells, real_dense = grid_mod.run_cells, grid_mod.train_dense
+    real_cells, real_dense = grid_mod.run_cells, dense_run_mod.train_dense
 
     def cells(jobs, *a, **kw):
         calls["cells"] += len(jobs)
@@ -44,7 +46,7 @@ def counted(monkeypatch):
         return real_dense(*a, **kw)
 
     monkeypatch.setattr(grid_mod, "run_cells", cells)
-    monkeypatch.setattr(grid_mod, "train_dense", dense)
+    monkeypatch.setattr(dense_run_mod, "train_dense", dense)
     return calls
 
 
@@ -121,7 +123,7 @@ def test_interrupted_dense_run_resumes_to_the_same_weights(tracking_uri, monkeyp
     cfg = tiny(dense={"epochs": 4, "batch_size": 32})
     dense, _ = cfg.cell(4, 0.5, 0)
     runner = GridRunner(cfg, progress=False)
-    real_log = grid_mod.log_files
+    real_log = dense_run_mod.log_files
     logged_epochs = []
 
     def dying(client, run_id, files):
@@ -130,21 +132,21 @@ def test_interrupted_dense_run_resumes_to_the_same_weights(tracking_uri, monkeyp
         if len(logged_epochs) == 2:
             raise _Killed("process killed after epoch 2")
 
-    monkeypatch.setattr(grid_mod, "log_files", dying)
+    monkeypatch.setattr(dense_run_mod, "log_files", dying)
     with pytest.raises(_Killed):
         runner.ensure_dense(dense)
-    monkeypatch.setattr(grid_mod, "log_files", real_log)
+    monkeypatch.setattr(dense_run_mod, "log_files", real_log)
     (run,) = _runs(keys.KIND_DENSE)
     assert run.info.status == "FAILED"
 
     epochs_trained = []
-    real_train = grid_mod.train_dense
+    real_train = dense_run_mod.train_dense
 
     def spy(spec, data, keep, on_ckpt, on_state, resume, progress=None):
         epochs_trained.append(resume.epoch if resume else 0)
         return real_train(spec, data, keep, on_ckpt, on_state, resume, progress)
 
-    monkeypatch.setattr(grid_mod, "train_dense", spy)
+    monkeypatch.setattr(dense_run_mod, "train_dense", spy)
     run_id, computed, _ = runner.ensure_dense(dense)
     assert computed and run_id == run.info.run_id and epochs_trained == [2]
     resumed = load_file(runner.client, run_id, checkpoint_path(4))

@@ -170,12 +170,13 @@ def test_map_replay_command_prints_the_json_figures_last(tmp_path, capsys):
 def test_a_killed_map_run_resumes_without_recomputing_finished_cells(tracking_uri, monkeypatch):
     from mlflow import MlflowClient
 
+    import pipeline.dense_run as dense_run_mod
     import pipeline.grid as grid_mod
     from pipeline.config import parse_config
     from selection.mapping import run_map
 
     computed = {"cells": 0, "dense": 0}
-    real_cells, real_dense = grid_mod.run_cells, grid_mod.train_dense
+    real_cells, real_dense = grid_mod.run_cells, dense_run_mod.train_dense
 
     def cells(jobs, *a, **kw):
         computed["cells"] += len(jobs)
@@ -186,7 +187,7 @@ def test_a_killed_map_run_resumes_without_recomputing_finished_cells(tracking_ur
         return real_dense(*a, **kw)
 
     monkeypatch.setattr(grid_mod, "run_cells", cells)
-    monkeypatch.setattr(grid_mod, "train_dense", dense)
+    monkeypatch.setattr(dense_run_mod, "train_dense", dense)
     real_run = grid_mod.GridRunner.run
     calls = {"n": 0}
 

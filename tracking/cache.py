@@ -35,12 +35,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 
 from tracking import keys
 from tracking.store import TrackingUnavailableError, search_all_runs, with_retries
 
 MAX_BATCH = 900   # MLflow's log_batch limit is 1000 metrics per call
+HEARTBEAT_SECONDS = 60.0   # how often a long computation refreshes its runs' heartbeats
 # runs that can hold a node (RUNNING or FINISHED); MLflow's search has no IN for status
 _CONTENDING = "attributes.status != 'FAILED' and attributes.status != 'KILLED'"
 
@@ -244,6 +245,10 @@ class RunCache:
     def heartbeat(self, run_id: str) -> None:
         self.log(run_id, tags={keys.HEARTBEAT: f"{time.time():.0f}"})
 
+    def heartbeats(self, run_ids: Iterable[str]) -> Heartbeat:
+        """A :class:`Heartbeat` of ``run_ids``: call it as often as convenient."""
+        return Heartbeat(self, list(run_ids))
+
     def finish(self, run_id: str, spec_hash: str | None = None, kind: str | None = None) -> bool:
         """Set FINISHED; returns True.
 
@@ -314,10 +319,25 @@ class RunCache:
             first = False
 
 
+class Heartbeat:
+    """Refreshes the heartbeat tags of some runs, at most once every ``HEARTBEAT_SECONDS``.
+
+    On other hosts a claim is live only while its heartbeat is younger than ``stale_after``;
+    a long computation calls this at every step or epoch, and only a call a minute after the
+    last refresh writes to the store.
+    """
+
+    def __init__(self, cache: RunCache, run_ids: list[str], every: float = HEARTBEAT_SECONDS):
+        self.cache, self.run_ids, self.every = cache, run_ids, every
+        self._last = time.time()
+
+    def __call__(self) -> None:
+        if time.time() - self._last > self.every:
+            self._last = time.time()
+            for run_id in self.run_ids:
+                self.cache.heartbeat(run_id)
+
+
 def _order(run: Run) -> tuple[int, str]:
     """Claims are ordered by creation time, ties by run id: every reader agrees."""
     return run.info.start_time or 0, run.info.run_id
-
-
-def run_status(client: MlflowClient, run_id: str) -> str:
-    return RunStatus.to_string(RunStatus.from_string(client.get_run(run_id).info.status))

@@ -61,7 +61,12 @@ CELL_SECONDS = "cell_seconds"
 
 def pair_metric(base: str, a: int, b: int) -> str:
     """Per-pair metric name, e.g. ``lmc_barrier_pair_0_1`` (a, b index fine-tune copies)."""
-    return f"{base}_pair_{a}_{b}"
+    return f"{pair_metric_prefix(base)}{a}_{b}"
+
+
+def pair_metric_prefix(base: str) -> str:
+    """What every :func:`pair_metric` name of ``base`` starts with, e.g. ``cka_pair_``."""
+    return f"{base}_pair_"
 
 
 def member_metric(base: str, member: int) -> str:
@@ -76,16 +81,17 @@ CURVE_TEST_ACC = "curve_test_acc"
 
 # --- artifacts --------------------------------------------------------------------------
 ARTIFACT_SPEC = "spec.json"
+ARTIFACT_CONFIG = "config.json"                # the grid run's resolved config
 ARTIFACT_MASK = "mask.pt"
 ARTIFACT_FINETUNED_DIR = "finetuned"           # finetuned/seed_<k>.pt
 ARTIFACT_CHECKPOINT_DIR = "checkpoints"        # checkpoints/epoch_<e>.pt (dense runs)
-ARTIFACT_RESUME = "resume/state.pt"            # full training state of an unfinished dense run
 ARTIFACT_LMC_CURVES = "lmc_curves.json"
 ARTIFACT_RESULTS_CSV = "results.csv"
 ARTIFACT_PLOTS_DIR = "plots"
 CHECKSUM_PREFIX = "sha256/"                    # tag sha256/<artifact path> = hex digest
 
 # --- results table and report (tracking.tables, tracking.plots) --------------------------
+RUN_ID = "run_id"                                # results-table column: the cell's run id
 # phase-diagram PNGs, logged under ARTIFACT_PLOTS_DIR of the grid parent run
 PLOT_TEST_ERROR = "test_error.png"
 PLOT_TEST_ERROR_NORMALIZED = "test_error_normalized.png"
@@ -115,6 +121,7 @@ PLOT_REGIME_MAP = "regime_map.png"         # also logged under ARTIFACT_PLOTS_DI
 PLOT_SELECTION_REGRET = "selection_regret.png"
 MODEL_LANDSCAPE = "regime_classifier_landscape"  # logged model names within a classifier run
 MODEL_PHASE = "regime_classifier_phase"
+MODEL_PRUNED = "pruned_model"              # logged model name within a cell run (registry)
 
 # --- tuner (selection/tuner.py: Optuna study and trial runs) -----------------------------
 SAMPLER = "sampler"                        # param of a study run: regime, tpe, tpe2, gp, ...

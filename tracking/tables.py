@@ -1,14 +1,13 @@
 """Results tables: an experiment's cell runs as one DataFrame, one row per cell.
 
-The table (docs/design.md#the-results-table) is the contract between layers: written as CSV it is the
-input of the classifier, the model selection and the tuner's replay benchmark, so a grid from
-any source with these columns can be analysed without recomputation.
+The table (docs/design.md#the-results-table) is the contract between layers: written as CSV it
+is the input of the classifier, the model selection and the tuner's replay benchmark, so a grid
+from any source with these columns can be analysed without recomputation. A row is read from a
+cell run by ``tracking.records.run_row``, next to the code that writes the run.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,18 +16,11 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from tracking import keys
+from tracking.records import CELL_COLUMNS, METRIC_COLUMNS, OPTIONAL_COLUMNS, PAIR_METRICS, run_row
 from tracking.store import experiment_id, get_client, search_all_runs
 
-RUN_ID = "run_id"
-CELL_COLUMNS = [keys.KNOB, keys.TEMPERATURE, keys.DENSITY, keys.DENSE_SEED]  # a cell's identity
-_METRIC_COLUMNS = [keys.TEST_ACC, keys.TEST_ACC_STD, keys.VAL_ACC, keys.LMC_BARRIER,
-                   keys.LMC_BARRIER_STD, keys.CKA, keys.CKA_STD, keys.PRUNED_ACC, keys.DENSE_ACC]
-# Per-pair landscape values of a cell as JSON, ``{"lmc_barrier": {"0_1": v, ...}, "cka":
-# {"0_1": v, ...}}`` (keys: the two fine-tune seeds of a pair): the spread the regime labeller
-# resamples. Optional: tables from elsewhere may lack it (NaN = not known).
-PAIR_METRICS = "pair_metrics"
-_PAIR_BASES = (keys.LMC_BARRIER, keys.CKA)
-RESULT_COLUMNS = [*CELL_COLUMNS, *_METRIC_COLUMNS, keys.REGIME, RUN_ID, keys.SPEC_HASH,
+RUN_ID = keys.RUN_ID
+RESULT_COLUMNS = [*CELL_COLUMNS, *METRIC_COLUMNS, keys.REGIME, RUN_ID, keys.SPEC_HASH,
                   PAIR_METRICS]
 _REQUIRED = [c for c in RESULT_COLUMNS if c != PAIR_METRICS]  # what a table must have
 
@@ -42,31 +34,7 @@ _RANGES = {
     # float32 Gram matrices can put CKA a hair above 1
     keys.CKA: (0.0, 1.0 + 1e-3), keys.CKA_STD: (0.0, 1.0),
 }
-_NUMERIC = [keys.TEMPERATURE, keys.DENSITY, keys.DENSE_SEED, *_METRIC_COLUMNS]
-# Metrics of optional measurements (measure.spectra, measure.hessian), after the columns above
-OPTIONAL_COLUMNS = [*keys.SPECTRAL_COLUMNS, *keys.CURVATURE_COLUMNS]
-
-
-def run_row(run: Run) -> dict:
-    """The results-table row of one cell run (docs/design.md#the-results-table; the record it
-    reads: docs/design.md#cell-run)."""
-    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
-    row: dict = {c: params.get(c) for c in CELL_COLUMNS}
-    row.update({c: metrics.get(c, math.nan) for c in _METRIC_COLUMNS})
-    row[keys.REGIME] = tags.get(keys.REGIME) or None
-    row[RUN_ID] = run.info.run_id
-    row[keys.SPEC_HASH] = tags.get(keys.SPEC_HASH)
-    row.update({c: metrics[c] for c in OPTIONAL_COLUMNS if c in metrics})
-    row[PAIR_METRICS] = _pair_metrics(metrics)
-    return row
-
-
-def _pair_metrics(metrics: dict) -> str | float:
-    """The run's per-pair metrics (``keys.pair_metric`` names) as JSON; NaN when it has none."""
-    pairs = {base: {name[len(base) + 6:]: value for name, value in sorted(metrics.items())
-                    if name.startswith(f"{base}_pair_") and math.isfinite(value)}
-             for base in _PAIR_BASES}
-    return json.dumps(pairs, sort_keys=True) if any(pairs.values()) else math.nan
+_NUMERIC = [keys.TEMPERATURE, keys.DENSITY, keys.DENSE_SEED, *METRIC_COLUMNS]
 
 
 def _to_numbers(df: pd.DataFrame) -> pd.DataFrame:
