@@ -223,8 +223,8 @@ class GridRunner:
     def _end_grid_run(self, summary: GridSummary, cell_hashes: set[str]) -> None:
         grid_run = summary.grid_run_id
         self.cache.log(grid_run, metrics={
-            "cells_computed": summary.computed, "cells_cached": summary.cached,
-            "cells_failed": len(summary.failed), "grid_seconds": summary.seconds})
+            keys.CELLS_COMPUTED: summary.computed, keys.CELLS_CACHED: summary.cached,
+            keys.CELLS_FAILED: len(summary.failed), keys.GRID_SECONDS: summary.seconds})
         summary.best = best_temperatures(self.experiment, cell_hashes, self.client)
         if summary.best is not None:
             log_files(self.client, grid_run,
@@ -271,8 +271,9 @@ class GridRunner:
             grid_hash, keys.KIND_GRID,
             f"grid {cfg.knob} {len(cfg.temperatures)}x{len(cfg.densities)}",
             params={keys.KNOB: cfg.knob, keys.DATASET: cfg.data.name, keys.MODEL: cfg.model.name,
-                    "temperatures": list(cfg.temperatures), "densities": list(cfg.densities),
-                    "dense_seeds": list(cfg.dense_seeds), keys.PRUNE_METHOD: cfg.prune.method,
+                    keys.TEMPERATURES: list(cfg.temperatures),
+                    keys.DENSITIES: list(cfg.densities), keys.DENSE_SEEDS: list(cfg.dense_seeds),
+                    keys.PRUNE_METHOD: cfg.prune.method,
                     keys.FINETUNE_SEEDS: list(cfg.finetune.seeds),
                     keys.FINETUNE_RECIPE: cfg.finetune.recipe},
             tags={keys.NOTE: cfg.description} if cfg.description else None)

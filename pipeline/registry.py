@@ -44,15 +44,16 @@ def register_cell_model(cell_run_id: str, name: str, alias: str = "champion",
     example = data.x_val[:2].cpu().numpy() if len(data.x_val) else data.x_test[:2].cpu().numpy()
     with mlflow.start_run(run_id=cell_run_id, nested=True):
         if code_paths is None:
-            info = mlflow.pytorch.log_model(model, name="pruned_model", input_example=example)
+            info = mlflow.pytorch.log_model(model, name=keys.MODEL_PRUNED, input_example=example)
         else:
-            info = log_module(model, "pruned_model", example, code_paths)
+            info = log_module(model, keys.MODEL_PRUNED, example, code_paths)
     version = with_retries(mlflow.register_model, info.model_uri, name)
     with_retries(client.set_registered_model_alias, name, alias, version.version)
     text = description or (
-        f"Pruned {dense.model.name} on {dense.data.name}: {cell.knob}={cell.temperature:g}, density "
-        f"{cell.prune.density:g} ({cell.prune.method}), fine-tune seed {seed} (best validation accuracy "
-        f"{max(val):.4f} of the cell's copies). Source cell run {cell_run_id}.")
+        f"Pruned {dense.model.name} on {dense.data.name}: {cell.knob}={cell.temperature:g}, "
+        f"density {cell.prune.density:g} ({cell.prune.method}), fine-tune seed {seed} (best "
+        f"validation accuracy {max(val):.4f} of the cell's copies). Source cell run "
+        f"{cell_run_id}.")
     with_retries(client.update_model_version, name, version.version, description=text)
     with_retries(client.update_registered_model, name, description=(
         "Pruned models selected by the regime-guided tuner; load with "

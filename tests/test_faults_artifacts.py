@@ -63,14 +63,16 @@ def test_corrupt_then_missing_checkpoint_is_recomputed_never_used(tracking_uri):
     assert third.ok and (third.computed, third.cached) == (2, 4), third.lines()
     gone = client.get_run(recomputed.info.run_id)
     assert gone.info.status == "FAILED" and "missing" in gone.data.tags[keys.FAILURE_REASON]
-    assert _only_finished_dense(client, exp).info.run_id not in (dense.info.run_id, recomputed.info.run_id)
+    assert _only_finished_dense(client, exp).info.run_id not in (dense.info.run_id,
+                                                                 recomputed.info.run_id)
     finished = runs_of(client, exp, keys.KIND_CELL, "FINISHED")
     assert len(finished) == 6 and not runs_of(client, exp, keys.KIND_CELL, "FAILED")
     # every cell names the dense run its checkpoint really came from, never a discarded one
     source = {r.data.tags[keys.DENSE_RUN_ID] for r in finished}
-    assert source <= {dense.info.run_id, recomputed.info.run_id, _only_finished_dense(client, exp).info.run_id}
+    third = _only_finished_dense(client, exp).info.run_id
+    assert source <= {dense.info.run_id, recomputed.info.run_id, third}
     newest = [r for r in finished if float(r.data.params[keys.DENSITY]) == 0.9]
-    assert {r.data.tags[keys.DENSE_RUN_ID] for r in newest} == {_only_finished_dense(client, exp).info.run_id}
+    assert {r.data.tags[keys.DENSE_RUN_ID] for r in newest} == {third}
 
 
 def test_a_checkpoint_without_a_recorded_checksum_is_refused(tracking_uri, tmp_path):
@@ -80,7 +82,9 @@ def test_a_checkpoint_without_a_recorded_checksum_is_refused(tracking_uri, tmp_p
     client = get_client()
     run = client.create_run(client.create_experiment("foreign"))
     torch.save({"w": torch.ones(2)}, tmp_path / "epoch_0001.pt")
-    client.log_artifact(run.info.run_id, str(tmp_path / "epoch_0001.pt"), keys.ARTIFACT_CHECKPOINT_DIR)
-    assert mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path=keys.ARTIFACT_CHECKPOINT_DIR)
+    client.log_artifact(run.info.run_id, str(tmp_path / "epoch_0001.pt"),
+                        keys.ARTIFACT_CHECKPOINT_DIR)
+    assert mlflow.artifacts.list_artifacts(run_id=run.info.run_id,
+                                           artifact_path=keys.ARTIFACT_CHECKPOINT_DIR)
     with pytest.raises(CorruptArtifactError, match="none recorded"):
         load_file(client, run.info.run_id, checkpoint_path(1))

@@ -33,13 +33,15 @@ from tracking.store import get_client, init_experiment
 
 
 def _summary_counts(stdout: str) -> dict[str, int]:
-    """Numbers of the grid summary line: 'grid ...: 4 cells: 2 computed, 2 cached, 0 failed; 0 dense'"""
+    """Numbers of the grid summary line: 'grid ...: 4 cells: 2 computed, 2 cached, 0 failed;
+    0 dense'"""
     import re
 
-    m = re.search(r"(\d+) cells: (\d+) computed, (\d+) cached, (\d+) failed.*?; (\d+) dense runs trained",
-                  stdout)
+    m = re.search(r"(\d+) cells: (\d+) computed, (\d+) cached, (\d+) failed.*?; "
+                  r"(\d+) dense runs trained", stdout)
     assert m, stdout
-    return dict(zip(("cells", "computed", "cached", "failed", "dense"), map(int, m.groups()), strict=True))
+    return dict(zip(("cells", "computed", "cached", "failed", "dense"), map(int, m.groups()),
+                    strict=True))
 
 
 @pytest.mark.slow
@@ -58,7 +60,8 @@ def test_sigkill_mid_dense_and_mid_cells_then_rerun_finishes(tracking_uri, tmp_p
     # 1. killed while training the dense run, after its second epoch was recorded
     def dense_run_at_epoch(n: int):
         runs = runs_of(client, exp, keys.KIND_DENSE, "RUNNING")
-        return runs and f"{keys.CHECKSUM_PREFIX}{checkpoint_path(n)}" in runs[0].data.tags and runs[0]
+        tag = f"{keys.CHECKSUM_PREFIX}{checkpoint_path(n)}"
+        return runs and tag in runs[0].data.tags and runs[0]
 
     proc = start_cli(args, env, tmp_path / "run1.log")
     dense = wait_for(lambda: dense_run_at_epoch(2), 240, what="the dense run's epoch-2 checkpoint",
@@ -78,7 +81,8 @@ def test_sigkill_mid_dense_and_mid_cells_then_rerun_finishes(tracking_uri, tmp_p
     wait_for(cells_in_flight, 300, interval=0.1, what="a finished and a running cell",
              proc=proc, log=tmp_path / "run2.log")
     stop(proc, signal.SIGKILL)
-    finished_before = {r.data.tags[keys.SPEC_HASH] for r in runs_of(client, exp, keys.KIND_CELL, "FINISHED")}
+    finished_before = {r.data.tags[keys.SPEC_HASH]
+                       for r in runs_of(client, exp, keys.KIND_CELL, "FINISHED")}
     in_flight = runs_of(client, exp, keys.KIND_CELL, "RUNNING")
     run2 = (tmp_path / "run2.log").read_text()
     assert "dense runs trained" not in run2         # it really died mid-grid
@@ -94,8 +98,8 @@ def test_sigkill_mid_dense_and_mid_cells_then_rerun_finishes(tracking_uri, tmp_p
     rerun = cli(args, env)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     counts = _summary_counts(rerun.stdout)
-    assert counts == {"cells": 4, "computed": 4 - len(finished_before), "cached": len(finished_before),
-                      "failed": 0, "dense": 0}
+    assert counts == {"cells": 4, "computed": 4 - len(finished_before),
+                      "cached": len(finished_before), "failed": 0, "dense": 0}
     per_hash = finished_per_hash(client, exp, keys.KIND_CELL)
     assert len(per_hash) == 4 and set(per_hash.values()) == {1}      # no duplicate FINISHED run
     assert finished_before <= set(per_hash)                            # earlier work kept
@@ -108,8 +112,9 @@ def test_sigkill_mid_dense_and_mid_cells_then_rerun_finishes(tracking_uri, tmp_p
     # no data lost: every finished cell's artifacts verify against their checksums
     for run in runs_of(client, exp, keys.KIND_CELL, "FINISHED"):
         assert load_file(client, run.info.run_id, keys.ARTIFACT_MASK)
-    print(f"SIGKILL: {len(finished_before)} cells finished before the kill, {len(in_flight)} in flight; "
-          f"re-run computed {counts['computed']}, duplicated 0; dense resumed in run {dense.info.run_id}")
+    print(f"SIGKILL: {len(finished_before)} cells finished before the kill, {len(in_flight)} in "
+          f"flight; re-run computed {counts['computed']}, duplicated 0; dense resumed in run "
+          f"{dense.info.run_id}")
 
 
 class _Killed(BaseException):

@@ -79,7 +79,8 @@ def _assert_best_temperatures(summary, table) -> None:
     for _, row in best.iterrows():
         at_density = table[table[keys.DENSITY] == row[keys.DENSITY]]
         assert row[keys.TEST_ACC] == pytest.approx(at_density[keys.TEST_ACC].max())
-        assert row[keys.TEMPERATURE] == at_density.loc[at_density[keys.TEST_ACC].idxmax(), keys.TEMPERATURE]
+        best = at_density.loc[at_density[keys.TEST_ACC].idxmax(), keys.TEMPERATURE]
+        assert row[keys.TEMPERATURE] == best
     lines = summary.lines()
     header = lines.index("best temperature per density (mean fine-tuned test accuracy):")
     assert lines[header + 1].split() == ["density", "epochs", "test_acc"]   # no regimes yet
@@ -163,7 +164,8 @@ def test_cell_runs_carry_params_metrics_curves_and_artifacts(tracking_uri):
     (run,) = _runs(keys.KIND_CELL, "FINISHED")
     p, m = run.data.params, run.data.metrics
     assert run.info.run_name == "epochs=3 d=0.50 s=0"
-    assert p[keys.KNOB] == "epochs" and float(p[keys.DENSITY]) == 0.5 and p[keys.PRUNE_METHOD] == "global"
+    assert p[keys.KNOB] == "epochs" and float(p[keys.DENSITY]) == 0.5
+    assert p[keys.PRUNE_METHOD] == "global"
     for k in (keys.TEST_ACC, keys.TEST_ACC_STD, keys.VAL_ACC, keys.PRUNED_ACC, keys.DENSE_ACC,
               keys.LMC_BARRIER, keys.CKA, keys.pair_metric(keys.LMC_BARRIER, 0, 1)):
         assert k in m, k

@@ -107,8 +107,8 @@ class RunCache:
         """One search for every run of ``kind``; classify each hash's runs."""
         wanted = set(hashes)
         out = {h: Lookup() for h in wanted}
-        runs = search_all_runs(self.client, [self.experiment_id], f"tags.{keys.RUN_KIND} = '{kind}'",
-                               ["attributes.start_time DESC"])
+        runs = search_all_runs(self.client, [self.experiment_id],
+                               f"tags.{keys.RUN_KIND} = '{kind}'", ["attributes.start_time DESC"])
         now = time.time()
         for run in runs:
             h = run.data.tags.get(keys.SPEC_HASH)
@@ -147,7 +147,8 @@ class RunCache:
             all_tags[keys.PARENT_RUN_ID] = parent_run_id
         # a tracking server's REST client takes string tag values only (SQL stores coerce)
         all_tags = {k: str(v) for k, v in all_tags.items()}
-        run = with_retries(self.client.create_run, self.experiment_id, tags=all_tags, run_name=run_name)
+        run = with_retries(self.client.create_run, self.experiment_id, tags=all_tags,
+                           run_name=run_name)
         if params:
             self.log(run.info.run_id, params=params)
         return run.info.run_id
@@ -195,7 +196,8 @@ class RunCache:
                 # a FINISHED run always wins; the first finished, so every reader agrees
                 if h not in finished or _order(run) < _order(finished[h]):
                     finished[h] = run
-            elif run.info.status == "RUNNING" and (run.info.run_id in ours or self._is_live(run, now)):
+            elif run.info.status == "RUNNING" and (run.info.run_id in ours
+                                                   or self._is_live(run, now)):
                 live.setdefault(h, []).append(run)
         claims = {}
         for h, run_id in mine.items():
@@ -303,7 +305,8 @@ class RunCache:
         done.finished = self.finish(run_id, spec_hash, kind)
 
     def log(self, run_id: str, params: dict | None = None, metrics: dict | None = None,
-            tags: dict | None = None, step: int = 0, series: dict[str, list[float]] | None = None) -> None:
+            tags: dict | None = None, step: int = 0,
+            series: dict[str, list[float]] | None = None) -> None:
         """Log params, metrics, tags and step series in as few ``log_batch`` calls as possible."""
         now = int(time.time() * 1000)
         ms = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items()]

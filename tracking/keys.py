@@ -43,6 +43,9 @@ WEIGHT_DECAY = "weight_decay"
 SAM_RHO = "sam_rho"
 DENSE_SPEC_HASH = "dense_spec_hash"
 DENSE_RUN_ID = "dense_run_id"         # tag of a cell: the dense run its checkpoint came from
+TEMPERATURES = "temperatures"         # params of a grid run: the config's lists
+DENSITIES = "densities"
+DENSE_SEEDS = "dense_seeds"
 
 # --- metrics ----------------------------------------------------------------------------
 TEST_ACC = "test_acc"
@@ -57,6 +60,10 @@ CKA = "cka"
 CKA_STD = "cka_std"
 REALIZED_DENSITY = "realized_density"
 CELL_SECONDS = "cell_seconds"
+CELLS_COMPUTED = "cells_computed"  # metrics of a grid run: what this invocation did
+CELLS_CACHED = "cells_cached"
+CELLS_FAILED = "cells_failed"
+GRID_SECONDS = "grid_seconds"
 
 
 def pair_metric(base: str, a: int, b: int) -> str:

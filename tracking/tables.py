@@ -198,7 +198,8 @@ def best_temperature_per_density(df: pd.DataFrame) -> pd.DataFrame:
     if keys.REGIME in df.columns and _labelled(df[keys.REGIME]).any():
         labels = scored[_labelled(scored[keys.REGIME])].groupby(point)[keys.REGIME].agg(
             lambda s: "/".join(sorted(set(s))))
-        best[keys.REGIME] = [labels.get(tuple(row), "") for row in best[point].itertuples(index=False)]
+        best[keys.REGIME] = [labels.get(tuple(row), "")
+                             for row in best[point].itertuples(index=False)]
     return best
 
 
