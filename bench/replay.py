@@ -7,8 +7,8 @@ synthetic three-regime table generated here) at every density, for the samplers 
 tpe2, gp, random and grid, and prints per density: trials to the best cell (median and
 quartiles), trials to within 0.2 accuracy points, mean regret after k trials, and the ratio of
 the regime sampler's median trials-to-best to the strongest baseline's (the lowest median among
-tpe, tpe2 and gp; docs/method.md#baselines-and-replay). The LAST line printed is one JSON object
-of the figures.
+tpe, tpe2, gp and random; docs/method.md#baselines-and-replay). The LAST line printed is one
+JSON object of the figures.
 
 The synthetic table (ours; it mimics the MNIST-1D measurements in
 docs/method.md#the-small-default-mnist-1d): at
@@ -46,7 +46,8 @@ from tracking.tables import RESULT_COLUMNS, RUN_ID  # noqa: E402
 
 DEMO_TABLE = REPO_ROOT / "bench" / "data" / "demo_grid.csv"
 SAMPLERS = ("regime", "tpe", "tpe2", "gp", "random", "grid")
-BASELINES = ("tpe", "tpe2", "gp")  # the strongest is the bar (docs/method.md#baselines-and-replay)
+# the strongest is the bar (docs/method.md#baselines-and-replay)
+BASELINES = ("tpe", "tpe2", "gp", "random")
 TEMPERATURES = (2, 3, 5, 8, 12, 20, 30, 40, 60, 80)
 DENSITIES = (0.05, 0.07, 0.1, 0.14, 0.2, 0.4, 0.8)
 LOW_DENSITY = 0.1  # "low densities", where hotter is better: d <= this

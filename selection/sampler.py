@@ -262,11 +262,21 @@ class RegimeGuidedSampler(BaseSampler):
             # what the other densities imply steers; the study's own trials decide
             costs = {s: _disagreements(pseudo, s) for s in kept}
             kept = [s for s in kept if costs[s] == min(costs.values())]
+            if scores and not self.transfer.rule_holds:
+                # the coldest connected temperature was not the best at the neighbouring
+                # densities: their objective values rank the temperatures instead
+                allowed = [p for p in free if p >= min(kept) and p in scores]
+                allowed = allowed or [p for p in free if p in scores]
+                if allowed:
+                    top = max(scores[p] for p in allowed)
+                    # equal scores: the colder (colder training helps a connected cell)
+                    return space.values[min(p for p in allowed if math.isclose(scores[p], top))]
             if scores and not any(obs.value is not None or obs.label is not None
                                   for obs in observations):
                 # the start: the temperature the other densities predict best, among those
                 # the kept boundaries allow to be connected
                 allowed = [p for p in free if p >= min(kept) and p in scores]
+                allowed = allowed or [p for p in free if p in scores]
                 if allowed:
                     top = max(scores[p] for p in allowed)
                     tied = [p for p in allowed if math.isclose(scores[p], top)]
@@ -521,6 +531,7 @@ class TransferPrior:
     regimes: dict[float, int]
     scores: dict[float, float]
     densities: tuple[float, ...] = ()
+    rule_holds: bool = True
 
     def on(self, space: _Space) -> tuple[list[_Observation], dict[int, float]]:
         """Pseudo-observations of the implied regimes and the scores, by position of a
@@ -535,6 +546,17 @@ class TransferPrior:
             if coord is not None:
                 scores[int(coord)] = float(score)
         return pseudo, scores
+
+
+def _closeness_to_top(values: Any) -> dict[float, float]:
+    """Per temperature of one density: 1 at its best objective, falling linearly to 0 at the
+    median objective and below (the spread above the median is the density's own scale)."""
+    top, middle = float(values.max()), float(values.median())
+    scale = top - middle
+    if not scale > 0:
+        return {float(t): 1.0 for t in values.index}
+    return {float(t): float(min(1.0, max(0.0, 1.0 + (v - top) / scale)))
+            for t, v in values.items()}
 
 
 def transfer_prior(cells: Any, density: float, knob: Knob | str,
@@ -577,6 +599,8 @@ def transfer_prior(cells: Any, density: float, knob: Knob | str,
                 regimes[t] = 0 if t not in regimes else regimes[t]
     sign = 1.0 if maximize else -1.0
     best_rank: dict[float, float] = {}
+    closeness: dict[float, dict[float, float]] = {}
+    rule_at: dict[float, bool] = {}
     for d in sorted(float(d) for d in others["density"].unique()):
         rows = others[np.isclose(others["density"].to_numpy(dtype=float), d)]
         values = rows.groupby("temperature")[objective_column].mean().dropna() * sign
@@ -585,18 +609,35 @@ def transfer_prior(cells: Any, density: float, knob: Knob | str,
         top = values.max()
         # the density's best temperature (ties: the coldest), as a rank on the cold -> hot axis
         best_rank[d] = float(min(order[float(t)] for t, v in values.items() if v == top))
+        closeness[d] = _closeness_to_top(values)
+        labels = rows.dropna(subset=["regime"]).groupby("temperature")["regime"].first()
+        connected = [float(t) for t, r in labels.items() if r in CONNECTED_REGIMES]
+        coldest = min(connected, key=lambda t: order[t]) if connected else None
+        # does "the best is the coldest connected temperature" pick this density's best?
+        rule_at[d] = coldest is not None and closeness[d].get(coldest, 0.0) == 1.0
     sparser = [d for d in best_rank if d < density]
     denser = [d for d in best_rank if d > density]
     if sparser and denser:
         s_d, d_d = max(sparser), min(denser)
         x = math.log(density / s_d) / math.log(d_d / s_d)
         predicted = best_rank[s_d] + x * (best_rank[d_d] - best_rank[s_d])
-        used = [s_d, d_d]
+        weights = {s_d: 1.0 - x, d_d: x}
+        # do the two neighbours agree on where the top is? each one's closeness to the top at
+        # the other's best temperature (1: the other's best is as good as its own)
+        best_t = {d: min((t for t in closeness[d] if closeness[d][t] == 1.0),
+                         key=lambda t: order[float(t)]) for d in (s_d, d_d)}
+        agreement = min(closeness[s_d].get(best_t[d_d], 0.0),
+                        closeness[d_d].get(best_t[s_d], 0.0))
     elif sparser or denser:
         nearest = max(sparser) if sparser else min(denser)
-        predicted, used = best_rank[nearest], [nearest]
+        predicted, weights, agreement = best_rank[nearest], {nearest: 1.0}, 1.0
     else:
         return TransferPrior(regimes, {}, ())
+    used = list(weights)
     span = max(len(order) - 1, 1)
-    scores = {t: 1.0 - abs(r - predicted) / span for t, r in order.items()}
-    return TransferPrior(regimes, scores, tuple(used))
+    scores = {}
+    for t, r in order.items():
+        by_rank = 1.0 - abs(r - predicted) / span
+        by_value = sum(w * closeness[d].get(t, 0.0) for d, w in weights.items())
+        scores[t] = agreement * by_value + (1.0 - agreement) * by_rank
+    return TransferPrior(regimes, scores, tuple(used), all(rule_at[d] for d in used))

@@ -31,6 +31,8 @@ def test_neighbours_predict_the_start_and_the_implied_regimes():
     # best ranks (cold -> hot) 2 (40) and 0 (160), 0.1 halfway in log density: rank 1 (80)
     assert max(prior.scores, key=prior.scores.get) == 80.0
     assert set(prior.densities) == {0.05, 0.2}
+    # both neighbours' best is their coldest connected temperature: Algorithm 1's rule holds
+    assert prior.rule_holds
     study = optuna.create_study(direction="maximize", sampler=create_sampler(
         "regime", "epochs", 0, transfer=prior))
     trial = study.ask()
@@ -39,6 +41,61 @@ def test_neighbours_predict_the_start_and_the_implied_regimes():
     plain = optuna.create_study(direction="maximize",
                                 sampler=create_sampler("regime", "epochs", 0)).ask()
     assert plain.suggest_categorical(keys.TEMPERATURE, temps) == 40
+
+
+def _first_two(prior, temps):
+    study = optuna.create_study(direction="maximize", sampler=create_sampler(
+        "regime", "epochs", 0, transfer=prior))
+    chosen = []
+    for _ in range(2):
+        trial = study.ask()
+        t = trial.suggest_categorical(keys.TEMPERATURE, temps)
+        trial.set_user_attr(keys.REGIME, "II-B")
+        study.tell(trial, 0.9)
+        chosen.append(t)
+    return chosen
+
+
+def test_agreeing_neighbours_rank_the_temperatures_by_their_values():
+    temps = [10, 20, 40, 80, 160]
+    # every cell connected; the best is not the coldest (160) at either neighbour, and each
+    # neighbour's best is near the top of the other: they agree on a flat top around 40-80
+    val = {0.05: {10: 0.80, 20: 0.82, 40: 0.86, 80: 0.855, 160: 0.83},
+           0.2: {10: 0.90, 20: 0.91, 40: 0.948, 80: 0.95, 160: 0.93}}
+    rows = [(t, d, "II-B", v) for d, by_t in val.items() for t, v in by_t.items()]
+    prior = transfer_prior(_cells(rows), 0.1, "epochs")
+    assert not prior.rule_holds
+    # best ranks 2 (40) and 1 (80) interpolate to a tie; the values break it: 40 is closer to
+    # the top at 0.2 (0.948 of 0.95) than 80 is at 0.05 (0.855 of 0.86)
+    assert max(prior.scores, key=prior.scores.get) == 40.0
+    assert prior.scores[40.0] > prior.scores[80.0] > prior.scores[160.0]
+    # the second trial is the next best scored, not the coldest that Algorithm 1 would bisect to
+    assert _first_two(prior, temps) == [40, 80]
+
+
+def test_neighbours_that_disagree_fall_back_on_their_best_ranks():
+    temps = [10, 20, 40, 80, 160]
+    # 0.05 peaks hot (20), 0.2 cold (160), each one's best is far below the top of the other
+    val = {0.05: {10: 0.80, 20: 0.86, 40: 0.84, 80: 0.82, 160: 0.78},
+           0.2: {10: 0.88, 20: 0.89, 40: 0.91, 80: 0.93, 160: 0.95}}
+    rows = [(t, d, "II-A", v) for d, by_t in val.items() for t, v in by_t.items()]
+    prior = transfer_prior(_cells(rows), 0.1, "epochs")
+    # ranks 3 (20) and 0 (160) halfway: 1.5, a tie of 80 and 40 by rank alone
+    assert prior.scores[80.0] == pytest.approx(prior.scores[40.0])
+    assert max(prior.scores.values()) == pytest.approx(prior.scores[80.0])
+    # equal scores: the colder first
+    assert _first_two(prior, temps)[0] == 80
+
+
+def test_all_regime_i_implied_starts_from_the_neighbours_best():
+    temps = [10, 20, 40, 80, 160]
+    # the denser neighbour is Regime I everywhere: every temperature is Regime I here too, so
+    # no temperature can be the coldest connected one; its values pick the start (40), not the
+    # hottest end
+    rows = [(t, 0.2, "I", 0.8 - abs(t - 40) / 1000) for t in temps]
+    prior = transfer_prior(_cells(rows), 0.1, "epochs")
+    assert set(prior.regimes.values()) == {0} and not prior.rule_holds
+    assert _first_two(prior, temps)[0] == 40
 
 
 def test_denser_regime_i_implies_regime_i_here():
