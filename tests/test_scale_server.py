@@ -41,14 +41,18 @@ def test_grid_on_a_postgresql_tracking_server_survives_a_server_outage(tmp_path)
         try:
             server.start()
             env = cli_env(server.uri)          # workers know the URI, nothing else
-            init = cli(["tracking", "--tracking-uri", server.uri, "init", "--experiment", "scale-tiny"], env)
+            init = cli(["tracking", "--tracking-uri", server.uri, "init",
+                        "--experiment", "scale-tiny"], env)
             assert init.returncode == 0, init.stderr
             client = MlflowClient(server.uri)
             exp = client.get_experiment_by_name("scale-tiny").experiment_id
 
-            config = write_config(tmp_path / "grid.yaml", tiny(runtime={"threads": 1, "batch_cells": False}))
+            config = write_config(tmp_path / "grid.yaml",
+                                  tiny(runtime={"threads": 1, "batch_cells": False}))
             args = ["pipeline", "grid", str(config), "--no-progress"]
-            grid = start_cli(args, env, tmp_path / "grid1.log")
+            # a short store timeout: the outage below is waited out for 6 s, not the default 30
+            grid = start_cli(args, cli_env(server.uri, THREE_REGIME_STORE_TIMEOUT="6"),
+                             tmp_path / "grid1.log")
             wait_for(lambda: runs_of(client, exp, keys.KIND_CELL, "FINISHED"), 300, interval=0.5,
                      what="a first finished cell", proc=grid, log=tmp_path / "grid1.log")
             server.stop()                      # SIGKILL: the server is gone mid-grid
@@ -71,16 +75,17 @@ def test_grid_on_a_postgresql_tracking_server_survives_a_server_outage(tmp_path)
             per_hash = finished_per_hash(client, exp, keys.KIND_CELL)
             assert len(per_hash) == 4 and set(per_hash.values()) == {1}
             assert not runs_of(client, exp, keys.KIND_CELL, "RUNNING")
-            print(f"server outage: {len(finished_before)} cells finished before it, re-run computed "
-                  f"{4 - len(finished_before)}, duplicated 0")
+            print(f"server outage: {len(finished_before)} cells finished before it, re-run "
+                  f"computed {4 - len(finished_before)}, duplicated 0")
 
             out_csv = tmp_path / "results.csv"
-            table = cli(["tracking", "--tracking-uri", server.uri, "table", "--experiment", "scale-tiny",
-                         "--out", str(out_csv)], env)
+            table = cli(["tracking", "--tracking-uri", server.uri, "table",
+                         "--experiment", "scale-tiny", "--out", str(out_csv)], env)
             assert table.returncode == 0, table.stderr
             df = read_table(out_csv)
             assert list(df.columns) == RESULT_COLUMNS and len(df) == 4
-            assert sorted(zip(df.temperature, df.density, strict=True)) == [(2, 0.2), (2, 0.6), (3, 0.2), (3, 0.6)]
+            assert sorted(zip(df.temperature, df.density, strict=True)) == [
+                (2, 0.2), (2, 0.6), (3, 0.2), (3, 0.6)]
             assert df.test_acc.between(0, 1).all() and df.cka.between(0, 1.001).all()
             # the artifacts went to the shared location, through the server
             assert len(list((tmp_path / "shared-artifacts").rglob(keys.ARTIFACT_MASK))) >= 4
