@@ -10,8 +10,8 @@ Model: log(density) and the knob-oriented temperature ("heat": larger = hotter; 
 every temperature is positive, since knob grids are geometric: epochs 10..160, batch sizes,
 learning rates), standardised, then a multinomial logistic regression. Why not gradient
 boosting: a grid has tens of cells, and regime boundaries in (log temperature, log density)
-are close to straight lines (docs/method.md#the-idea: I at low density and cold, II-A hot, II-B dense and
-cold), which a linear softmax model draws as three sectors with smooth, extrapolating
+are close to straight lines (docs/method.md#the-idea: I at low density and cold, II-A hot,
+II-B dense and cold), which a linear softmax model draws as three sectors with smooth, extrapolating
 boundaries; trees give axis-aligned steps that do not extrapolate to unseen densities.
 Everything is a stock sklearn object, so the model is saved in MLflow's safe ``skops`` format.
 """
@@ -165,9 +165,9 @@ def cross_validate(df: pd.DataFrame, feature_set: str = LANDSCAPE, n_splits: int
 
     Fewer folds are used when the data cannot fill ``n_splits`` (no more folds than the largest
     class has members, than there are cells, or than there are densities); a class with fewer
-    members than folds is allowed (some folds then lack it) and noted. With one class, or one density when grouping,
-    CV is impossible: ``accuracy`` is NaN and ``notes`` says why. A training fold holding one
-    class only gets a constant classifier.
+    members than folds is allowed (some folds then lack it) and noted. With one class, or one
+    density when grouping, CV is impossible: ``accuracy`` is NaN and ``notes`` says why. A
+    training fold holding one class only gets a constant classifier.
     """
     if n_splits < 2:
         raise ValueError(f"n_splits must be >= 2, got {n_splits}")

@@ -51,27 +51,33 @@ tune(lookup, density=0.1, temperature_space={TEMPERATURES}, knob="epochs",
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["journal", "postgresql"])
 def test_parallel_tuners_share_one_study_without_duplicates(backend, tracking_uri, tmp_path):
-    database = postgres_database("three_regime_optuna") if backend == "postgresql" else nullcontext()
+    database = (postgres_database("three_regime_optuna") if backend == "postgresql"
+                else nullcontext())
     with database as db:
         storage = pg_url(db) if db else str(tmp_path / "optuna.journal")
         # the init step: the study, the experiment and the study's run exist before any worker
-        study = optuna.create_study(study_name=STUDY, storage=make_storage(storage), direction="maximize")
+        study = optuna.create_study(study_name=STUDY, storage=make_storage(storage),
+                                    direction="maximize")
         configure(tracking_uri)
         study_run = MlflowTrialLogger(EXPERIMENT, study_params=STUDY_PARAMS).study_run_id(study)
 
         env = cli_env(tracking_uri, tmp_path / "mlruns")
         logs = [tmp_path / f"worker{i}.log" for i in range(WORKERS)]
-        procs = [subprocess.Popen([sys.executable, "-c", WORKER, storage, tracking_uri], env=env, cwd=REPO,
-                                  stdout=open(log, "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
+        procs = [subprocess.Popen([sys.executable, "-c", WORKER, storage, tracking_uri],
+                                  env=env, cwd=REPO, stdout=open(log, "w"),  # noqa: SIM115
+                                  stderr=subprocess.STDOUT)
                  for log in logs]
-        wait_for(lambda: all(p.poll() is not None for p in procs), 240, interval=0.5, what="the tuners")
-        assert [p.returncode for p in procs] == [0] * WORKERS, [log.read_text()[-3000:] for log in logs]
+        wait_for(lambda: all(p.poll() is not None for p in procs), 240, interval=0.5,
+                 what="the tuners")
+        assert [p.returncode for p in procs] == [0] * WORKERS, [log.read_text()[-3000:]
+                                                                for log in logs]
 
         trials = optuna.load_study(study_name=STUDY, storage=make_storage(storage)).trials
         assert len(trials) == WORKERS * TRIALS_PER_WORKER
         assert {t.state for t in trials} == {optuna.trial.TrialState.COMPLETE}
         tried = [t.params[keys.TEMPERATURE] for t in trials]
-        assert len(set(tried)) == len(tried), f"duplicate temperatures while untried remain: {tried}"
+        assert len(set(tried)) == len(tried), ("duplicate temperatures while untried remain: "
+                                               f"{tried}")
 
     client = MlflowClient(tracking_uri)
     runs = search_all_runs(client, [experiment_id(EXPERIMENT, client)],
@@ -79,7 +85,8 @@ def test_parallel_tuners_share_one_study_without_duplicates(backend, tracking_ur
     study_runs = [r for r in runs if r.data.tags[keys.RUN_KIND] == keys.KIND_STUDY]
     trial_runs = [r for r in runs if r.data.tags[keys.RUN_KIND] == keys.KIND_TRIAL]
     assert [r.info.run_id for r in study_runs] == [study_run]
-    assert sorted(int(r.data.tags[keys.TRIAL_NUMBER]) for r in trial_runs) == list(range(len(trials)))
+    numbers = sorted(int(r.data.tags[keys.TRIAL_NUMBER]) for r in trial_runs)
+    assert numbers == list(range(len(trials)))
     assert {r.data.tags[keys.PARENT_RUN_ID] for r in trial_runs} == {study_run}
     by_number = {int(r.data.tags[keys.TRIAL_NUMBER]): r for r in trial_runs}
     for t in trials:       # the child run records the trial's own temperature and value
