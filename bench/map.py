@@ -1,23 +1,28 @@
 """Replay benchmark of the adaptive regime mapping (``python -m selection map --replay``).
 
-    python bench/map.py [--seeds 20] [--fine-seeds N] [--quick] [--out docs/map_replay.png]
+    python bench/map.py [--seeds 20] [--paper-seeds N] [--jobs J] [--quick]
+                        [--out docs/map_replay.png]
 
-Two finished tables, the mapping loop against two orders of the same cells (random; coarse to
-fine: every other temperature and density first), through the same models, over ``--seeds``
-seeds each:
-  demo  -- ``bench/data/demo_grid.csv``: the MNIST-1D demo grid as measured (6 epochs x 5
-           densities, 30 cells);
-  fine  -- a finer paper-like grid (``selection.synthetic.paper_like_grid``: CIFAR-10-like
-           epochs grid with the barrier's jump at the first learning-rate decay and a hot
-           sparse II-A corner), 10 temperatures (10..160 epochs) x 9 densities (5..80 %),
-           90 cells.
+Three finished tables, the mapping loop against two orders of the same cells (random; coarse
+to fine: every other temperature and density first), through the same models, over
+``--seeds`` seeds each:
+  demo       -- ``bench/data/demo_grid.csv``: the MNIST-1D demo grid as measured (6 epochs x
+                5 densities, 30 cells);
+  demo_fine  -- ``bench/data/demo_fine_grid.csv``: the finer MNIST-1D grid as measured
+                (10 epochs x 7 densities, 70 cells);
+  paper_like -- a finer paper-like synthetic grid (``selection.synthetic.paper_like_grid``:
+                CIFAR-10-like epochs grid with the barrier's jump at the first learning-rate
+                decay and a hot sparse II-A corner), 10 temperatures (10..160 epochs) x 9
+                densities (5..80 %), 90 cells; ``--paper-seeds`` seeds (default --seeds).
 The reference map is the labeller's labels of the whole table. Printed per table: agreement
 and best-temperature figures at budgets, the cells to 95 % agreement (median over seeds) for
 each order, and the goal (>= 95 % agreement and the best temperature at every density with
 <= 40 % of the cells) met or not. The curve (agreement vs cells run) goes to ``--out``. The
-LAST line printed is one JSON object: per table the ``--replay --json`` summary.
+LAST line printed is one JSON object: per table the ``--replay --json`` summary (the same
+figures as ``python -m selection map --table CSV --replay --json --seeds N``).
 
-No timing is taken: every figure is a count of cells, the same on any machine.
+The tables are replayed in ``--jobs`` processes (default: up to 3, one per core). No timing
+is taken: every figure is a count of cells, the same on any machine.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import argparse
 import json
 import os
 import sys
-import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -39,38 +44,55 @@ from selection.mapping import plot_replay, replay, replay_summary  # noqa: E402
 from selection.synthetic import paper_like_grid  # noqa: E402
 
 DEMO_TABLE = REPO_ROOT / "bench" / "data" / "demo_grid.csv"
-FINE_TEMPERATURES = (10, 20, 30, 40, 60, 80, 100, 120, 140, 160)
+DEMO_FINE_TABLE = REPO_ROOT / "bench" / "data" / "demo_fine_grid.csv"
+PAPER_TEMPERATURES = (10, 20, 30, 40, 60, 80, 100, 120, 140, 160)
 
 
-def tables(quick: bool) -> dict[str, pd.DataFrame]:
-    fine = paper_like_grid(temperatures=FINE_TEMPERATURES, seed=1)
-    if quick:    # a smaller finer grid, so that the check runs in a minute
-        fine = paper_like_grid(temperatures=FINE_TEMPERATURES[::2] + (160,),
+def table(name: str, quick: bool) -> pd.DataFrame:
+    if name == "demo":
+        return pd.read_csv(DEMO_TABLE)
+    if name == "demo_fine":
+        return pd.read_csv(DEMO_FINE_TABLE)
+    if quick:    # a smaller synthetic grid, so that the check runs in a minute
+        grid = paper_like_grid(temperatures=PAPER_TEMPERATURES[::2] + (160,),
                                densities=(0.05, 0.07, 0.1, 0.2, 0.8), seed=1)
-    return {"demo": pd.read_csv(DEMO_TABLE), "fine": fine.drop(columns="true_regime")}
+    else:
+        grid = paper_like_grid(temperatures=PAPER_TEMPERATURES, seed=1)
+    return grid.drop(columns="true_regime")
+
+
+def _replay_one(job: tuple[str, int, bool]):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    name, n_seeds, quick = job
+    curves = replay(table(name, quick), seeds=range(n_seeds))
+    return name, n_seeds, curves
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=20, help="seeds per order (default 20)")
-    ap.add_argument("--fine-seeds", type=int, help="seeds on the finer grid (default: --seeds; "
-                    "it costs about 9x the demo's per seed)")
-    ap.add_argument("--quick", action="store_true", help="2 seeds and a smaller fine grid: "
-                    "checks that the benchmark runs, its figures mean little")
+    ap.add_argument("--paper-seeds", type=int, help="seeds on the synthetic paper-like grid "
+                    "(default: --seeds; it costs about 3x the demo's per seed)")
+    ap.add_argument("--jobs", type=int, default=min(3, os.cpu_count() or 1),
+                    help="tables replayed at once (default: up to 3)")
+    ap.add_argument("--quick", action="store_true", help="2 seeds, the demo and a smaller "
+                    "synthetic grid: checks that the benchmark runs, its figures mean little")
     ap.add_argument("--out", default=str(REPO_ROOT / "docs" / "map_replay.png"),
                     help="the curve's PNG (default docs/map_replay.png)")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.quick:
+        jobs = [("demo", 2, True), ("paper_like", 2, True)]
+    else:
+        jobs = [("demo", args.seeds, False), ("demo_fine", args.seeds, False),
+                ("paper_like", args.paper_seeds or args.seeds, False)]
+    with ProcessPoolExecutor(max(1, args.jobs)) as pool:
+        results = list(pool.map(_replay_one, jobs))
     curves, figures = {}, {}
-    for name, table in tables(args.quick).items():
-        n = 2 if args.quick else (args.fine_seeds or args.seeds) if name == "fine" else args.seeds
-        seeds = range(n)
-        started = time.perf_counter()
-        c = replay(table, seeds=seeds)
+    for name, n_seeds, c in results:
         curves[name], figures[name] = c, replay_summary(c)
         total = c.total_cells
-        print(f"\n== {name}: {total} cells, {len(seeds)} seeds "
-              f"({time.perf_counter() - started:.0f} s)")
+        print(f"\n== {name}: {total} cells, {n_seeds} seeds")
         print("\n".join(format_summary(figures[name], c)))
         f = figures[name]
         goal = f["cells_for_goal"] is not None and f["cells_for_goal"] <= 0.4 * total

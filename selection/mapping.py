@@ -88,6 +88,15 @@ BEST_SAMPLES = 256
 # temperatures: the two goals weigh alike (a label is 1/cells of the map, a best temperature
 # 1/densities of the best temperatures); BEST_WEIGHT scales that
 BEST_WEIGHT = 1.0
+# look-ahead relabelling (relabel_flips): its weight in the score, the barrier's scale of the
+# signed log transform, the noise of the standardised barrier/CKA regressions
+RELABEL_WEIGHT = 1.0
+# 3-point Gauss-Hermite rule for an expectation over a normal: nodes (in standard deviations)
+# and weights
+RELABEL_NODES = ((-math.sqrt(3), 1 / 6), (0.0, 2 / 3), (math.sqrt(3), 1 / 6))
+BARRIER_SCALE = 0.01
+MEASURE_NOISE = 0.05
+BEST_AMONG_RUN = True
 BEST_TOLERANCE = 0.002      # replay: "within" = test accuracy within 0.2 points of the best
 
 
@@ -233,8 +242,9 @@ def label_points(table: pd.DataFrame, eps: float | None = None, tau: float | Non
             labelled[LABEL_METHOD] = f"rule eps={thresholds.eps:.4g} tau={tau_used:.4g}"
     columns = {P_REGIME_I: "mean", P_REGIME_IIB: "mean", LABEL_METHOD: "first",
                keys.REGIME: _majority}
-    if keys.TEST_ACC in labelled.columns:
-        columns[keys.TEST_ACC] = "mean"
+    for column in (keys.TEST_ACC, keys.LMC_BARRIER, keys.CKA):
+        if column in labelled.columns:
+            columns[column] = "mean"
     out = labelled.groupby([keys.TEMPERATURE, keys.DENSITY], as_index=False).agg(columns)
     out[[P_REGIME_I, P_REGIME_IIB]] = out[[P_REGIME_I, P_REGIME_IIB]].astype(float).fillna(0.5)
     return out
@@ -298,6 +308,11 @@ class MapPrediction:
     acc_mean: np.ndarray | None = None  # predicted test accuracy (measured where run)
     p_best: np.ndarray | None = None    # probability of being the best of its density
     best: dict[float, int] = field(default_factory=dict)   # density -> point of its best
+    # the finished points as labelled (label_points' rows) and the thresholds: for the
+    # look-ahead relabelling of choose_batch
+    measured: pd.DataFrame | None = None
+    eps: float | None = None
+    tau: float | None = None
 
     def frame(self) -> pd.DataFrame:
         """One row per point: temperature, density, regime, probabilities, run flag, and the
@@ -331,7 +346,8 @@ class MapPrediction:
 
 
 def predict_map(axes: GridAxes, labels: pd.DataFrame, *, seed: int = 0,
-                with_best: bool = True) -> MapPrediction:
+                with_best: bool = True, eps: float | None = None, tau: float | None = None
+                ) -> MapPrediction:
     """Fit the regime and accuracy models to the labelled points ``labels`` (one row per
     finished point, as :func:`label_points` returns) and predict every point of ``axes``."""
     x = axes.coords()
@@ -354,10 +370,32 @@ def predict_map(axes: GridAxes, labels: pd.DataFrame, *, seed: int = 0,
     label[run_idx] = labels[keys.REGIME].to_numpy(dtype=object)
     pred = MapPrediction(axes, run, label, p_i, p_iib, _label_probability(label, p_i, p_iib),
                          mean_i, cov_i, _full_noise(axes.n, run_idx, noise_i),
-                         mean_b, cov_b, _full_noise(axes.n, run_idx, noise_b))
+                         mean_b, cov_b, _full_noise(axes.n, run_idx, noise_b),
+                         measured=labels, eps=eps, tau=tau)
     if with_best and keys.TEST_ACC in labels.columns and labels[keys.TEST_ACC].notna().any():
         _predict_best(pred, run_idx, labels[keys.TEST_ACC].to_numpy(dtype=float), seed)
     return pred
+
+
+def _signed_log(barrier: np.ndarray) -> np.ndarray:
+    return np.sign(barrier) * np.log1p(np.abs(barrier) / BARRIER_SCALE)
+
+
+def _signed_exp(z: np.ndarray) -> np.ndarray:
+    return np.sign(z) * np.expm1(np.abs(z)) * BARRIER_SCALE
+
+
+def _measurement_posterior(x_all: np.ndarray, run: np.ndarray, y: np.ndarray
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """Predictive mean and standard deviation (noise included) over every point of a GP
+    fitted to ``y`` at the ``run`` points (fixed RBF of the regime model's length scale on
+    standardised values, noise MEASURE_NOISE)."""
+    mu, sd = float(np.mean(y)), float(np.std(y)) or 1.0
+    kernel = ConstantKernel(1.0, "fixed") * RBF(LENGTH_SCALE, "fixed")
+    gp = GaussianProcessRegressor(kernel, alpha=MEASURE_NOISE, optimizer=None)
+    gp.fit(x_all[run], (y - mu) / sd)
+    mean, std = gp.predict(x_all, return_std=True)
+    return mu + sd * mean, sd * np.sqrt(std ** 2 + MEASURE_NOISE)
 
 
 def _full_noise(n: int, run_idx: np.ndarray, noise: np.ndarray) -> np.ndarray:
@@ -405,7 +443,12 @@ def _predict_best(pred: MapPrediction, run_idx: np.ndarray, acc: np.ndarray, see
         winners = row[np.argmax(samples[:, row], axis=1)]
         counts = np.bincount(winners, minlength=axes.n)[row] / BEST_SAMPLES
         p_best[row] = counts
-        best[density] = int(row[np.argmax(counts + 1e-9 * mean[row])])
+        # the best is reported among the temperatures run at that density (the measured
+        # best: an unrun one is only a prediction), with its probability of being the best
+        # of the whole row; with none run, the most probable of the row
+        run_row = row[np.isin(row, run_idx)] if BEST_AMONG_RUN else row[:0]
+        pool = run_row if len(run_row) else row
+        best[density] = int(pool[np.argmax(p_best[pool] + 1e-9 * mean[pool])])
     pred.acc_mean, pred.p_best, pred.best = mean, p_best, best
 
 
@@ -447,16 +490,68 @@ def expected_map_change(pred: MapPrediction, candidates: np.ndarray,
     return out
 
 
+def relabel_flips(pred: MapPrediction, candidates: np.ndarray) -> np.ndarray:
+    """For each candidate point: the mean number of FINISHED points whose label changes when
+    the labeller sees the candidate's cells too, in expectation over its predicted barrier (a
+    GP of the signed log barrier over the finished points, predictive noise included; the
+    3-point Gauss-Hermite rule ``RELABEL_NODES``; CKA at its GP mean).
+
+    Why: the labeller judges a density by its whole column (a jump along temperature needs
+    every hotter cell shallower) and pools its thresholds over the table, so one more cell
+    can relabel finished ones far from it, which the map's GPs cannot foresee (on the 10 x 7
+    demo_fine grid, a jump that the 7% cells run so far showed vanished only when its
+    hottest cells arrived). Zero without the barrier/CKA columns or with < 3 points."""
+    out = np.zeros(len(candidates))
+    m = pred.measured
+    if RELABEL_WEIGHT == 0 or m is None or len(m) < 3 or len(candidates) == 0 \
+            or keys.LMC_BARRIER not in m.columns or keys.CKA not in m.columns:
+        return out
+    barrier = m[keys.LMC_BARRIER].to_numpy(dtype=float)
+    cka = m[keys.CKA].to_numpy(dtype=float)
+    if not (np.isfinite(barrier).all() and np.isfinite(cka).all()):
+        return out
+    axes = pred.axes
+    x = axes.coords()
+    run_idx = np.array([axes.index(t, d) for t, d in
+                        zip(m[keys.TEMPERATURE], m[keys.DENSITY], strict=True)], dtype=int)
+    z_mean, z_sd = _measurement_posterior(x, run_idx, _signed_log(barrier))
+    c_mean, _ = _measurement_posterior(x, run_idx, cka)
+    base = pd.DataFrame({keys.KNOB: axes.knob, keys.TEMPERATURE: m[keys.TEMPERATURE],
+                         keys.DENSITY: m[keys.DENSITY], keys.LMC_BARRIER: barrier,
+                         keys.CKA: cka})
+    label_grid = getattr(regimes, "label_grid", None)
+
+    def labels_of(table: pd.DataFrame) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RegimeWarning)
+            if label_grid is not None:
+                return label_grid(table, pred.eps, pred.tau, n_resamples=0)[0][
+                    keys.REGIME].to_numpy(dtype=object)
+            return regimes.label_regimes(table, pred.eps, pred.tau)[0][
+                keys.REGIME].to_numpy(dtype=object)
+
+    now = labels_of(base)
+    for k, c in enumerate(candidates):
+        t, d = axes.point(int(c))
+        for node, weight in RELABEL_NODES:
+            row = {keys.KNOB: axes.knob, keys.TEMPERATURE: t, keys.DENSITY: d,
+                   keys.LMC_BARRIER: float(_signed_exp(z_mean[c] + node * z_sd[c])),
+                   keys.CKA: float(np.clip(c_mean[c], 0.0, 1.0))}
+            table = pd.concat([base, pd.DataFrame([row])], ignore_index=True)
+            out[k] += weight * float((labels_of(table)[:len(base)] != now).sum())
+    return out
+
+
 def _condition(cov: np.ndarray, c: int, noise: float) -> np.ndarray:
     gain = cov[:, c] / (cov[c, c] + noise)
     return cov - np.outer(gain, cov[c, :])
 
 
-def _greedy(pred: MapPrediction, allowed: np.ndarray, size: int, rng: np.random.Generator
-            ) -> tuple[list[int], list[float], list[str]]:
+def _greedy(pred: MapPrediction, allowed: np.ndarray, size: int, rng: np.random.Generator,
+            relabel: np.ndarray) -> tuple[list[int], list[float], list[str]]:
     cov_i, cov_b = pred.cov_i, pred.cov_b
     weight = BEST_WEIGHT * len(pred.axes.temperatures)
-    best_score = weight * pred.p_best if pred.p_best is not None else np.zeros(pred.axes.n)
+    p_best = pred.p_best if pred.p_best is not None else np.zeros(pred.axes.n)
     chosen: list[int] = []
     scores: list[float] = []
     why: list[str] = []
@@ -467,13 +562,15 @@ def _greedy(pred: MapPrediction, allowed: np.ndarray, size: int, rng: np.random.
         if len(candidates) == 0:
             break
         change = expected_map_change(pred, candidates, cov_i, cov_b)
-        total = change + best_score[candidates] + jitter[candidates]
+        best_score = weight * p_best[candidates]
+        total = change + RELABEL_WEIGHT * relabel[candidates] + best_score + jitter[candidates]
         k = int(np.argmax(total))
         c = int(candidates[k])
         chosen.append(c)
         scores.append(float(total[k]))
-        why.append(f"expected label changes {change[k]:.2f}, p(best of its density) "
-                   f"{best_score[c] / weight if weight else 0:.2f}")
+        why.append(f"expected label changes {change[k]:.2f} (of finished points by the "
+                   f"labeller {relabel[c]:.2f}), p(best of its density) "
+                   f"{p_best[c]:.2f}")
         cov_i = _condition(cov_i, c, pred.noise_i[c])
         cov_b = _condition(cov_b, c, INDICATOR_NOISE)
     return chosen, scores, why
@@ -484,14 +581,18 @@ def choose_batch(pred: MapPrediction, size: int, seed: int = 0
     """The next ``size`` points to run and why each was chosen (see the module doc)."""
     rng = np.random.default_rng(seed)
     everything = np.ones(pred.axes.n, dtype=bool)
-    chosen, scores, why = _greedy(pred, everything, size, rng)
+    relabel = np.zeros(pred.axes.n)
+    unrun = np.flatnonzero(~pred.run)
+    relabel[unrun] = relabel_flips(pred, unrun)
+    chosen, scores, why = _greedy(pred, everything, size, rng, relabel)
     if pred.axes.knob == "epochs" or not chosen:
         return chosen, why
     groups = {pred.axes.dense_group(p) for p in range(pred.axes.n) if not pred.run[p]}
     best_group = None
     for group in sorted(groups):
         allowed = np.array([pred.axes.dense_group(p) == group for p in range(pred.axes.n)])
-        g_chosen, g_scores, g_why = _greedy(pred, allowed, size, np.random.default_rng(seed))
+        g_chosen, g_scores, g_why = _greedy(pred, allowed, size, np.random.default_rng(seed),
+                                          relabel)
         if len(g_chosen) == len(chosen) and (best_group is None or sum(g_scores) > best_group[0]):
             best_group = (sum(g_scores), g_chosen, g_why)
     if best_group is not None and best_group[0] >= (1 - GROUP_SLACK) * sum(scores):
@@ -659,7 +760,7 @@ def replay(table: pd.DataFrame, *, seeds: Sequence[int] = range(20), knob: str |
             if strategy == "active":
                 stopped.append(stop)
             for k in range(1, total + 1):
-                pred = predict_map(axes, oracle.labels(order[:k]), seed=seed)
+                pred = predict_map(axes, oracle.labels(order[:k]), seed=seed, eps=eps, tau=tau)
                 (agreement[strategy][r, k - 1], found[strategy][r, k - 1],
                  within[strategy][r, k - 1]) = _score(pred, ref, true_best, true_acc)
         if progress is not None:
@@ -682,7 +783,8 @@ def _replay_order(strategy: str, axes: GridAxes, oracle: _Oracle, seed: int, tot
     stop = None
     round_number = 0
     while len(order) < total:
-        pred = predict_map(axes, oracle.labels(order), seed=seed)
+        pred = predict_map(axes, oracle.labels(order), seed=seed, eps=oracle.eps,
+                           tau=oracle.tau)
         history.append(pred.label.copy())
         if stop is None and stop_rule.settled(history, pred)[0]:
             stop = len(order)
@@ -931,7 +1033,7 @@ def run_map(cfg, budget: int, *, experiment: str | None = None, batch_size: int 
                 if done_points:
                     rows = table[table[keys.SPEC_HASH].map(hash_to_point).isin(done_points)]
                     labels = label_points(rows, eps, tau, seed=seed)
-                    pred = predict_map(axes, labels, seed=seed)
+                    pred = predict_map(axes, labels, seed=seed, eps=eps, tau=tau)
                     history.append(pred.label.copy())
                 if rounds:
                     last = rounds[-1]
