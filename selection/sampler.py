@@ -279,8 +279,8 @@ class RegimeGuidedSampler(BaseSampler):
                 allowed = allowed or [p for p in free if p in scores]
                 if allowed:
                     top = max(scores[p] for p in allowed)
-                    tied = [p for p in allowed if math.isclose(scores[p], top)]
-                    return space.values[self._bisect_discrete(space, tied)]
+                    # equal scores: the colder (colder training helps a connected cell)
+                    return space.values[min(p for p in allowed if math.isclose(scores[p], top))]
         targets = {min(s, n - 1) for s in kept}
         candidates = [p for p in free if p in targets]
         if candidates:
@@ -304,16 +304,16 @@ class RegimeGuidedSampler(BaseSampler):
         middle = (space.coords[piece[0]] + space.coords[piece[-1]]) / 2
         gaps = [abs(space.coords[p] - middle) for p in piece]
         ties = [piece[i] for i, g in enumerate(gaps) if math.isclose(g, min(gaps))]
-        if scores and len(ties) > 1 and any(p in scores for p in ties):
-            # two middles: the one the grid's other densities predict better
-            top = max(scores.get(p, -math.inf) for p in ties)
-            ties = [p for p in ties if math.isclose(scores.get(p, -math.inf), top)]
         # Two middles: on a piece at one end of the grid take the one nearer that end. It costs
         # nothing on average and puts the end cell (the optimum at very low density, hottest,
         # or at high density, coldest) one trial earlier.
         cold_end, hot_end = piece[0] == 0, piece[-1] == len(space.values) - 1
         if len(ties) > 1 and cold_end != hot_end:
             return ties[0] if cold_end else ties[-1]
+        if scores and len(ties) > 1 and any(p in scores for p in ties):
+            # two middles inside the grid: the one the grid's other densities predict better
+            top = max(scores.get(p, -math.inf) for p in ties)
+            ties = [p for p in ties if math.isclose(scores.get(p, -math.inf), top)]
         return ties[self._pick(list(range(len(ties))))]
 
     def _predicted_discrete(

@@ -8,7 +8,12 @@ import pytest
 
 from selection.replay import compare_samplers, prepare_table, replay_density
 from selection.sampler import TransferPrior, transfer_prior
-from selection.synthetic import PAPER_FINE_TEMPERATURES, paper_like_grid
+from selection.synthetic import (
+    MNIST1D_FINE_TEMPERATURES,
+    PAPER_FINE_TEMPERATURES,
+    mnist1d_like_grid,
+    paper_like_grid,
+)
 from selection.tuner import create_sampler
 from tracking import keys
 
@@ -115,6 +120,18 @@ def test_replay_with_transfer_finds_the_best_cell_first_where_neighbours_agree()
     assert (with_transfer.trials_to_best == 1).all()
     without = replay_density(cells, knob, 0.06, "regime", range(5))
     assert float(pd.Series(without.trials_to_best).median()) > 1   # the middle start: slower
+
+
+def test_after_a_connected_start_the_cold_end_comes_before_the_predicted_side():
+    df = mnist1d_like_grid(MNIST1D_FINE_TEMPERATURES, seed=0)
+    cells, knob = prepare_table(df, relabel=True)
+    # 0.1 between 0.05 (best 12 epochs) and 0.2 (best 80, the coldest): ranks 5 and 0
+    # interpolate to 2.5, a tie of 40 and 30 taken colder; 40 is connected, so the boundary is
+    # at 40 or colder: of the two middles of {80, 60} the one at the grid's cold end (80, the
+    # best) comes first, not the one nearer the prediction (60)
+    result = replay_density(cells, knob, 0.1, "regime", range(3), transfer=True)
+    assert result.best_temperatures == [80.0]
+    assert all(t[:2] == [40.0, 80.0] for t in result.trajectories)
 
 
 @pytest.mark.slow
