@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(g)
     g.add_argument("--executor", default="serial", choices=EXECUTORS.names(),
                    help="where cells run (default: serial, in this process)")
-    g.add_argument("--workers", type=int, default=0, help="worker processes (dask; 0 = one per core)")
+    g.add_argument("--workers", type=int, default=0,
+                   help="worker processes (dask; 0 = one per core)")
     g.add_argument("--scheduler", help="address of an existing Dask scheduler (dask executor)")
     c = sub.add_parser("cell", help="run one cell (temperature, density, dense seed)")
     _config_args(c)
@@ -78,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         try:
-            runner = GridRunner(cfg, args.experiment, progress=not args.no_progress, tracking_uri=args.tracking_uri)
-        except (TrackingUnavailableError, MlflowException, OperationalError) as e:   # bad input: nothing computed
+            runner = GridRunner(cfg, args.experiment, progress=not args.no_progress,
+                                tracking_uri=args.tracking_uri)
+        except (TrackingUnavailableError, MlflowException, OperationalError) as e:
+            # bad input: nothing computed
             uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
             print(f"error: --tracking-uri={redact_uri(uri)!r}: the tracking store cannot be used: "
                   f"{redact_text(str(e), uri)}; "
@@ -89,14 +92,17 @@ def main(argv: list[str] | None = None) -> int:
         try:
             summary = runner.run(executor=args.executor, executor_options=options)
         except TrackingUnavailableError as e:
-            print(f"error: {e}\nnothing half-written counts as finished: run the same command again "
-                  "when the tracking store is back, it resumes where this run stopped", file=sys.stderr)
+            print(f"error: {e}\nnothing half-written counts as finished: run the same command "
+                  "again when the tracking store is back, it resumes where this run stopped",
+                  file=sys.stderr)
             return 1
         print("\n".join(summary.lines()))
-        print(f"results: python -m tracking table --experiment {runner.experiment!r} --out results.csv")
+        print(f"results: python -m tracking table --experiment {runner.experiment!r} "
+              "--out results.csv")
         return 0 if summary.ok else 1
     try:
-        cfg.cell(args.temperature, args.density, args.dense_seed if args.dense_seed is not None else cfg.dense_seeds[0])
+        dense_seed = args.dense_seed if args.dense_seed is not None else cfg.dense_seeds[0]
+        cfg.cell(args.temperature, args.density, dense_seed)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

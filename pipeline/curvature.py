@@ -63,7 +63,8 @@ def _masked(v: Vector, masks: Vector | None) -> Vector:
 
 
 def hutchinson_trace(hvp: Callable[[Vector], Vector], like: Vector, probes: int,
-                     generator: torch.Generator, masks: Vector | None = None) -> tuple[float, float]:
+                     generator: torch.Generator,
+                     masks: Vector | None = None) -> tuple[float, float]:
     """(mean, standard error) of v^T H v over ``probes`` Rademacher vectors shaped ``like``."""
     samples = []
     for _ in range(probes):
@@ -109,7 +110,8 @@ def model_curvature(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     was_training = model.training
     model.eval()
     try:
-        named = [(k, p) for k, p in model.named_parameters() if p.requires_grad and p.is_floating_point()]
+        named = [(k, p) for k, p in model.named_parameters()
+                 if p.requires_grad and p.is_floating_point()]
         params = [p for _, p in named]
         mask_list = None
         if masks:

@@ -32,10 +32,12 @@ def dense_for(knob_name: str, value: float, base: DenseSpec) -> tuple[DenseSpec,
         raise ValueError(f"temperature {value!r} for knob {knob_name!r}: must be an integer")
     if knob.name == "epochs":
         if base.train.iterations:
-            raise ValueError("knob 'epochs' needs an epoch-length dense recipe: dense.iterations must be 0")
+            raise ValueError("knob 'epochs' needs an epoch-length dense recipe: "
+                             "dense.iterations must be 0")
         if not 1 <= value <= base.train.epochs:
-            raise ValueError(f"temperature {value!r} (epochs): the dense schedule runs {base.train.epochs} "
-                             f"epochs, so temperatures must be in [1, {base.train.epochs}]")
+            raise ValueError(f"temperature {value!r} (epochs): the dense schedule runs "
+                             f"{base.train.epochs} epochs, so temperatures must be in "
+                             f"[1, {base.train.epochs}]")
         return base, int(value)
     if knob.name == "batch_size" and not base.train.iterations:
         raise ValueError("knob 'batch_size' trains every batch size for the same number of steps: "
@@ -60,7 +62,8 @@ def train_dense(spec: DenseSpec, data: Dataset, keep_every_epoch: bool,
     """
     n = len(data.x_train)
     last = total_epochs(spec.train, n)
-    model = build_model(spec.model, data.input_shape, data.num_classes, seed=derive_seed("init", spec.seed))
+    model = build_model(spec.model, data.input_shape, data.num_classes,
+                        seed=derive_seed("init", spec.seed))
     model.to(data.x_train.device)
     kept: dict[int, State] = {}
 

@@ -103,7 +103,8 @@ def _add_search_dirs(code_dir: str) -> None:
     on_path = {os.path.abspath(p or os.curdir) for p in sys.path}
     for d in _search_dirs(code_dir):
         if os.path.abspath(d) not in on_path:
-            sys.path.append(os.path.abspath(d))     # after the installed packages: never shadows them
+            # after the installed packages: never shadows them
+            sys.path.append(os.path.abspath(d))
     importlib.invalidate_caches()
 
 
@@ -433,7 +434,8 @@ def load_factory_data(spec: DataSpec) -> FactoryData:
     shape = tuple(parts["train"][0].shape[1:])
     for name, (x, y) in parts.items():
         if tuple(x.shape[1:]) != shape:
-            raise ValueError(f"{where} {name}: inputs shaped [N, {', '.join(map(str, x.shape[1:]))}]"
+            raise ValueError(f"{where} {name}: inputs shaped "
+                             f"[N, {', '.join(map(str, x.shape[1:]))}]"
                              f" but train's are [N, {', '.join(map(str, shape))}]")
         low, high = int(y.min()), int(y.max())
         if low < 0 or high >= k:

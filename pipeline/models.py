@@ -164,7 +164,8 @@ def _classifier_mm(lin: ELinear, h: torch.Tensor) -> torch.Tensor:
     if h.dim() == 3:
         return _linear_mm(lin, h)
     c, spatial = h.shape[-1], h.shape[2:-1]
-    w = lin.weight.view(m, lin.fout, c, *spatial).movedim(2, -1).reshape(m, lin.fout, -1).transpose(1, 2)
+    w = (lin.weight.view(m, lin.fout, c, *spatial).movedim(2, -1)
+         .reshape(m, lin.fout, -1).transpose(1, 2))
     return torch.baddbmm(lin.bias.view(m, 1, lin.fout), h.reshape(m, b, -1), w)
 
 
@@ -256,14 +257,16 @@ class CNN1D(EnsembleModel):
 
     member_major = True
 
-    def __init__(self, members: int, in_shape: tuple[int, ...], num_classes: int, width: float = 1.0):
+    def __init__(self, members: int, in_shape: tuple[int, ...], num_classes: int,
+                 width: float = 1.0):
         super().__init__()
         c = max(1, round(21 * width))
         cin, length = in_shape
         self.members, self.num_classes = members, num_classes
         layers: list[nn.Module] = []
         for i in range(4):
-            layers += [EConv(members, 1, cin if i == 0 else c, c, 5, stride=1 if i == 0 else 2, padding=2),
+            layers += [EConv(members, 1, cin if i == 0 else c, c, 5,
+                             stride=1 if i == 0 else 2, padding=2),
                        _bn(members, 1, c), nn.ReLU(inplace=True)]
             if i > 0:
                 length = (length + 1) // 2
@@ -318,7 +321,8 @@ class PreActBlock(nn.Module):
         self.conv1 = EConv(members, 2, cin, cout, 3, stride, 1)
         self.bn2 = _bn(members, 2, cout)
         self.conv2 = EConv(members, 2, cout, cout, 3, 1, 1)
-        self.shortcut = EConv(members, 2, cin, cout, 1, stride, 0) if stride != 1 or cin != cout else None
+        self.shortcut = (EConv(members, 2, cin, cout, 1, stride, 0)
+                         if stride != 1 or cin != cout else None)
 
     def forward(self, x):
         out = F.relu(self.bn1(x))
@@ -348,7 +352,8 @@ class PreResNet(EnsembleModel):
         super().__init__()
         depth = depth or 20
         if (depth - 2) % 6:
-            raise ValueError(f"model.depth={depth}: PreResNet depth must be 6n+2 (20, 32, 44, 56, ...)")
+            raise ValueError(f"model.depth={depth}: PreResNet depth must be 6n+2 "
+                             "(20, 32, 44, 56, ...)")
         n = (depth - 2) // 6
         widths = [max(1, round(c * width)) for c in (16, 32, 64)]
         self.members, self.num_classes = members, num_classes
@@ -395,7 +400,8 @@ class VGG(EnsembleModel):
                     size //= 2
             else:
                 c = max(1, round(v * width))
-                layers += [EConv(members, 2, cin, c, 3, 1, 1), _bn(members, 2, c), nn.ReLU(inplace=True)]
+                layers += [EConv(members, 2, cin, c, 3, 1, 1), _bn(members, 2, c),
+                           nn.ReLU(inplace=True)]
                 cin = c
         self.features = nn.Sequential(*layers)
         self.classifier = ELinear(members, cin, num_classes)

@@ -32,7 +32,8 @@ _lock = threading.Lock()
 
 
 def default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else os.cpu_count() or 1)
 
 
 @contextmanager
@@ -67,7 +68,10 @@ def split(n_items: int, max_size: int, workers: int) -> list[range]:
 
 
 def map_chunks(fn: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:
-    """``[fn(x) for x in items]``, with up to ``workers`` running at once (one torch thread each)."""
+    """``[fn(x) for x in items]``, with up to ``workers`` running at once.
+
+    Each runs with one torch thread.
+    """
     if workers <= 1 or len(items) <= 1:
         return [fn(x) for x in items]
     with torch_threads(1), ThreadPoolExecutor(max_workers=workers) as pool:

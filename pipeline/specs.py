@@ -43,10 +43,12 @@ class Spec:
                 if isinstance(value, float) and value.is_integer():
                     object.__setattr__(self, f.name, int(value))
                 else:
-                    raise TypeError(f"{type(self).__name__}.{f.name} must be an integer, got {value!r}")
+                    raise TypeError(f"{type(self).__name__}.{f.name} must be an integer, "
+                                    f"got {value!r}")
             elif isinstance(value, list):
                 object.__setattr__(self, f.name, tuple(value))
-            if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name)):
+            current = getattr(self, f.name)
+            if isinstance(current, float) and not math.isfinite(current):
                 raise ValueError(f"{type(self).__name__}.{f.name} must be finite, got {value!r}")
         self.validate()
 
@@ -60,8 +62,12 @@ class Spec:
             if not f.metadata.get("identity", True):
                 continue
             value = getattr(self, f.name)
-            default = f.default if f.default is not dataclasses.MISSING else (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = dataclasses.MISSING
             if isinstance(value, Spec):
                 nested = value.identity()
                 if default is not dataclasses.MISSING and nested == default.identity():
@@ -95,7 +101,8 @@ def canonical_kwargs(value, where: str) -> str:
         try:
             value = json.loads(value)
         except ValueError:
-            raise ValueError(f"{where}={value!r}: expected a mapping of keyword arguments") from None
+            raise ValueError(f"{where}={value!r}: expected a mapping of keyword "
+                             "arguments") from None
     if value is None:
         return ""
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
@@ -207,7 +214,8 @@ class TrainSpec(Spec):
         if self.lr <= 0:
             raise ValueError(f"train.lr={self.lr!r}: must be > 0")
         if self.weight_decay < 0 or self.sam_rho < 0 or not 0 <= self.momentum < 1:
-            raise ValueError("train.weight_decay and train.sam_rho must be >= 0, momentum in [0, 1)")
+            raise ValueError("train.weight_decay and train.sam_rho must be >= 0, "
+                             "momentum in [0, 1)")
         if self.schedule not in ("step", "cosine", "constant"):
             raise ValueError(f"train.schedule={self.schedule!r}: allowed: step, cosine, constant")
         if any(not 0 < m < 1 for m in self.milestones):
@@ -242,7 +250,8 @@ class PruneSpec(Spec):
 
     def validate(self) -> None:
         if not 0.0 < self.density <= 1.0:
-            raise ValueError(f"prune.density={self.density!r}: must be in (0, 1] (fraction of weights kept)")
+            raise ValueError(f"prune.density={self.density!r}: must be in (0, 1] "
+                             "(fraction of weights kept)")
         for where, globs in (("prune.include", self.include), ("prune.exclude", self.exclude)):
             if not isinstance(globs, tuple) or not all(isinstance(g, str) and g for g in globs):
                 raise ValueError(f"{where}={globs!r}: expected a list of parameter-name globs, "
@@ -295,7 +304,8 @@ class MeasureSpec(Spec):
         for name in ("spectra", "hessian"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"measure.{name}={getattr(self, name)!r}: must be true or false")
-        for name in ("spectra_min_evals", "hessian_examples", "hessian_probes", "hessian_iterations"):
+        for name in ("spectra_min_evals", "hessian_examples", "hessian_probes",
+                     "hessian_iterations"):
             if getattr(self, name) < 1:
                 raise ValueError(f"measure.{name}={getattr(self, name)!r}: must be >= 1")
         if self.lmc_points < 2:

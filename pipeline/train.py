@@ -93,12 +93,14 @@ class TrainState:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainState:
-        return cls(d["model"], d["optimizer"], int(d["epoch"]), int(d["iteration"]), list(d["generators"]))
+        return cls(d["model"], d["optimizer"], int(d["epoch"]), int(d["iteration"]),
+                   list(d["generators"]))
 
 
 def train(model: EnsembleModel, data: Dataset, spec: TrainSpec, seeds: list[int],
           masks: dict[str, torch.Tensor] | None = None,
-          on_epoch_end: Callable[[EpochReport, EnsembleModel, Callable[[], TrainState]], None] | None = None,
+          on_epoch_end: Callable[[EpochReport, EnsembleModel, Callable[[], TrainState]], None]
+          | None = None,
           resume: TrainState | None = None, stream: str = "train",
           progress: Callable[[int], None] | None = None) -> EnsembleModel:
     """Train ``model`` (``len(seeds)`` members) in place; returns it.
@@ -125,7 +127,8 @@ def train(model: EnsembleModel, data: Dataset, spec: TrainSpec, seeds: list[int]
                           weight_decay=spec.weight_decay)
     gens = [torch.Generator().manual_seed(derive_seed(stream, s)) for s in seeds]
     params = dict(model.named_parameters())
-    mask_pairs = [(params[k], v.to(device=device, dtype=params[k].dtype)) for k, v in (masks or {}).items()]
+    mask_pairs = [(params[k], v.to(device=device, dtype=params[k].dtype))
+                  for k, v in (masks or {}).items()]
     epoch, iteration = 0, 0
     if resume is not None:
         model.load_state_dict(resume.model)
@@ -251,6 +254,7 @@ def correct_counts(model: EnsembleModel, x: torch.Tensor, y: torch.Tensor,
     return correct.cpu()
 
 
-def evaluate(model: EnsembleModel, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+def evaluate(model: EnsembleModel, x: torch.Tensor, y: torch.Tensor,
+             batch_size: int | None = None) -> torch.Tensor:
     """Accuracy of every member on the same examples, eval mode: ``[M]`` fractions."""
     return correct_counts(model, x, y, batch_size).float() / len(x)
