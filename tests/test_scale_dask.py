@@ -39,7 +39,8 @@ def scheduler():
     """An in-process Dask cluster (threads): its address exercises the ``scheduler`` option."""
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                      dashboard_address=None) as cluster:
         yield cluster.scheduler_address
 
 
@@ -112,8 +113,6 @@ def test_grid_on_a_separately_started_scheduler_and_worker(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = cli_env(uri, tmp_path / "mlruns")
     config = write_config(tmp_path / "tiny.yaml", tiny())
-    init = cli(["tracking", "init", "--experiment", tiny()["experiment"]], env)
-    assert init.returncode == 0, init.stderr
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     scheduler = _start_dask(["scheduler", "--host", "127.0.0.1", "--port", str(port),
@@ -123,6 +122,9 @@ def test_grid_on_a_separately_started_scheduler_and_worker(tmp_path):
         worker = _start_dask(["worker", address, "--nworkers", "1", "--nthreads", "1",
                               "--no-dashboard", "--local-directory", str(tmp_path / "dask")],
                              env, tmp_path / "worker.log")
+        # the stores are created while the scheduler and the worker start (before the grid)
+        init = cli(["tracking", "init", "--experiment", tiny()["experiment"]], env)
+        assert init.returncode == 0, init.stderr
         with Client(address, timeout=60) as client:
             client.wait_for_workers(1, timeout=120)
             (worker_pid,) = client.run(os.getpid).values()
