@@ -1,4 +1,6 @@
-"""Rule labels of the three regimes (docs/method.md#regimes-and-how-they-are-labelled), with their thresholds.
+"""Rule labels of the three regimes, with their thresholds.
+
+The rules are those of docs/method.md#regimes-and-how-they-are-labelled.
 
 Regime I iff ``lmc_barrier < eps`` (a barrier: poorly connected); among the other cells II-B
 iff ``cka >= tau`` (relatively similar outputs), else II-A. Barriers are train-error fractions

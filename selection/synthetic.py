@@ -38,7 +38,9 @@ def true_regime(hotness: float, sparsity: float) -> str:
 def synthetic_table(temperatures: Sequence[float] = (2, 5, 10, 20, 40, 80),
                     densities: Sequence[float] = (0.05, 0.1, 0.2, 0.4, 0.8),
                     knob: str = "epochs", dense_seeds: int = 1, seed: int = 0) -> pd.DataFrame:
-    """A results table (docs/design.md#the-results-table columns plus ``true_regime``) with a known regime per cell.
+    """A results table with a known regime per cell.
+
+    Its columns are those of docs/design.md#the-results-table plus ``true_regime``.
 
     Test accuracy is highest at the coldest temperature that is not Regime I, falling by two
     points per temperature step away from it; validation accuracy tracks it with noise of
@@ -248,11 +250,13 @@ def mnist1d_like_grid(temperatures: Sequence[float] = MNIST1D_TEMPERATURES,
                 barrier, cka = -rng.uniform(0.015, 0.06), rng.uniform(0.92, 0.97)
             elif density <= 0.1 + 1e-9:
                 barrier = -rng.uniform(0.002, 0.012)
-                cka = rng.uniform(0.92, 0.97) if regime == REGIME_II_A else rng.uniform(0.985, 0.995)
+                cka = (rng.uniform(0.92, 0.97) if regime == REGIME_II_A
+                       else rng.uniform(0.985, 0.995))
             else:
                 spread = 0.005 if density < 0.4 else 0.001
                 barrier = -rng.uniform(0, spread)
-                cka = rng.uniform(0.92, 0.97) if regime == REGIME_II_A else rng.uniform(0.99, 0.9995)
+                cka = (rng.uniform(0.92, 0.97) if regime == REGIME_II_A
+                       else rng.uniform(0.99, 0.9995))
             steps = (best - i) if i <= best else 2 * (i - best)
             acc = 0.97 - 0.1 * (0.05 / density) ** 1.5 - 0.005 * steps
             cells.append({"temperature": t, "density": density, "regime": regime,

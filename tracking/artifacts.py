@@ -81,20 +81,24 @@ def load_file(client: MlflowClient, run_id: str, artifact_path: str, dst: str | 
 
         missing = (isinstance(e, MlflowException)
                    and e.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST))
-        if missing or "not found" in str(e).lower() or "no such file" in str(e).lower() or isinstance(e, OSError):
-            raise CorruptArtifactError(f"artifact {artifact_path!r} of run {run_id} is missing") from e
+        if (missing or "not found" in str(e).lower() or "no such file" in str(e).lower()
+                or isinstance(e, OSError)):
+            raise CorruptArtifactError(
+                f"artifact {artifact_path!r} of run {run_id} is missing") from e
         raise
     if expected is None or sha256(local) != expected:
         raise CorruptArtifactError(
             f"artifact {artifact_path!r} of run {run_id} does not match its recorded checksum "
-            f"({'none recorded' if expected is None else 'checksum mismatch'}); it will be recomputed")
+            f"({'none recorded' if expected is None else 'checksum mismatch'}); "
+            "it will be recomputed")
     if artifact_path.endswith(".pt"):
         import torch
 
         try:
             return torch.load(local, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise CorruptArtifactError(f"artifact {artifact_path!r} of run {run_id} cannot be read: {e}") from e
+            raise CorruptArtifactError(
+                f"artifact {artifact_path!r} of run {run_id} cannot be read: {e}") from e
     if artifact_path.endswith(".json"):
         return json.loads(local.read_text())
     return local.read_text()

@@ -1,7 +1,7 @@
 """Where runs are stored: the tracking URI, the artifact root, experiments, retries.
 
-Defaults (docs/design.md#stores-and-defaults): with ``MLFLOW_TRACKING_URI`` unset, the store is the SQLite
-file ``<repo>/mlflow.db`` and artifacts go under ``<repo>/mlruns`` (or
+Defaults (docs/design.md#stores-and-defaults): with ``MLFLOW_TRACKING_URI`` unset, the store is
+the SQLite file ``<repo>/mlflow.db`` and artifacts go under ``<repo>/mlruns`` (or
 ``$THREE_REGIME_ARTIFACT_ROOT``). The URI is always set explicitly, never left to MLflow's
 implicit default, and exported so that worker processes inherit it.
 
