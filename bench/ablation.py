@@ -68,15 +68,17 @@ def main() -> None:
         counts = df[keys.REGIME].value_counts().to_dict()
         print(f"\n{path}: {len(df)} cells, labels {how} {counts}")
         print("\n".join(format_ablation(table)))
-        figures[path] = {r.feature_set: {"cv_accuracy": round(r.cv_accuracy, 4),
-                                         "cv_accuracy_by_density": round(r.cv_accuracy_by_density, 4)}
-                         for r in table.itertuples(index=False)}
+        figures[path] = {
+            r.feature_set: {"cv_accuracy": round(r.cv_accuracy, 4),
+                            "cv_accuracy_by_density": round(r.cv_accuracy_by_density, 4)}
+            for r in table.itertuples(index=False)}
         figures[path]["labels"] = how
         if args.replay:
             from selection.spectral import replay_trials_saved
 
             saved = replay_trials_saved(df, repeats=args.replay)
-            print(f"replay, regime sampler, trials to the best cell ({args.replay} seeds per density):")
+            print(f"replay, regime sampler, trials to the best cell "
+                  f"({args.replay} seeds per density):")
             print(saved.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
             figures[path]["replay"] = saved.to_dict("records")
     print(json.dumps(figures))

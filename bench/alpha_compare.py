@@ -8,7 +8,8 @@ then compare them here:
           --set "densities=[0.05,0.1,0.2]"
       python -m tracking table --experiment demo-$m --out demo-$m.csv
     done
-    python bench/alpha_compare.py global=demo-global.csv uniform=demo-uniform.csv alpha=demo-alpha.csv
+    python bench/alpha_compare.py global=demo-global.csv uniform=demo-uniform.csv \
+        alpha=demo-alpha.csv
 
 Per density: each method's best test accuracy over temperatures (and that temperature) and
 its mean over temperatures (means over dense seeds first). The LAST line is one JSON object.

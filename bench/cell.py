@@ -71,8 +71,9 @@ def main() -> None:
     k = len(cfg.finetune.seeds)
     ft = cfg.finetune
     n = len(data.x_train)
-    print(f"cell: {cfg.data.name} {cfg.model.name}, temperature {temperature}, {len(jobs)} densities x "
-          f"{k} seeds, {ft.train.epochs} fine-tune epochs over {n} examples; {args.threads} threads")
+    print(f"cell: {cfg.data.name} {cfg.model.name}, temperature {temperature}, "
+          f"{len(jobs)} densities x {k} seeds, {ft.train.epochs} fine-tune epochs "
+          f"over {n} examples; {args.threads} threads")
 
     # --- fine-tuning alone: same members, same seeds, same masks --------------------------
     def finetune(members_at_once: int, cells: list, workers: int) -> float:
@@ -105,8 +106,8 @@ def main() -> None:
     ft_grid = finetune(cfg.runtime.max_members, jobs, workers)
     print(f"fine-tune one cell ({k} models): plain {ft_plain:.2f} s, batched {ft_cell:.2f} s, "
           f"x{ft_plain / ft_cell:.2f}")
-    print(f"fine-tune one dense checkpoint's cells ({len(jobs) * k} models): plain {ft_grid_plain:.2f} s, "
-          f"batched {ft_grid:.2f} s, x{ft_grid_plain / ft_grid:.2f}")
+    print(f"fine-tune one dense checkpoint's cells ({len(jobs) * k} models): "
+          f"plain {ft_grid_plain:.2f} s, batched {ft_grid:.2f} s, x{ft_grid_plain / ft_grid:.2f}")
 
     # --- LMC + CKA on the fine-tuned copies of every cell ------------------------------------
     results = run_cells(jobs, data, cfg.runtime.max_members)
@@ -116,16 +117,18 @@ def main() -> None:
     def build(m):
         return build_model(dense.model, data.input_shape, data.num_classes, m)
 
-    land_plain, plain_m = timed(lambda: measure_pairs(build, fin, pairs, data.x_train, data.y_train,
-                                                      cfg.measure, max_members=1))
-    land_batched, batched_m = timed(lambda: measure_pairs(build, fin, pairs, data.x_train, data.y_train,
-                                                          cfg.measure, max_members=cfg.runtime.max_members,
-                                                          workers=workers))
-    diff_lmc = max(abs(a.lmc_barrier - b.lmc_barrier) for a, b in zip(plain_m, batched_m, strict=True))
+    land_plain, plain_m = timed(lambda: measure_pairs(
+        build, fin, pairs, data.x_train, data.y_train, cfg.measure, max_members=1))
+    land_batched, batched_m = timed(lambda: measure_pairs(
+        build, fin, pairs, data.x_train, data.y_train, cfg.measure,
+        max_members=cfg.runtime.max_members, workers=workers))
+    diff_lmc = max(abs(a.lmc_barrier - b.lmc_barrier)
+                   for a, b in zip(plain_m, batched_m, strict=True))
     diff_cka = max(abs(a.cka - b.cka) for a, b in zip(plain_m, batched_m, strict=True))
     n_models = len(pairs) * cfg.measure.lmc_points
-    print(f"LMC+CKA for {len(pairs)} pairs ({n_models} interpolated models): plain {land_plain:.2f} s, "
-          f"batched {land_batched:.2f} s, x{land_plain / land_batched:.2f}; "
+    print(f"LMC+CKA for {len(pairs)} pairs ({n_models} interpolated models): "
+          f"plain {land_plain:.2f} s, batched {land_batched:.2f} s, "
+          f"x{land_plain / land_batched:.2f}; "
           f"max |diff| barrier {diff_lmc:.2e}, CKA {diff_cka:.2e}")
     figures = {
         "finetune_speedup": round(ft_grid_plain / ft_grid, 3),

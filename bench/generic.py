@@ -57,7 +57,8 @@ CASES = {
 def builtin(name: str, in_shape: list[int], num_classes: int, width: float = 1.0, depth: int = 0):
     """A model factory for configs: the built-in model ``name`` with one member, a plain
     module (``model.factory: bench.generic:builtin``, its arguments in ``model.kwargs``)."""
-    return build_model(ModelSpec(name=name, width=width, depth=depth), tuple(in_shape), num_classes, 1)
+    return build_model(ModelSpec(name=name, width=width, depth=depth), tuple(in_shape),
+                       num_classes, 1)
 
 
 def data_for(name: str, quick: bool, images: int) -> Dataset:
@@ -100,7 +101,8 @@ def finetune_case(spec, data, members: int, steps: int, agree_steps: int, build)
         spec, data.input_shape, data.num_classes, 1, seed=0).state_dict().items()}
     names = plain.prunable_names()
     mask = prune({k: plain_state[k] for k in names}, PruneSpec(density=0.2, method="global"))
-    start = stack_members([{k: v * mask[k] if k in mask else v for k, v in plain_state.items()}] * members)
+    masked = {k: v * mask[k] if k in mask else v for k, v in plain_state.items()}
+    start = stack_members([masked] * members)
     masks = {k: torch.cat([mask[k]] * members) for k in names}
     seeds = list(range(members))
     recipe = TrainSpec(epochs=1, iterations=steps, batch_size=64, lr=0.05, schedule="constant")
@@ -117,7 +119,8 @@ def finetune_case(spec, data, members: int, steps: int, agree_steps: int, build)
         train(model, data, short, seeds, masks=masks, stream="finetune")
         finals[label] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         model.load_state_dict(start)
-        train(model, data, recipe.replace(iterations=2), seeds, masks=masks, stream="finetune")  # warm-up
+        # warm-up
+        train(model, data, recipe.replace(iterations=2), seeds, masks=masks, stream="finetune")
         model.load_state_dict(start)
         t = time.perf_counter()
         train(model, data, recipe, seeds, masks=masks, stream="finetune")
@@ -127,8 +130,8 @@ def finetune_case(spec, data, members: int, steps: int, agree_steps: int, build)
     for m, member_start in enumerate(split_members(start, members)):
         one = build["hand-written"](1)
         one.load_state_dict(member_start)
-        train(one, data, short, [seeds[m]], masks={k: v[:len(v) // members] for k, v in masks.items()},
-              stream="finetune")
+        train(one, data, short, [seeds[m]],
+              masks={k: v[:len(v) // members] for k, v in masks.items()}, stream="finetune")
         baseline = max(baseline, rel_diff(one.state_dict(), hand_members[m]))
     scale = max(1.0, float(logits["hand-written"].abs().max()))
     return {"steps_per_s": out, "ratio": out["generic"] / out["hand-written"],
@@ -182,8 +185,10 @@ def main() -> None:
             sps = r["steps_per_s"]
             print(f"  fine-tune {members:2d} members, {steps} steps: hand-written "
                   f"{sps['hand-written']:.1f} steps/s, generic {sps['generic']:.1f} steps/s, "
-                  f"generic/hand-written x{r['ratio']:.2f}; max rel diff logits {r['logit_diff']:.1e}, "
-                  f"state after 5 steps {r['state_diff']:.1e} (hand-written vs {members} one-member "
+                  f"generic/hand-written x{r['ratio']:.2f}; "
+                  f"max rel diff logits {r['logit_diff']:.1e}, "
+                  f"state after 5 steps {r['state_diff']:.1e} "
+                  f"(hand-written vs {members} one-member "
                   f"runs: {r['hand_vs_one_member_runs_diff']:.1e})")
             figures[f"{name}_finetune_m{members}"] = {
                 **{k: v for k, v in r.items() if k != "steps_per_s"}, "ratio": round(r["ratio"], 3),
@@ -191,11 +196,13 @@ def main() -> None:
         r = landscape_case(spec, data, build, 64 if args.quick else 2048)
         s = r["seconds"]
         print(f"  LMC+CKA of 3 copies (27 models, {len(data.x_train)} examples): hand-written "
-              f"{s['hand-written']:.2f} s, generic {s['generic']:.2f} s, speed generic/hand-written "
-              f"x{r['ratio']:.2f}; max |diff| barrier {r['barrier_diff']:.1e}, CKA {r['cka_diff']:.1e}")
-        figures[f"{name}_landscape"] = {"hand_written_s": round(s["hand-written"], 3),
-                                        "generic_s": round(s["generic"], 3), "ratio": round(r["ratio"], 3),
-                                        "barrier_diff": r["barrier_diff"], "cka_diff": r["cka_diff"]}
+              f"{s['hand-written']:.2f} s, generic {s['generic']:.2f} s, "
+              f"speed generic/hand-written x{r['ratio']:.2f}; "
+              f"max |diff| barrier {r['barrier_diff']:.1e}, CKA {r['cka_diff']:.1e}")
+        figures[f"{name}_landscape"] = {
+            "hand_written_s": round(s["hand-written"], 3), "generic_s": round(s["generic"], 3),
+            "ratio": round(r["ratio"], 3),
+            "barrier_diff": r["barrier_diff"], "cka_diff": r["cka_diff"]}
     if args.grid:
         figures["demo_grid"] = grid_case(args.quick)
     print(json.dumps(figures))
@@ -223,8 +230,8 @@ def grid_case(quick: bool) -> dict:
     print(f"demo grid{' (quick: 2x2 cells, short recipes)' if quick else ''}: hand-written "
           f"{seconds['hand-written']:.1f} s, generic {seconds['generic']:.1f} s, speed "
           f"generic/hand-written x{ratio:.2f}")
-    return {"hand_written_s": round(seconds["hand-written"], 2), "generic_s": round(seconds["generic"], 2),
-            "ratio": round(ratio, 3)}
+    return {"hand_written_s": round(seconds["hand-written"], 2),
+            "generic_s": round(seconds["generic"], 2), "ratio": round(ratio, 3)}
 
 
 if __name__ == "__main__":

@@ -81,8 +81,8 @@ def main() -> None:
     plain_ips = images_per_second(finetune(1), n * len(seeds), args.device)
     batched_ips = images_per_second(finetune(len(seeds)), n * len(seeds), args.device)
     print(f"dense training: {dense_ips:.0f} images/s")
-    print(f"fine-tuning {len(seeds)} seeds: plain {plain_ips:.0f} images/s, batched {batched_ips:.0f} "
-          f"images/s, x{batched_ips / plain_ips:.2f}")
+    print(f"fine-tuning {len(seeds)} seeds: plain {plain_ips:.0f} images/s, "
+          f"batched {batched_ips:.0f} images/s, x{batched_ips / plain_ips:.2f}")
     print(json.dumps({"device": args.device, "images": n, "dense_images_per_s": round(dense_ips, 1),
                       "finetune_plain_images_per_s": round(plain_ips, 1),
                       "finetune_batched_images_per_s": round(batched_ips, 1),

@@ -107,8 +107,9 @@ def tracking_overhead(cfg, tmp: Path) -> dict:
     port = _free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--artifacts-destination",
-         str(tmp / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
+         "--artifacts-destination", str(tmp / "server-artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         uri = f"http://127.0.0.1:{port}"
@@ -150,7 +151,8 @@ def main() -> None:
     counts = [int(w) for w in args.workers.split(",")]
     print(f"grid: {cfg.data.name} {cfg.model.name}, {len(cfg.cells())} cells "
           f"({len(cfg.temperatures)} temperatures x {len(cfg.densities)} densities), "
-          f"{len(cfg.finetune.seeds)} fine-tune seeds, {cfg.finetune.train.epochs} fine-tune epochs; "
+          f"{len(cfg.finetune.seeds)} fine-tune seeds, "
+          f"{cfg.finetune.train.epochs} fine-tune epochs; "
           f"{os.cpu_count()} CPUs; one torch thread per worker")
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         tmp = Path(tmp)
@@ -159,9 +161,11 @@ def main() -> None:
             print(f"dask, {d['workers']} worker(s): {d['cells']} cells in {d['seconds']:.1f} s = "
                   f"{d['cells_per_hour']:.0f} cells/hour (LocalCluster start included)")
         speedup = dask[-1]["cells_per_hour"] / dask[0]["cells_per_hour"]
-        print(f"throughput ratio {dask[-1]['workers']} vs {dask[0]['workers']} worker(s): x{speedup:.2f}")
+        print(f"throughput ratio {dask[-1]['workers']} vs {dask[0]['workers']} worker(s): "
+              f"x{speedup:.2f}")
         tracking = tracking_overhead(cfg, tmp)
-        print(f"tracking, serial grid with its dense run: SQLite file {tracking['sqlite_s']:.1f} s, "
+        print(f"tracking, serial grid with its dense run: "
+              f"SQLite file {tracking['sqlite_s']:.1f} s, "
               f"mlflow server ({tracking['server_backend']} backend) {tracking['server_s']:.1f} s, "
               f"x{tracking['server_over_sqlite']:.2f}")
     print(json.dumps({"quick": args.quick, "cells": len(cfg.cells()), "cpus": os.cpu_count(),

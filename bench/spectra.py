@@ -42,7 +42,8 @@ def timed(fn):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="a short dense run and fine-tune (smoke run)")
+    ap.add_argument("--quick", action="store_true",
+                    help="a short dense run and fine-tune (smoke run)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--config", default="configs/demo.yaml")
     args = ap.parse_args()
@@ -79,12 +80,14 @@ def main() -> None:
     for t in cfg.temperatures:
         _, c0 = cfg.cell(t, cfg.densities[0], cfg.dense_seeds[0])
         weights = prunable_weights(states[c0.checkpoint_epoch], names)
-        per_dense.append(timed(lambda w=weights: layer_spectra(w, cfg.measure.spectra_min_evals))[0])
+        per_dense.append(
+            timed(lambda w=weights: layer_spectra(w, cfg.measure.spectra_min_evals))[0])
         for d in cfg.densities:
             _, c = cfg.cell(t, d, cfg.dense_seeds[0])
             masks = prune(weights, c.prune)
             pruned = {k: w * masks[k] for k, w in weights.items()}
-            per_pruned.append(timed(lambda p=pruned: layer_spectra(p, cfg.measure.spectra_min_evals))[0])
+            per_pruned.append(
+                timed(lambda p=pruned: layer_spectra(p, cfg.measure.spectra_min_evals))[0])
     mean_dense = sum(per_dense) / len(per_dense)
     mean_pruned = sum(per_pruned) / len(per_pruned)
     per_cell = mean_dense + mean_pruned          # what a cell with spectra on computes
@@ -99,7 +102,8 @@ def main() -> None:
         "hessian_overhead": round(seconds["hessian"] / seconds["plain"] - 1, 4),
         "spectra_per_cell_s": round(per_cell, 4),
         "spectra_per_cell_fraction": round(per_cell / seconds["plain"], 4),
-        "spectra_dense_mean_s": round(mean_dense, 4), "spectra_pruned_mean_s": round(mean_pruned, 4),
+        "spectra_dense_mean_s": round(mean_dense, 4),
+        "spectra_pruned_mean_s": round(mean_pruned, 4),
         "weightwatcher_import_s": round(t_import, 3), "dense_seconds": round(dense_s, 3),
         "threads": args.threads, "quick": args.quick,
     }

@@ -72,8 +72,8 @@ def draw(out: Path) -> Path:
     ax.set_ylim(0, 1)
     ax.set_xticks([0.03, 0.97], ["cold", "hot"])
     ax.set_yticks([0.03, 0.97], ["sparse", "dense"])
-    ax.set_xlabel("temperature of dense training (fewer epochs, smaller batch, larger SAM rho = hotter)",
-                  fontsize=11)
+    ax.set_xlabel("temperature of dense training "
+                  "(fewer epochs, smaller batch, larger SAM rho = hotter)", fontsize=11)
     ax.set_ylabel("density (kept fraction)", fontsize=11)
     ax.set_title("The three regimes of pruning (schematic, after Zhou et al. 2023)", fontsize=13)
     handles = [Patch(facecolor=COLORS[r], edgecolor="0.25", label=CAPTIONS[r]) for r in CAPTIONS]
@@ -88,7 +88,8 @@ def draw(out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"PNG to write (default {DEFAULT_OUT})")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help=f"PNG to write (default {DEFAULT_OUT})")
     print(draw(parser.parse_args(argv).out))
     return 0
 
