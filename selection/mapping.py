@@ -24,11 +24,18 @@ seed of the config. The loop (ours; the paper runs every cell):
    - the fine-tuned test accuracy, a Gaussian-process regression (density main effect plus a
      temperature x density term, fixed hyperparameters on standardised accuracies); the
      probability that each temperature is the best of its density is estimated by joint
-     posterior samples in which finished cells keep their measured value.
+     posterior samples in which finished cells keep their measured value. The reported best
+     temperature of a density is the most probable among those RUN there (the measured
+     best; an unrun temperature is only a prediction), with that probability as its
+     support; with none run there, the most probable of the row.
 4. **Next batch** (:func:`choose_batch`): each unfinished point scores its expected change of
    the map, ``sum over its possible labels (weighted by their probability) of the number of
    points whose predicted label would flip``, computed exactly by the rank-one GP update,
-   plus its probability of being the best temperature of its density times the number of
+   plus the look-ahead relabelling (:func:`relabel_flips`: the expected number of FINISHED
+   points the labeller would relabel once the candidate's cells arrive, its barrier drawn
+   from a GP of the signed log barrier; the labeller judges a density by its whole column,
+   so one cell can relabel finished cells that the GPs above take as fixed), plus its
+   probability of being the best temperature of its density times the number of
    temperatures (a label is 1/cells of the map, a best temperature 1/densities of the best
    temperatures: so both goals weigh alike). Batches are picked greedily (variances updated
    after each pick). With a knob other than ``epochs`` a batch
@@ -67,7 +74,8 @@ __all__ = [
     "GridAxes", "MapPrediction", "StopRule", "Round", "ReplayCurves", "P_REGIME_I",
     "active_choices", "run_map", "plot_map", "plot_replay",
     "P_REGIME_IIB", "coarse_to_fine_order", "choose_batch", "default_batch_size",
-    "default_n_init", "initial_design", "label_points", "predict_map", "replay",
+    "default_n_init", "initial_design", "label_points", "predict_map", "relabel_flips",
+    "replay", "expected_map_change",
     "replay_summary",
 ]
 

@@ -4,8 +4,10 @@ replay determinism, the stop rule, the budget check, and a killed map run resumi
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from selection.mapping import (
@@ -13,9 +15,11 @@ from selection.mapping import (
     StopRule,
     active_choices,
     coarse_to_fine_order,
+    expected_map_change,
     initial_design,
     label_points,
     predict_map,
+    relabel_flips,
     replay,
     replay_summary,
 )
@@ -108,6 +112,53 @@ def test_stop_rule_needs_stable_labels_confident_points_and_best_temperatures():
     # and on a clear grid the loop stops before it has run everything
     chosen, stop = active_choices(synthetic_table(FINE_T, FINE_D, seed=0), 80, seed=0)
     assert stop is not None and stop < 80 and len(chosen) == 80
+
+
+def test_the_reported_best_temperature_is_one_that_was_run():
+    table = synthetic_table(seed=4)
+    axes = GridAxes.of_table(table)
+    # one point per density run except at the sparsest density, where none is
+    rows = table[((table[keys.TEMPERATURE] == axes.temperatures[2])
+                  & (table[keys.DENSITY] != axes.densities[0]))
+                 | (table[keys.DENSITY] == axes.densities[-1])]
+    pred = predict_map(axes, label_points(rows, n_resamples=0))
+    for density, p in pred.best.items():
+        if density == axes.densities[0]:
+            assert not pred.run[p]          # nothing run there: the most probable, predicted
+            continue
+        assert pred.run[p], density
+        # among the run temperatures of its density, the measured best
+        run_here = [q for q in range(axes.n) if pred.run[q] and axes.point(q)[1] == density]
+        assert pred.acc_mean[p] == max(pred.acc_mean[q] for q in run_here)
+    # the dense row, fully run: the measured best even where an unrun cell could not beat it
+    dense = table[table[keys.DENSITY] == axes.densities[-1]]
+    top = dense.loc[dense[keys.TEST_ACC].idxmax(), keys.TEMPERATURE]
+    assert axes.point(pred.best[axes.densities[-1]])[0] == top
+
+
+def test_the_look_ahead_sees_finished_points_the_labeller_would_relabel():
+    # the real 10 x 7 demo_fine grid without the two hottest cells at 7%: among the cells
+    # finished, a jump along temperature shows at 7% that the full grid does not have
+    table = pd.read_csv(Path(__file__).resolve().parent.parent / "bench" / "data"
+                        / "demo_fine_grid.csv")
+    axes = GridAxes.of_table(table)
+    missing = {(1.0, 0.07), (2.0, 0.07)}
+    keep = table[[(t, d) not in missing for t, d in
+                  zip(table[keys.TEMPERATURE], table[keys.DENSITY], strict=True)]]
+    labels = label_points(keep, n_resamples=0)
+    full = label_points(table, n_resamples=0).set_index([keys.TEMPERATURE, keys.DENSITY])
+    now = labels.set_index([keys.TEMPERATURE, keys.DENSITY])[keys.REGIME]
+    relabelled = int((full[keys.REGIME].reindex(now.index) != now).sum())
+    assert relabelled >= 5           # the two cells do relabel finished ones
+    pred = predict_map(axes, labels)
+    unrun = np.flatnonzero(~pred.run)
+    look_ahead = relabel_flips(pred, unrun)
+    map_change = expected_map_change(pred, unrun)
+    assert (look_ahead >= 5).all(), look_ahead
+    assert (look_ahead > 5 * map_change).all(), (look_ahead, map_change)   # GPs: blind to it
+    # without the barrier and CKA columns there is nothing to relabel with
+    bare = predict_map(axes, labels.drop(columns=[keys.LMC_BARRIER, keys.CKA]))
+    assert (relabel_flips(bare, unrun) == 0).all()
 
 
 def test_initial_design_and_coarse_to_fine_order():
