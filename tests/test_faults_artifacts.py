@@ -69,10 +69,10 @@ def test_corrupt_then_missing_checkpoint_is_recomputed_never_used(tracking_uri):
     assert len(finished) == 6 and not runs_of(client, exp, keys.KIND_CELL, "FAILED")
     # every cell names the dense run its checkpoint really came from, never a discarded one
     source = {r.data.tags[keys.DENSE_RUN_ID] for r in finished}
-    third = _only_finished_dense(client, exp).info.run_id
-    assert source <= {dense.info.run_id, recomputed.info.run_id, third}
+    last_dense = _only_finished_dense(client, exp).info.run_id
+    assert source <= {dense.info.run_id, recomputed.info.run_id, last_dense}
     newest = [r for r in finished if float(r.data.params[keys.DENSITY]) == 0.9]
-    assert {r.data.tags[keys.DENSE_RUN_ID] for r in newest} == {third}
+    assert {r.data.tags[keys.DENSE_RUN_ID] for r in newest} == {last_dense}
 
 
 def test_a_checkpoint_without_a_recorded_checksum_is_refused(tracking_uri, tmp_path):

@@ -79,8 +79,8 @@ def _assert_best_temperatures(summary, table) -> None:
     for _, row in best.iterrows():
         at_density = table[table[keys.DENSITY] == row[keys.DENSITY]]
         assert row[keys.TEST_ACC] == pytest.approx(at_density[keys.TEST_ACC].max())
-        best = at_density.loc[at_density[keys.TEST_ACC].idxmax(), keys.TEMPERATURE]
-        assert row[keys.TEMPERATURE] == best
+        best_here = at_density.loc[at_density[keys.TEST_ACC].idxmax(), keys.TEMPERATURE]
+        assert row[keys.TEMPERATURE] == best_here
     lines = summary.lines()
     header = lines.index("best temperature per density (mean fine-tuned test accuracy):")
     assert lines[header + 1].split() == ["density", "epochs", "test_acc"]   # no regimes yet
