@@ -22,7 +22,8 @@ def test_script_writes_the_schematic_where_asked(tmp_path):
     out = tmp_path / "pictures" / "schematic.png"
     done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out)], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120,
-                          env={**{k: v for k, v in os.environ.items() if k not in ("DISPLAY", "MPLBACKEND")},
+                          env={**{k: v for k, v in os.environ.items()
+                                  if k not in ("DISPLAY", "MPLBACKEND")},
                                "MPLCONFIGDIR": str(tmp_path / "mpl")})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(out)

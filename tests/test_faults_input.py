@@ -18,17 +18,22 @@ CASES = {
     "unknown dataset": (["data.name=cifar99"], ["data.name='cifar99'", "allowed: cifar10"]),
     "unknown model": (["model.name=resnet999"], ["model.name='resnet999'", "allowed: cnn1d"]),
     "unknown knob": (["knob=warmth"], ["knob 'warmth'", "allowed: batch_size, epochs"]),
-    "unknown pruning method": (["prune.method=bogus"], ["prune.method='bogus'", "allowed: alpha, global"]),
-    "unknown metric": (["measure.metrics=[lmc, bogus]"], ["measure.metrics", "'bogus'", "allowed: cka, lmc"]),
+    "unknown pruning method": (["prune.method=bogus"],
+                               ["prune.method='bogus'", "allowed: alpha, global"]),
+    "unknown metric": (["measure.metrics=[lmc, bogus]"],
+                       ["measure.metrics", "'bogus'", "allowed: cka, lmc"]),
     "missing data directory": (["data.name=cifar10", "data.data_dir=/nonexistent/cifar"],
                                ["data.data_dir='/nonexistent/cifar'", "does not exist"]),
-    "unknown top-level key": (["densitys=[0.1]"], ["unknown key(s) ['densitys']", "allowed:", "'densities'"]),
+    "unknown top-level key": (["densitys=[0.1]"],
+                              ["unknown key(s) ['densitys']", "allowed:", "'densities'"]),
     "unknown section key": (["dense.epoch=3"], ["dense: unknown key(s) ['epoch']", "'epochs'"]),
-    "unknown finetune key": (["finetune.seed=[1]"], ["finetune: unknown key(s) ['seed']", "'seeds'"]),
+    "unknown finetune key": (["finetune.seed=[1]"],
+                             ["finetune: unknown key(s) ['seed']", "'seeds'"]),
     "empty seeds": (["dense_seeds=[]"], ["config.dense_seeds=[]", "non-empty"]),
     "negative seed": (["dense_seeds=[-1]"], ["config.dense_seeds=[-1]", "integers >= 0"]),
     "empty finetune seeds": (["finetune.seeds=[]"], ["finetune.seeds", "at least one"]),
-    "negative finetune seed": (["finetune.seeds=[0, -2]"], ["finetune.seeds=[0, -2]", "integers >= 0"]),
+    "negative finetune seed": (["finetune.seeds=[0, -2]"],
+                               ["finetune.seeds=[0, -2]", "integers >= 0"]),
     "zero members": (["runtime.max_members=0"], ["runtime.max_members=0", ">= 1"]),
     "unknown device": (["runtime.device=tpu"], ["runtime.device='tpu'", "allowed: cpu"]),
     "override without =": (["densities"], ["--set 'densities'", "key=value"]),
@@ -36,7 +41,8 @@ CASES = {
 
 
 @pytest.mark.parametrize("overrides, fragments", CASES.values(), ids=CASES.keys())
-def test_bad_config_is_rejected_before_any_compute(overrides, fragments, tracking_uri, tmp_path, capsys):
+def test_bad_config_is_rejected_before_any_compute(overrides, fragments, tracking_uri, tmp_path,
+                                                   capsys):
     argv = ["grid", DEMO, "--no-progress"]
     for item in overrides:
         argv += ["--set", item]
@@ -62,15 +68,16 @@ def test_missing_config_file(tracking_uri, tmp_path, capsys):
     assert "nope.yaml" in capsys.readouterr().err
 
 
-def test_unreachable_tracking_server_is_a_clear_error_without_the_password(tracking_uri, monkeypatch,
-                                                                            tmp_path, capsys):
+def test_unreachable_tracking_server_is_a_clear_error_without_the_password(
+        tracking_uri, monkeypatch, tmp_path, capsys):
     import mlflow
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")     # only the project's backoff
     monkeypatch.setenv("THREE_REGIME_STORE_TIMEOUT", "2")   # the bounded wait, kept short
     config = write_config(tmp_path / "grid.yaml", tiny())
     try:
-        assert main(["grid", str(config), "--tracking-uri", "http://alice:S3cretPw@127.0.0.1:9"]) == 2
+        bad_uri = "http://alice:S3cretPw@127.0.0.1:9"
+        assert main(["grid", str(config), "--tracking-uri", bad_uri]) == 2
     finally:
         mlflow.set_tracking_uri(tracking_uri)        # configure() set the bad one process-wide
     err = capsys.readouterr().err

@@ -27,7 +27,8 @@ from pipeline.train import evaluate
 torch.set_num_threads(1)
 
 DATA = DataSpec(name="mnist1d", train_subset=1000)
-FT = FinetuneSpec(train=TrainSpec(epochs=3, batch_size=64), seeds=(0, 1, 2), last_epochs=2, recipe="tiny")
+FT = FinetuneSpec(train=TrainSpec(epochs=3, batch_size=64), seeds=(0, 1, 2), last_epochs=2,
+                  recipe="tiny")
 MEASURE = MeasureSpec(lmc_points=11, cka_examples=500)
 
 
@@ -41,7 +42,8 @@ def dense_run():
 
 def _cell(temperature: int, density: float, finetune: FinetuneSpec = FT) -> CellSpec:
     return CellSpec(knob="epochs", temperature=temperature, checkpoint_epoch=temperature,
-                    prune=PruneSpec(density=density, method="global"), finetune=finetune, measure=MEASURE)
+                    prune=PruneSpec(density=density, method="global"), finetune=finetune,
+                    measure=MEASURE)
 
 
 def test_dense_checkpoints_at_every_epoch(dense_run):
@@ -59,7 +61,8 @@ def test_one_cell_end_to_end(dense_run):
     res = run_cell(cell, dense, checkpoints[3], data)               # seconds: see --durations
     m = res.metrics()
     expected_keys = {"test_acc", "test_acc_std", "val_acc", "val_acc_std", "lmc_barrier",
-                     "lmc_barrier_std", "cka", "cka_std", "pruned_acc", "dense_acc", "realized_density"}
+                     "lmc_barrier_std", "cka", "cka_std", "pruned_acc", "dense_acc",
+                     "realized_density"}
     assert expected_keys <= set(m)
     assert all(math.isfinite(v) for v in m.values()), m
     for key in ("test_acc", "val_acc", "pruned_acc", "dense_acc", "cka"):
@@ -94,11 +97,13 @@ def test_one_cell_end_to_end(dense_run):
     model.load_state_dict(pruned)
     assert m["pruned_acc"] == pytest.approx(float(evaluate(model, data.x_test, data.y_test)[0]))
     # the copies differ (seeds differ in data order) but share the mask
-    assert not torch.equal(res.finetuned[0]["classifier.weight"], res.finetuned[1]["classifier.weight"])
+    assert not torch.equal(res.finetuned[0]["classifier.weight"],
+                           res.finetuned[1]["classifier.weight"])
 
 
 def _max_rel_diff(a: dict, b: dict) -> float:
-    return max(float((a[k].double() - b[k].double()).abs().max()) / max(1.0, float(b[k].abs().max()))
+    return max(float((a[k].double() - b[k].double()).abs().max())
+               / max(1.0, float(b[k].abs().max()))
                for k in a if a[k].is_floating_point())
 
 
@@ -107,7 +112,8 @@ def test_run_cells_equals_separate_runs(dense_run):
     fine-tunes and 33 + 33 LMC points, computed by 2 workers side by side, changes nothing."""
     data, dense, checkpoints = dense_run
     short = FT.replace(train=FT.train.replace(epochs=2), last_epochs=1)
-    jobs = [(_cell(2, 0.3, short), dense, checkpoints[2]), (_cell(3, 0.1, short), dense, checkpoints[3])]
+    jobs = [(_cell(2, 0.3, short), dense, checkpoints[2]),
+            (_cell(3, 0.1, short), dense, checkpoints[3])]
     together = run_cells(jobs, data, max_members=4, workers=2)
     for job, got in zip(jobs, together, strict=True):
         alone = run_cell(*job, data)
@@ -129,7 +135,8 @@ def test_run_cells_refuses_mixed_recipes(dense_run):
     data, dense, checkpoints = dense_run
     other = FT.replace(seeds=(0, 1))
     with pytest.raises(ValueError, match="share"):
-        run_cells([(_cell(2, 0.3), dense, checkpoints[2]), (_cell(3, 0.3, other), dense, checkpoints[3])], data)
+        run_cells([(_cell(2, 0.3), dense, checkpoints[2]),
+                   (_cell(3, 0.3, other), dense, checkpoints[3])], data)
     assert run_cells([], data) == []
 
 

@@ -29,7 +29,8 @@ def exact_hessian(model: nn.Module, x, y, logits_fn) -> tuple[torch.Tensor, list
 
     def loss(flat):
         params = {n: t.reshape(s) for n, t, s in zip(names, flat.split(sizes), shapes, strict=True)}
-        return F.cross_entropy(logits_fn(functional_call(m, {**params, **buffers}, (x.double(),))), y)
+        logits = logits_fn(functional_call(m, {**params, **buffers}, (x.double(),)))
+        return F.cross_entropy(logits, y)
 
     return torch.autograd.functional.hessian(loss, flat0), names
 
@@ -81,7 +82,8 @@ def test_masked_curvature_is_the_kept_coordinates_hessian():
     model, x, y = _tiny_problem()
     h, names = exact_hessian(model, x, y, lambda out: out)
     torch.manual_seed(1)
-    masks = {"a.weight": (torch.rand(5, 3) < 0.5).float(), "b.weight": (torch.rand(4, 5) < 0.5).float()}
+    masks = {"a.weight": (torch.rand(5, 3) < 0.5).float(),
+             "b.weight": (torch.rand(4, 5) < 0.5).float()}
     keep = torch.cat([masks.get(k, torch.ones_like(p)).reshape(-1)
                       for k, p in model.named_parameters()]).bool()
     sub = h[keep][:, keep]

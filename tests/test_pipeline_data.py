@@ -37,7 +37,8 @@ def _match_rows(got: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
     """For each row of ``got``, the index of its (near-exact) equal row in ``expected``."""
     dist = torch.cdist(got.flatten(1).double(), expected.flatten(1).double())
     best = dist.argmin(1)
-    assert torch.all(dist[torch.arange(len(got)), best] < 1e-3), "a row has no equal in the raw data"
+    assert torch.all(dist[torch.arange(len(got)), best] < 1e-3), (
+        "a row has no equal in the raw data")
     return best
 
 
@@ -71,15 +72,18 @@ def test_file_dataset_loads_normalised_and_split(name, tmp_path):
     # every training/validation row is a distinct raw training row, with its label
     idx = _match_rows(torch.cat([ds.x_train, ds.x_val]), expected)
     assert len(set(idx.tolist())) == n, "validation overlaps training (or rows are lost)"
-    assert torch.equal(torch.cat([ds.y_train, ds.y_val]), torch.from_numpy(raw["y_train"][idx.numpy()]))
-    # the test set: same order, normalised with the training statistics, labels mapped (SVHN 10 -> 0)
+    assert torch.equal(torch.cat([ds.y_train, ds.y_val]),
+                       torch.from_numpy(raw["y_train"][idx.numpy()]))
+    # the test set: same order, normalised with the training statistics, labels mapped
+    # (SVHN 10 -> 0)
     exp_test = torch.from_numpy((raw["x_test"] - mean) / std).float()
     assert torch.allclose(ds.x_test, exp_test, atol=1e-5)
     assert torch.equal(ds.y_test, torch.from_numpy(raw["y_test"].astype(np.int64)))
     union = torch.cat([ds.x_train, ds.x_val]).double()
-    assert torch.allclose(union.mean(dim=axes), torch.zeros(union.shape[1], dtype=torch.float64), atol=1e-5)
-    assert torch.allclose(union.std(dim=axes, unbiased=False), torch.ones(union.shape[1], dtype=torch.float64),
-                          atol=1e-4)
+    assert torch.allclose(union.mean(dim=axes),
+                          torch.zeros(union.shape[1], dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(union.std(dim=axes, unbiased=False),
+                          torch.ones(union.shape[1], dtype=torch.float64), atol=1e-4)
 
 
 def test_split_is_deterministic_and_seeded(monkeypatch):

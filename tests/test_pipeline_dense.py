@@ -22,7 +22,8 @@ def test_epochs_knob_uses_one_run_and_picks_the_checkpoint():
 
 
 @pytest.mark.parametrize("knob, value, base", [
-    ("batch_size", 128, BUDGET), ("sam_rho", 0.05, BASE), ("lr", 0.4, BASE), ("weight_decay", 5e-4, BASE),
+    ("batch_size", 128, BUDGET), ("sam_rho", 0.05, BASE), ("lr", 0.4, BASE),
+    ("weight_decay", 5e-4, BASE),
 ])
 def test_other_knobs_set_a_field_and_use_the_final_weights(knob, value, base):
     dense, epoch = dense_for(knob, value, base)
