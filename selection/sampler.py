@@ -6,7 +6,8 @@ time, the sampler keeps the boundaries that contradict the fewest finished trial
 the untried temperatures among them (about log2(n + 1) trials on n temperatures), then exploits
 near the best objective. II-B counts as connected, not as a stop. With finished cells at
 neighbouring densities (``transfer``), the first trial is the temperature they predict instead
-of the middle. A choice depends only on the earlier trials and on tie-breaks seeded by the seed
+of the middle, and where the coldest connected temperature was not their best, their ranking
+leads every trial. A choice depends only on the earlier trials and on tie-breaks seeded by the seed
 and the trial number, so concurrent workers replay each other's choices instead of duplicating
 them. The rules and their reasons: docs/method.md#how-the-sampler-chooses-a-temperature,
 docs/design.md#optuna-studies-and-workers.
@@ -520,12 +521,18 @@ class TransferPrior:
             moves monotonically with density): a connected cell at a sparser density makes
             every temperature as hot or hotter connected here, a Regime-I cell at a denser
             density makes every temperature as cold or colder Regime I here.
-        scores: temperature -> closeness in [0, 1] to the predicted best temperature: the
-            best temperatures (by objective) of the nearest sparser and the nearest denser
-            density, as ranks on the cold -> hot axis, interpolated linearly in log density
-            (one side only: its best); 1 at the predicted rank, falling linearly to 0 at the
-            far end of the axis.
+        scores: temperature -> score in [0, 1] of being the best here, from the nearest sparser
+            and the nearest denser density (weights linear in log density; one side only at
+            an end of the grid): with a = how well the two agree on the top (the smaller of
+            each one's closeness to its top at the other's best temperature), a x their
+            weighted closeness to their top at the temperature + (1 - a) x its closeness to
+            their best ranks (cold -> hot) interpolated in log density (1 there, falling
+            linearly to 0 at the far end of the axis). A density's closeness to its top is 1
+            at its best objective and falls linearly to 0 at its median objective.
         densities: the densities the prediction came from.
+        rule_holds: whether at each of them the coldest connected temperature was a best one
+            (Algorithm 1's premise); if not, the sampler follows the scores instead of
+            bisecting towards the coldest connected temperature.
     """
 
     regimes: dict[float, int]
