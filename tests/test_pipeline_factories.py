@@ -55,8 +55,8 @@ def load(n=60, classes=3, seed=0, with_val=False, as_dataset=False, float64=Fals
 
 def short_labels():
     x = torch.randn(20, 1, 8)
-    return {"train": (x, torch.zeros(19, dtype=torch.long)), "test": (x, torch.zeros(20, dtype=torch.long)),
-            "num_classes": 3}
+    return {"train": (x, torch.zeros(19, dtype=torch.long)),
+            "test": (x, torch.zeros(20, dtype=torch.long)), "num_classes": 3}
 
 
 def big_labels():
@@ -150,8 +150,9 @@ def test_kwargs_are_canonical_and_every_change_reaches_the_hash(user):
 
 def test_the_fingerprint_is_the_hash_of_what_is_built():
     a = nn.Sequential(nn.Linear(4, 3))
-    assert factories.module_fingerprint(a) == factories.module_fingerprint(nn.Sequential(nn.Linear(4, 3)))
-    assert factories.module_fingerprint(a) != factories.module_fingerprint(nn.Sequential(nn.Linear(4, 2)))
+    fingerprint = factories.module_fingerprint
+    assert fingerprint(a) == fingerprint(nn.Sequential(nn.Linear(4, 3)))
+    assert fingerprint(a) != fingerprint(nn.Sequential(nn.Linear(4, 2)))
     assert factories.module_fingerprint(a) != factories.module_fingerprint(a.double())
     relu = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
     assert factories.module_fingerprint(relu) != factories.module_fingerprint(
@@ -238,7 +239,8 @@ def test_augment_with_or_without_a_generator_is_reproducible_per_copy():
 
 def test_code_paths_name_the_users_file_only(user):
     cfg = load_config(user())
-    assert factories.code_paths(cfg.model.factory) == [str((user.folder / f"{user.module}.py").resolve())]
+    assert factories.code_paths(cfg.model.factory) == [
+        str((user.folder / f"{user.module}.py").resolve())]
     assert factories.code_paths("torchvision.models:resnet18") == []
     assert factories.code_paths("pipeline.factories:resnet18_cifar") == []
 
@@ -303,7 +305,8 @@ def _bad(user):
                                                            "kwargs": {"size": 3}}),
                                      ["data.kwargs={'size': 3}", "does not accept"]),
         "data module missing": (dict(data={"factory": "nowhere_y.data:load"}),
-                                ["data.factory='nowhere_y.data:load'", "no module named 'nowhere_y'"]),
+                                ["data.factory='nowhere_y.data:load'",
+                                 "no module named 'nowhere_y'"]),
     }
 
 

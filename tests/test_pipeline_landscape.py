@@ -64,7 +64,8 @@ def test_interpolate_endpoints_and_midpoint(trained):
     a, b = states[0], states[1]
     for t, want in ((0.0, a), (1.0, b)):
         got = interpolate(a, b, t)
-        assert all(torch.allclose(got[k].float(), want[k].float()) for k in a if a[k].is_floating_point())
+        assert all(torch.allclose(got[k].float(), want[k].float())
+                   for k in a if a[k].is_floating_point())
     mid = interpolate(a, b, 0.5)
     k = "classifier.weight"
     assert torch.allclose(mid[k], (a[k] + b[k]) / 2)
@@ -163,8 +164,10 @@ def test_bn_reestimation_is_the_batch_weighted_mean(trained):
         w = torch.tensor(sizes, dtype=torch.float64) / sum(sizes)
         exp_mean = (torch.stack(means) * w[:, None]).sum(0)
         exp_var = (torch.stack(variances) * w[:, None]).sum(0)
-        assert torch.allclose(got[m]["features.1.running_mean"].double(), exp_mean, atol=1e-5, rtol=1e-5)
-        assert torch.allclose(got[m]["features.1.running_var"].double(), exp_var, atol=1e-5, rtol=1e-4)
+        assert torch.allclose(got[m]["features.1.running_mean"].double(), exp_mean,
+                              atol=1e-5, rtol=1e-5)
+        assert torch.allclose(got[m]["features.1.running_var"].double(), exp_var,
+                              atol=1e-5, rtol=1e-4)
         # not the full-data variance (which would differ when batch means differ)
         h_all = conv(x).double().detach()
         assert not torch.allclose(exp_var, h_all.var((0, 2)), rtol=1e-4)

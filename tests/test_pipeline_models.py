@@ -21,7 +21,8 @@ torch.set_num_threads(1)
 # (spec, input shape, classes): every registered model on its dataset's input
 CASES = {
     "cnn1d": [(ModelSpec(name="cnn1d"), (1, 40), 10)],
-    "mlp": [(ModelSpec(name="mlp"), (1, 40), 10), (ModelSpec(name="mlp", depth=3, width=0.25), (1, 8, 8), 10)],
+    "mlp": [(ModelSpec(name="mlp"), (1, 40), 10),
+            (ModelSpec(name="mlp", depth=3, width=0.25), (1, 8, 8), 10)],
     "preresnet": [(ModelSpec(name="preresnet", depth=20, width=0.25), (3, 32, 32), 10),
                   (ModelSpec(name="preresnet", depth=56, width=0.25), (3, 32, 32), 100)],
     "vgg": [(ModelSpec(name="vgg", width=0.25), (3, 32, 32), 10),
@@ -74,7 +75,7 @@ def test_prunable_layers_are_convs_and_linears_but_not_the_classifier(case):
 def test_preresnet20_matches_the_paper():
     model = build_model(ModelSpec(name="preresnet", depth=20), (3, 32, 32), 10)
     names = model.prunable_names()
-    assert len(names) == 21                                        # stem, 18 block convs, 2 shortcuts
+    assert len(names) == 21                         # stem, 18 block convs, 2 shortcuts
     assert sum(1 for n in names if "shortcut" in n) == 2
     shapes = dict(model.named_parameters())
     assert sorted(tuple(shapes[n].shape[2:]) for n in names if "shortcut" in n) == [(1, 1), (1, 1)]

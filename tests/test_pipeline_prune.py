@@ -117,7 +117,8 @@ def test_exact_density(weights, method, density):
             assert abs(kept[k] - density * w.numel()) <= 1, k
             assert kept[k] >= 1, f"{k}: a layer pruned away entirely"
     else:
-        pytest.fail(f"pruning method {method!r}: say in GLOBAL_COUNT or PER_LAYER how it counts density")
+        pytest.fail(f"pruning method {method!r}: say in GLOBAL_COUNT or PER_LAYER how it "
+                    "counts density")
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -141,8 +142,9 @@ def test_density_one_keeps_everything(weights, method):
 
 def test_global_keeps_the_largest_magnitudes(weights):
     masks = prune(weights, PruneSpec(density=0.1, method="global"))
-    kept = torch.cat([w[m == 1].abs() for w, m in zip(weights.values(), masks.values(), strict=True)])
-    dropped = torch.cat([w[m == 0].abs() for w, m in zip(weights.values(), masks.values(), strict=True)])
+    pairs = list(zip(weights.values(), masks.values(), strict=True))
+    kept = torch.cat([w[m == 1].abs() for w, m in pairs])
+    dropped = torch.cat([w[m == 0].abs() for w, m in pairs])
     assert kept.min() >= dropped.max()
 
 
@@ -215,13 +217,15 @@ def test_finetuning_keeps_pruned_weights_zero_and_trains_the_rest(dense_run, met
         for k in names:
             pruned = res.mask[k] == 0
             assert torch.all(ft[k][pruned] == 0), f"{k}: a pruned weight moved"
-            assert not torch.equal(ft[k][~pruned], state[k][~pruned]), f"{k}: kept weights not trained"
+            assert not torch.equal(ft[k][~pruned], state[k][~pruned]), (
+                f"{k}: kept weights not trained")
         # unpruned layers train normally: classifier, BatchNorm affine and statistics
         for k in ("classifier.weight", "classifier.bias", "features.1.weight", "features.1.bias",
                   "features.1.running_mean"):
             assert not torch.equal(ft[k], state[k]), f"{k} did not change"
         assert int((ft["classifier.weight"] == 0).sum()) == 0
-    assert not torch.equal(res.finetuned[0]["classifier.weight"], res.finetuned[1]["classifier.weight"])
+    assert not torch.equal(res.finetuned[0]["classifier.weight"],
+                           res.finetuned[1]["classifier.weight"])
 
 
 def test_prune_classifier_option(dense_run):

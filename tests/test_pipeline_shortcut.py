@@ -58,7 +58,8 @@ def _shortcut_inputs(model: torch.nn.Module, x: torch.Tensor, mode: str):
 @pytest.mark.parametrize("members", [1, 3])
 def test_the_chosen_input_feeds_the_shortcut(mode, members):
     torch.manual_seed(0)
-    models = {s: build_model(_spec(s), SHAPE, 10, members=members, seed=1) for s in ("raw", "preact")}
+    models = {s: build_model(_spec(s), SHAPE, 10, members=members, seed=1)
+              for s in ("raw", "preact")}
     _randomise_bn(models["raw"])
     models["preact"].load_state_dict(models["raw"].state_dict())       # identical weights
     x = torch.randn(4, members * SHAPE[0], *SHAPE[1:])
@@ -77,7 +78,8 @@ def test_the_chosen_input_feeds_the_shortcut(mode, members):
                     want = F.relu(F.batch_norm(xin, bn.running_mean, bn.running_var, bn.weight,
                                                bn.bias, False, 0.0, bn.eps))
                 else:
-                    want = F.relu(F.batch_norm(xin, None, None, bn.weight, bn.bias, True, 0.0, bn.eps))
+                    want = F.relu(F.batch_norm(xin, None, None, bn.weight, bn.bias, True, 0.0,
+                                               bn.eps))
                 assert torch.allclose(sin, want, atol=1e-5)
                 assert not torch.allclose(sin, xin, atol=1e-3)
 

@@ -22,7 +22,8 @@ from pipeline.specs import (
     dense_hash,
 )
 
-ALL_SPECS = [DataSpec, ModelSpec, TrainSpec, DenseSpec, PruneSpec, FinetuneSpec, MeasureSpec, CellSpec]
+ALL_SPECS = [DataSpec, ModelSpec, TrainSpec, DenseSpec, PruneSpec, FinetuneSpec, MeasureSpec,
+             CellSpec]
 
 
 def _dense() -> DenseSpec:
@@ -33,7 +34,8 @@ def _dense() -> DenseSpec:
 def _cell() -> CellSpec:
     return CellSpec(knob="epochs", temperature=5, checkpoint_epoch=5,
                     prune=PruneSpec(density=0.2, method="lamp"),
-                    finetune=FinetuneSpec(train=TrainSpec(epochs=10), seeds=(0, 1, 2), recipe="short"))
+                    finetune=FinetuneSpec(train=TrainSpec(epochs=10), seeds=(0, 1, 2),
+                                          recipe="short"))
 
 
 # --- stability -----------------------------------------------------------------------------
@@ -133,7 +135,8 @@ def test_child_hash_contains_parent():
 
 
 def test_identity_excludes_data_dir():
-    a, b = DataSpec(name="cifar10", data_dir="/a"), DataSpec(name="cifar10", data_dir="/somewhere/else")
+    a = DataSpec(name="cifar10", data_dir="/a")
+    b = DataSpec(name="cifar10", data_dir="/somewhere/else")
     assert a != b
     assert a.spec_hash() == b.spec_hash()
     assert "data_dir" not in a.identity()
@@ -145,8 +148,8 @@ def test_identity_excludes_data_dir():
 
 def _with_new_field(cls, name: str, default):
     """``cls`` as a later version of the code would define it: same name, one more field."""
-    return dataclasses.make_dataclass(cls.__name__, [(name, type(default), dataclasses.field(default=default))],
-                                      bases=(cls,), frozen=True)
+    field = (name, type(default), dataclasses.field(default=default))
+    return dataclasses.make_dataclass(cls.__name__, [field], bases=(cls,), frozen=True)
 
 
 def test_adding_a_defaulted_field_keeps_hashes():

@@ -51,7 +51,8 @@ def test_convolutions_pool_kernel_positions_and_small_layers_are_nan_with_a_reas
     assert list(spectra) == list(weights)
     stem = spectra["stem.weight"]
     assert not stem.analysed and math.isnan(stem.alpha) and "min_evals=8" in stem.reason
-    assert [spectra[k].num_evals for k in ("conv1d.weight", "conv2d.weight", "fc.weight")] == [105, 72, 30]
+    layers = ("conv1d.weight", "conv2d.weight", "fc.weight")
+    assert [spectra[k].num_evals for k in layers] == [105, 72, 30]
     assert all(spectra[k].analysed and math.isfinite(spectra[k].alpha) for k in list(weights)[1:])
     # the minimum is a parameter
     assert not layer_spectra(weights, min_evals=80)["conv2d.weight"].analysed
@@ -66,7 +67,8 @@ def test_nothing_analysable_gives_nan_summaries_not_zeros():
     assert not any(s.analysed for s in spectra.values())
     assert "zero" in spectra["b.weight"].reason
     summary = summarize(spectra)
-    assert summary["layers"] == 0 and all(math.isnan(summary[k]) for k in ("alpha", "alpha_weighted"))
+    assert summary["layers"] == 0
+    assert all(math.isnan(summary[k]) for k in ("alpha", "alpha_weighted"))
 
 
 # --- AlphaPruning ---------------------------------------------------------------------------
@@ -104,7 +106,8 @@ def test_alpha_pruning_on_a_model_follows_its_alphas():
     name = "blocks.3.conv1.weight"
     w = weights[name]
     flat = power_law_matrix(w.shape[0] * 9, w.shape[1], 2.2, seed=3)
-    weights[name] = flat.reshape(9, w.shape[0], w.shape[1]).permute(1, 2, 0).reshape(w.shape) * w.std()
+    weights[name] = (flat.reshape(9, w.shape[0], w.shape[1]).permute(1, 2, 0).reshape(w.shape)
+                     * w.std())
     alphas = {k: s.alpha for k, s in layer_spectra(weights).items()}
     masks = prune(weights, PruneSpec(density=0.1, method="alpha"))
     dens = {k: float(m.mean()) for k, m in masks.items()}
@@ -164,9 +167,11 @@ def test_cell_metrics_absent_when_off_and_present_when_on():
     assert on[keys.TEST_ACC] == off[keys.TEST_ACC]              # measuring changes nothing
     # the dense summaries are those of the checkpoint; pruning changes the spectra
     names = list(res.mask)
-    assert on["dense_alpha"] == pytest.approx(summarize(layer_spectra({k: state[k] for k in names}))["alpha"])
+    dense_summary = summarize(layer_spectra({k: state[k] for k in names}))
+    assert on["dense_alpha"] == pytest.approx(dense_summary["alpha"])
     assert on["pruned_alpha"] != on["dense_alpha"]
-    assert on["dense_spectra_layers"] == on["pruned_spectra_layers"] == len(names) - 1   # stem: 5 evals
+    # stem: 5 evals
+    assert on["dense_spectra_layers"] == on["pruned_spectra_layers"] == len(names) - 1
 
 
 @pytest.mark.slow

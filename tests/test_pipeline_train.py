@@ -20,7 +20,8 @@ torch.set_num_threads(1)
 
 
 def _max_rel_diff(a: dict, b: dict) -> float:
-    return max(float((a[k].double() - b[k].double()).abs().max()) / max(1.0, float(b[k].abs().max()))
+    return max(float((a[k].double() - b[k].double()).abs().max())
+               / max(1.0, float(b[k].abs().max()))
                for k in a if a[k].is_floating_point())
 
 
@@ -59,7 +60,8 @@ def test_sam_step_matches_a_hand_computed_step(model_name):
 def test_sam_does_not_move_bn_statistics_twice():
     """The perturbed pass must not update BatchNorm's running statistics."""
     data = load_dataset(DataSpec(name="mnist1d", train_subset=120, val_fraction=0.0))
-    base = TrainSpec(epochs=1, batch_size=10_000, lr=0.1, momentum=0.0, weight_decay=0.0, schedule="constant")
+    base = TrainSpec(epochs=1, batch_size=10_000, lr=0.1, momentum=0.0, weight_decay=0.0,
+                     schedule="constant")
     a = build_model(ModelSpec(name="cnn1d"), data.input_shape, 10, seed=0)
     b = copy.deepcopy(a)
     train(a, data, base, [0])
@@ -86,7 +88,8 @@ def test_dense_training_is_deterministic():
 def _augmented_digits() -> Dataset:
     d = load_dataset(DataSpec(name="digits", train_subset=200))
     aug = lambda x, g: random_crop_flip(x, g, pad=1)  # noqa: E731
-    return Dataset(d.name, d.x_train, d.y_train, d.x_val, d.y_val, d.x_test, d.y_test, d.num_classes, aug)
+    return Dataset(d.name, d.x_train, d.y_train, d.x_val, d.y_val, d.x_test, d.y_test,
+                   d.num_classes, aug)
 
 
 @pytest.mark.parametrize("case", ["cnn1d-masks", "mlp-augment-sam"])
@@ -136,7 +139,8 @@ def test_masks_keep_pruned_weights_exactly_zero():
     data = load_dataset(DataSpec(name="mnist1d", train_subset=300))
     model = build_model(ModelSpec(name="cnn1d"), data.input_shape, 10, seed=0)
     names = model.prunable_names()
-    masks = prune({k: model.state_dict()[k] for k in names}, PruneSpec(density=0.1, method="uniform"))
+    masks = prune({k: model.state_dict()[k] for k in names},
+                  PruneSpec(density=0.1, method="uniform"))
     spec = TrainSpec(epochs=3, batch_size=32, lr=0.1, momentum=0.9, weight_decay=5e-4)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     assert all(start[k][masks[k] == 0].abs().sum() > 0 for k in names)   # zeroed by train()
@@ -243,7 +247,8 @@ def test_resume_continues_exactly():
     straight = build_model(ModelSpec(name="cnn1d"), data.input_shape, 10)
     straight.load_state_dict(init)
     snaps = {}
-    train(straight, data, spec, [7], on_epoch_end=lambda r, m, snap: snaps.__setitem__(r.epoch, snap()))
+    train(straight, data, spec, [7],
+          on_epoch_end=lambda r, m, snap: snaps.__setitem__(r.epoch, snap()))
     resumed = build_model(ModelSpec(name="cnn1d"), data.input_shape, 10)
     train(resumed, data, spec, [7], resume=snaps[2])
     a, b = straight.state_dict(), resumed.state_dict()
