@@ -1,11 +1,12 @@
 """The MLflow UI as a user sees it, in a real browser (headless Chromium driven by Selenium).
 
-A tiny grid is built, reported, classified and tuned with the README's commands; ``mlflow
-server`` serves its store on a free loopback port; the browser then opens the experiment's
-runs table, the grid run's artifacts and the Model registry, and checks that what a user
-compares is on screen: the cell runs by name with their regime tags and metrics, nested under
-the grid run; the study's trials under the study run; the phase diagram and regime map as
-images on the grid run; the registered classifier with its alias and descriptions.
+A tiny grid is built, reported, classified and tuned with the README's commands (their
+``main()``, in the test process); ``mlflow server`` serves its store on a free loopback port;
+the browser then opens the experiment's runs table, the grid run's artifacts and the Model
+registry, and checks that what a user compares is on screen: the cell runs by name with their
+regime tags and metrics, nested under the grid run; the study's trials under the study run;
+the phase diagram and regime map as images on the grid run; the registered classifier with its
+alias and descriptions.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them) and the
 ``selenium`` package (dev extra); without them the tests skip and say why. Screenshots are
@@ -15,6 +16,9 @@ also copied there (that is how ``docs/mlflow_ui*.png`` are made).
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import json
 import math
 import os
@@ -31,7 +35,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import REPO, TINY, MlflowServer, cli, cli_env, free_port, wait_for, write_config
+from helpers import REPO, TINY, MlflowServer, cli_env, free_port, wait_for, write_config
 from mlflow import MlflowClient
 
 from tracking import keys
@@ -60,9 +64,21 @@ def _browser_or_skip() -> None:
 
 
 def _run(args: list[str], env: dict) -> str:
-    done = cli(args, env, timeout=600)
-    assert done.returncode == 0, f"python -m {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
+    """``python -m <args>`` under the environment ``env``, through the package's ``main()`` in
+    this process (the same command without a fresh interpreter, seconds each); its output."""
+    main = importlib.import_module(f"{args[0]}.__main__").main
+    saved = dict(os.environ)
+    out = io.StringIO()
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            status = main(args[1:])
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert status == 0, f"python -m {' '.join(args)} exited {status}:\n{out.getvalue()}"
+    return out.getvalue()
 
 
 def _split(values: pd.Series) -> float:
