@@ -168,7 +168,8 @@ class MlflowServer:
     def uri(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 120) -> None:
+    def start(self, timeout: float = 120, wait: bool = True) -> None:
+        """Start the server; with ``wait``, return once it answers (else call :meth:`wait`)."""
         env = cli_env(None, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
         with open(self.log, "a") as out:
             self.proc = subprocess.Popen(
@@ -176,10 +177,15 @@ class MlflowServer:
                  "--artifacts-destination", str(self.artifacts), "--host", "127.0.0.1",
                  "--port", str(self.port), "--workers", "1"],
                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        if wait:
+            self.wait(timeout)
 
+    def wait(self, timeout: float = 120) -> None:
+        """Return once the started server answers on /health; fail if it exits first."""
         def healthy() -> bool:
             if self.proc.poll() is not None:
-                pytest.fail(f"mlflow server exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+                pytest.fail(f"mlflow server exited {self.proc.returncode}: "
+                            f"{self.log.read_text()[-2000:]}")
             try:
                 with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
                     return r.status == 200
@@ -242,7 +248,8 @@ def _idx_bytes(a: np.ndarray) -> bytes:
 
 def _write_idx(raw: Path, x_train, y_train, x_test, y_test, gz: bool) -> None:
     raw.mkdir(parents=True)
-    for fname, a in (("train-images-idx3-ubyte", x_train[:, 0]), ("train-labels-idx1-ubyte", y_train),
+    for fname, a in (("train-images-idx3-ubyte", x_train[:, 0]),
+                     ("train-labels-idx1-ubyte", y_train),
                      ("t10k-images-idx3-ubyte", x_test[:, 0]), ("t10k-labels-idx1-ubyte", y_test)):
         if gz:
             with gzip.open(raw / (fname + ".gz"), "wb") as f:
@@ -256,13 +263,15 @@ def write_tiny(name: str, root: Path) -> dict:
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     if name in ("cifar10", "cifar100"):
         k = 10 if name == "cifar10" else 100
-        batches = [(_images(rng, 8, 3, 32, 32), rng.integers(0, k, 8)) for _ in range(5 if k == 10 else 1)]
+        batches = [(_images(rng, 8, 3, 32, 32), rng.integers(0, k, 8))
+                   for _ in range(5 if k == 10 else 1)]
         test = (_images(rng, 10, 3, 32, 32), rng.integers(0, k, 10))
         if k == 10:
             files = {f"data_batch_{i + 1}": b for i, b in enumerate(batches)} | {"test_batch": test}
             _write_cifar(root, "cifar-10-batches-py", files, b"labels")
         else:
-            _write_cifar(root, "cifar-100-python", {"train": batches[0], "test": test}, b"fine_labels")
+            _write_cifar(root, "cifar-100-python", {"train": batches[0], "test": test},
+                         b"fine_labels")
         xtr, ytr = np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
         xte, yte = test
     elif name == "svhn":

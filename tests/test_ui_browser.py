@@ -98,25 +98,28 @@ def store(tmp_path_factory) -> dict:
     env = cli_env(uri, root / "mlruns")
     config = write_config(root / "tiny.yaml", CONFIG)
     _run(["pipeline", "grid", str(config), "--no-progress"], env)
-    _run(["tracking", "report", "--experiment", EXPERIMENT, "--out", str(root / "report")], env)
-    table = pd.read_csv(root / "report" / keys.ARTIFACT_RESULTS_CSV)
-    # thresholds inside the measured range, so that the tiny grid has more than one regime
-    eps = _split(table[keys.LMC_BARRIER])
-    tau = _split(table.loc[table[keys.LMC_BARRIER] >= eps, keys.CKA])
-    _run(["selection", "classify", "--experiment", EXPERIMENT, "--eps", repr(eps),
-          "--tau", repr(tau)], env)
-    _run(["selection", "tune", "--config", str(config), "--density", str(TUNE_DENSITY),
-          "--n-trials", str(TUNE_TRIALS), "--storage", str(root / "optuna.journal")], env)
-
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    by_kind: dict[str, list] = {}
-    for run in runs:
-        by_kind.setdefault(run.data.tags.get(keys.RUN_KIND), []).append(run)
+    # the server starts up (another process, on the other core) while the store is completed
     server = MlflowServer(uri, root / "served-artifacts", root / "server.log")
-    server.start()
+    server.start(wait=False)
     try:
+        _run(["tracking", "report", "--experiment", EXPERIMENT, "--out", str(root / "report")],
+             env)
+        table = pd.read_csv(root / "report" / keys.ARTIFACT_RESULTS_CSV)
+        # thresholds inside the measured range, so that the tiny grid has more than one regime
+        eps = _split(table[keys.LMC_BARRIER])
+        tau = _split(table.loc[table[keys.LMC_BARRIER] >= eps, keys.CKA])
+        _run(["selection", "classify", "--experiment", EXPERIMENT, "--eps", repr(eps),
+              "--tau", repr(tau)], env)
+        _run(["selection", "tune", "--config", str(config), "--density", str(TUNE_DENSITY),
+              "--n-trials", str(TUNE_TRIALS), "--storage", str(root / "optuna.journal")], env)
+
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        runs = client.search_runs([experiment.experiment_id], max_results=1000)
+        by_kind: dict[str, list] = {}
+        for run in runs:
+            by_kind.setdefault(run.data.tags.get(keys.RUN_KIND), []).append(run)
+        server.wait()
         yield {"root": root, "uri": uri, "client": client, "server": server.uri,
                "experiment_id": experiment.experiment_id, "runs": by_kind}
     finally:
