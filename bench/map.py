@@ -31,7 +31,7 @@ import argparse
 import json
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -86,8 +86,17 @@ def main() -> None:
     else:
         jobs = [("demo", args.seeds, False), ("demo_fine", args.seeds, False),
                 ("paper_like", args.paper_seeds or args.seeds, False)]
+    results, failed = [], []
     with ProcessPoolExecutor(max(1, args.jobs)) as pool:
-        results = list(pool.map(_replay_one, jobs))
+        futures = {pool.submit(_replay_one, job): job[0] for job in jobs}
+        for future in as_completed(futures):
+            try:
+                results.append(future.result())
+            except Exception as e:  # noqa: BLE001 - one table's failure keeps the others
+                failed.append(futures[future])
+                print(f"{futures[future]}: FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+    order = [job[0] for job in jobs]
+    results.sort(key=lambda r: order.index(r[0]))
     curves, figures = {}, {}
     for name, n_seeds, c in results:
         curves[name], figures[name] = c, replay_summary(c)
@@ -104,6 +113,8 @@ def main() -> None:
     path = plot_replay(curves, args.out)
     print(f"\ncurve: {path}")
     print(json.dumps(figures, allow_nan=False))
+    if failed:
+        sys.exit(f"replay failed on: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

@@ -543,7 +543,9 @@ def relabel_flips(pred: MapPrediction, candidates: np.ndarray) -> np.ndarray:
         t, d = axes.point(int(c))
         for node, weight in RELABEL_NODES:
             row = {keys.KNOB: axes.knob, keys.TEMPERATURE: t, keys.DENSITY: d,
-                   keys.LMC_BARRIER: float(_signed_exp(z_mean[c] + node * z_sd[c])),
+                   # a barrier is a train-error fraction: the labeller takes [-1, 1]
+                   keys.LMC_BARRIER: float(np.clip(_signed_exp(z_mean[c] + node * z_sd[c]),
+                                                   -1.0, 1.0)),
                    keys.CKA: float(np.clip(c_mean[c], 0.0, 1.0))}
             table = pd.concat([base, pd.DataFrame([row])], ignore_index=True)
             out[k] += weight * float((labels_of(table)[:len(base)] != now).sum())
