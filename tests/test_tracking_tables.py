@@ -170,9 +170,11 @@ def _valid_table() -> pd.DataFrame:
 
 
 @pytest.mark.parametrize(("mutate", "message"), [
-    (lambda df: df.drop(columns=[keys.CKA, keys.DENSITY]), r"lacks required columns \['density', 'cka'\]"),
+    (lambda df: df.drop(columns=[keys.CKA, keys.DENSITY]),
+     r"lacks required columns \['density', 'cka'\]"),
     (lambda df: df.iloc[:0], "empty"),
-    (lambda df: df.assign(test_acc=df[keys.TEST_ACC] * 100), r"'test_acc' must lie in \[0, 1\].*percent"),
+    (lambda df: df.assign(test_acc=df[keys.TEST_ACC] * 100),
+     r"'test_acc' must lie in \[0, 1\].*percent"),
     (lambda df: df.assign(density=0.0), r"'density' must lie in \(0, 1\]"),
     (lambda df: df.assign(lmc_barrier=-3.0), "'lmc_barrier' must lie in"),
     (lambda df: df.assign(temperature="hot"), r"'temperature' must be numeric.*hot"),
