@@ -557,9 +557,10 @@ class TransferPrior:
 
 def _closeness_to_top(values: Any) -> dict[float, float]:
     """Per temperature of one density: 1 at its best objective, falling linearly to 0 at the
-    median objective and below (the spread above the median is the density's own scale)."""
+    median objective and below (the spread above the median is the density's own scale; the
+    spread above the worst where half the cells tie at the top; all 1 when all tie)."""
     top, middle = float(values.max()), float(values.median())
-    scale = top - middle
+    scale = top - middle if top > middle else top - float(values.min())
     if not scale > 0:
         return {float(t): 1.0 for t in values.index}
     return {float(t): float(min(1.0, max(0.0, 1.0 + (v - top) / scale)))

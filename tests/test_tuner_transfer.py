@@ -183,3 +183,15 @@ def test_tune_reads_other_densities_from_the_store(tracking_uri):
     assert len(context) == len(df) - 6 and not (context[keys.DENSITY] == 0.06).any()
     assert max(transfer.scores, key=transfer.scores.get) == 70.0   # the neighbours' best
     assert _grid_context("nope", "epochs", 0.06, True, None, None) == (None, None)
+
+
+def test_closeness_to_the_top_of_a_density():
+    from selection.sampler import _closeness_to_top
+
+    values = pd.Series([0.80, 0.84, 0.88, 0.90], index=[10, 20, 40, 80])
+    # median 0.86: 1 at the top, 0 at the median and below, linear in between
+    assert _closeness_to_top(values) == pytest.approx({10.0: 0.0, 20.0: 0.0, 40.0: 0.5,
+                                                       80.0: 1.0})
+    # half the cells tied at the top: the spread down to the worst is the scale
+    tied = pd.Series([0.9, 0.9, 0.9, 0.5], index=[10, 20, 40, 80])
+    assert _closeness_to_top(tied) == {10.0: 1.0, 20.0: 1.0, 40.0: 1.0, 80.0: 0.0}
