@@ -127,7 +127,9 @@ def store(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def browser(store):
+def browser():
+    """Headless Chromium; asked for before ``store``, so that without it a test skips at once
+    (before the store is built)."""
     _browser_or_skip()
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
@@ -311,7 +313,7 @@ def test_store_is_shaped_for_the_ui(store):
     assert experiment.tags.get(keys.NOTE) == DESCRIPTION
 
 
-def test_runs_table_shows_cells_regimes_and_metrics(store, browser):
+def test_runs_table_shows_cells_regimes_and_metrics(browser, store):
     """The runs table: the experiment's description, the grid run and the study run with
     their nested runs, and per cell its name, regime tag, test_acc, lmc_barrier and cka."""
     browser.get(_runs_url(store))
@@ -345,7 +347,7 @@ def test_runs_table_shows_cells_regimes_and_metrics(store, browser):
     _screenshot(browser, store, "mlflow_ui.png")
 
 
-def test_grid_run_shows_phase_diagram_and_regime_map(store, browser):
+def test_grid_run_shows_phase_diagram_and_regime_map(browser, store):
     """The grid run's artifacts: plots/ lists the phase diagrams and the regime map, and the
     phase diagram is rendered as an image of the logged PNG's size."""
     (grid,) = store["runs"][keys.KIND_GRID]
@@ -375,7 +377,7 @@ def test_grid_run_shows_phase_diagram_and_regime_map(store, browser):
     _screenshot(browser, store, "mlflow_ui_phase_diagrams.png")
 
 
-def test_registry_shows_classifier_alias_and_descriptions(store, browser):
+def test_registry_shows_classifier_alias_and_descriptions(browser, store):
     """The Model registry page of the classifier: its description, and the version that
     carries the ``champion`` alias with its own description."""
     client = store["client"]
