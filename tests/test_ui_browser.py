@@ -35,6 +35,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from helpers import REPO, TINY, MlflowServer, cli_env, free_port, wait_for, write_config
 from mlflow import MlflowClient
 
@@ -47,12 +48,32 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 SCREENSHOTS_ENV = "THREE_REGIME_UI_SCREENSHOTS"
 WAIT = 60            # seconds for a page element: the React app fetches after it loads
 
-EXPERIMENT = "ui-tiny"
-DESCRIPTION = "Tiny grid for the MLflow UI test: epochs x density on MNIST-1D."
+# The store photographed: the tiny grid below, or with THREE_REGIME_UI_CONFIG=<config> the
+# grid of that config (how the README's screenshots of the demo grid are made:
+# THREE_REGIME_UI_CONFIG=configs/demo.yaml THREE_REGIME_UI_SCREENSHOTS=docs pytest this file).
+CONFIG_ENV = "THREE_REGIME_UI_CONFIG"
+TINY_DESCRIPTION = "Tiny grid for the MLflow UI test: epochs x density on MNIST-1D."
 # 2 temperatures x 2 densities x 2 dense seeds of the shared tiny grid
-CONFIG = {**TINY, "experiment": EXPERIMENT, "description": DESCRIPTION, "dense_seeds": [0, 1]}
-TUNE_DENSITY = 0.2
+TINY_CONFIG = {**TINY, "experiment": "ui-tiny", "description": TINY_DESCRIPTION,
+               "dense_seeds": [0, 1]}
 TUNE_TRIALS = 2
+
+
+def _scenario() -> tuple[dict, bool]:
+    """The grid's config and whether it is the tiny one."""
+    path = os.environ.get(CONFIG_ENV)
+    if not path:
+        return TINY_CONFIG, True
+    path = Path(path) if Path(path).is_absolute() else REPO / path
+    return yaml.safe_load(path.read_text()), False
+
+
+CONFIG, IS_TINY = _scenario()
+EXPERIMENT = CONFIG["experiment"]
+DESCRIPTION = " ".join(CONFIG.get("description", "").split())
+N_CELLS = (len(CONFIG["temperatures"]) * len(CONFIG["densities"])
+           * len(CONFIG.get("dense_seeds", [0])))
+TUNE_DENSITY = 0.2 if IS_TINY else CONFIG["densities"][0]
 
 
 def _browser_or_skip() -> None:
@@ -96,7 +117,7 @@ def store(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("ui")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     env = cli_env(uri, root / "mlruns")
-    config = write_config(root / "tiny.yaml", CONFIG)
+    config = write_config(root / "grid.yaml", CONFIG)
     _run(["pipeline", "grid", str(config), "--no-progress"], env)
     # the server starts up (another process, on the other core) while the store is completed
     server = MlflowServer(uri, root / "served-artifacts", root / "server.log")
@@ -104,12 +125,15 @@ def store(tmp_path_factory) -> dict:
     try:
         _run(["tracking", "report", "--experiment", EXPERIMENT, "--out", str(root / "report")],
              env)
-        table = pd.read_csv(root / "report" / keys.ARTIFACT_RESULTS_CSV)
-        # thresholds inside the measured range, so that the tiny grid has more than one regime
-        eps = _split(table[keys.LMC_BARRIER])
-        tau = _split(table.loc[table[keys.LMC_BARRIER] >= eps, keys.CKA])
-        _run(["selection", "classify", "--experiment", EXPERIMENT, "--eps", repr(eps),
-              "--tau", repr(tau)], env)
+        thresholds = []
+        if IS_TINY:
+            # thresholds inside the measured range, so that the tiny grid has more than one
+            # regime (a real grid is labelled as the README says: no thresholds)
+            table = pd.read_csv(root / "report" / keys.ARTIFACT_RESULTS_CSV)
+            eps = _split(table[keys.LMC_BARRIER])
+            tau = _split(table.loc[table[keys.LMC_BARRIER] >= eps, keys.CKA])
+            thresholds = ["--eps", repr(eps), "--tau", repr(tau)]
+        _run(["selection", "classify", "--experiment", EXPERIMENT, *thresholds], env)
         _run(["selection", "tune", "--config", str(config), "--density", str(TUNE_DENSITY),
               "--n-trials", str(TUNE_TRIALS), "--storage", str(root / "optuna.journal")], env)
 
@@ -301,7 +325,7 @@ def test_store_is_shaped_for_the_ui(store):
     runs = store["runs"]
     (grid,) = runs[keys.KIND_GRID]
     cells = runs[keys.KIND_CELL]
-    assert len(cells) == 8
+    assert len(cells) == N_CELLS
     assert {c.data.tags[keys.PARENT_RUN_ID] for c in cells} == {grid.info.run_id}
     assert {c.data.tags.get(keys.REGIME) for c in cells} <= {"I", "II-A", "II-B"}
     assert all(c.data.tags.get(keys.REGIME) for c in cells)
@@ -385,10 +409,11 @@ def test_registry_shows_classifier_alias_and_descriptions(browser, store):
     model = client.get_registered_model(name)
     assert model.description and "Regime classifier" in model.description
     version = client.get_model_version_by_alias(name, "champion")
-    assert version.description and "Fitted on 8 labelled cells" in version.description
+    fitted = f"Fitted on {N_CELLS} labelled cells"
+    assert version.description and fitted in version.description
     browser.get(f"{store['server']}/#/models/{name}/versions/{version.version}")
     _wait(browser, "//*[contains(normalize-space(), 'champion')]", "the champion alias")
-    _wait(browser, "//*[contains(normalize-space(text()), 'Fitted on 8 labelled cells')]",
+    _wait(browser, f"//*[contains(normalize-space(text()), '{fitted}')]",
           "the version description")
     browser.get(f"{store['server']}/#/models/{name}")
     _wait(browser, "//*[contains(normalize-space(text()), 'Regime classifier (I / II-A / II-B)')]",
