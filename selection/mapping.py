@@ -1260,7 +1260,8 @@ def plot_replay(curves: dict[str, ReplayCurves], path, level: float = 0.95):
 def active_choices(table: pd.DataFrame, budget: int, *, seed: int = 0,
                    batch_size: int | None = None, n_init: int | None = None,
                    eps: float | None = None, tau: float | None = None,
-                   stop_rule: StopRule = StopRule()) -> tuple[list[tuple[float, float]], int | None]:
+                   stop_rule: StopRule = StopRule()
+                   ) -> tuple[list[tuple[float, float]], int | None]:
     """The points the active loop runs, in order, when finished ``table`` serves the cells
     (the replay's loop), and the number of points at which the stop rule would have stopped
     it (None: not within ``budget``)."""

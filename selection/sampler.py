@@ -393,7 +393,9 @@ class RegimeGuidedSampler(BaseSampler):
         best = max(scored, key=lambda obs: sign * obs.value).coord
         return space.value_of(float(np.clip(best + self._rng.uniform(-1, 1) * min_width, lo, hi)))
 
-    def _predicted_continuous(self, space: _Space, pieces: list[tuple[float, float]]) -> float | None:
+    def _predicted_continuous(
+        self, space: _Space, pieces: list[tuple[float, float]]
+    ) -> float | None:
         points = sorted(
             a + (b - a) * (k + 0.5) / _PREDICTOR_POINTS
             for a, b in pieces for k in range(_PREDICTOR_POINTS)
@@ -434,7 +436,8 @@ class _Space:
     def of(cls, dist: BaseDistribution, knob: Knob, name: str) -> _Space:
         sign = 1.0 if knob.hotter == HOTTER_HIGHER else -1.0
         if isinstance(dist, CategoricalDistribution):
-            bad = [c for c in dist.choices if isinstance(c, bool) or not isinstance(c, (int, float))]
+            bad = [c for c in dist.choices
+                   if isinstance(c, bool) or not isinstance(c, (int, float))]
             if bad:
                 raise ValueError(
                     f"temperature parameter {name!r} must have numeric choices; got {bad!r}")

@@ -52,7 +52,8 @@ def test_demo_ends_with_the_labelled_best_temperature_per_density(tmp_path, trac
     import selection.tuner
     from selection.__main__ import main as selection_main
 
-    monkeypatch.setattr(selection.tuner, "default_storage_path", lambda: tmp_path / "optuna.journal")
+    monkeypatch.setattr(selection.tuner, "default_storage_path",
+                        lambda: tmp_path / "optuna.journal")
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(TINY))
     argv = ["demo", "--config", str(config), "--density", "0.2", "--n-trials", "2",

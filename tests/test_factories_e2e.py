@@ -97,7 +97,8 @@ def test_readme_example_through_grid_classify_tune_and_the_registered_model(
     run = client.get_run(cell_run)
     seeds = [0, 1]
     val = {s: run.data.metrics[keys.member_metric(keys.VAL_ACC, s)] for s in seeds}
-    state = load_file(client, cell_run, f"{keys.ARTIFACT_FINETUNED_DIR}/seed_{max(val, key=val.get)}.pt")
+    best_seed = max(val, key=val.get)
+    state = load_file(client, cell_run, f"{keys.ARTIFACT_FINETUNED_DIR}/seed_{best_seed}.pt")
     mask = load_file(client, cell_run, keys.ARTIFACT_MASK)
     # loads where mynet is not importable (MLflow's pt2 format is a graph: no user code)
     folder = str(project.resolve())

@@ -111,9 +111,11 @@ def test_the_dense_lock_admits_one_process(experiment):
 
 
 def _summary(log: str) -> dict[str, int]:
-    m = re.search(r"(\d+) cells: (\d+) computed, (\d+) cached, (\d+) failed.*?; (\d+) dense runs trained", log)
+    m = re.search(r"(\d+) cells: (\d+) computed, (\d+) cached, (\d+) failed.*?; "
+                  r"(\d+) dense runs trained", log)
     assert m, log
-    return dict(zip(("cells", "computed", "cached", "failed", "dense"), map(int, m.groups()), strict=True))
+    names = ("cells", "computed", "cached", "failed", "dense")
+    return dict(zip(names, map(int, m.groups()), strict=True))
 
 
 @pytest.mark.slow
@@ -126,7 +128,8 @@ def test_two_grid_processes_started_at_once_compute_each_cell_once(tracking_uri,
     runner.ensure_dense(parse_config(raw).cell(3, 0.2, 0)[0])
     config = write_config(tmp_path / "grid.yaml", raw)
     env = cli_env(tracking_uri, root)
-    procs = [start_cli(["pipeline", "grid", str(config), "--no-progress"], env, tmp_path / f"grid{i}.log")
+    procs = [start_cli(["pipeline", "grid", str(config), "--no-progress"], env,
+                       tmp_path / f"grid{i}.log")
              for i in range(2)]
     wait_for(lambda: all(p.poll() is not None for p in procs), 400, interval=1, what="both grids")
     logs = [(tmp_path / f"grid{i}.log").read_text() for i in range(2)]
