@@ -67,6 +67,7 @@ from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
 from selection import regimes
 from selection._knob import cold_to_hot
+from selection._validate import one_knob
 from selection.regimes import REGIME_I, REGIME_II_A, REGIME_II_B, REGIMES, RegimeWarning
 from tracking import keys
 
@@ -134,10 +135,7 @@ class GridAxes:
 
     @classmethod
     def of_table(cls, df: pd.DataFrame, knob: str | None = None) -> GridAxes:
-        knobs = sorted(df[keys.KNOB].astype(str).unique())
-        knob = knob or (knobs[0] if len(knobs) == 1 else None)
-        if knob is None:
-            raise ValueError(f"the table has knobs {knobs}: choose one")
+        knob = knob or one_knob(df, "a phase map", "choose one with --knob")
         df = df[df[keys.KNOB].astype(str) == knob]
         return cls.of(knob, df[keys.TEMPERATURE].tolist(), df[keys.DENSITY].tolist())
 

@@ -276,3 +276,11 @@ def test_a_killed_map_run_resumes_without_recomputing_finished_cells(tracking_ur
     frame = result.prediction.frame()
     assert len(frame) == 6 and frame["run"].all()
     assert frame[keys.REGIME].isin(["I", "II-A", "II-B"]).all()
+
+
+def test_a_table_with_two_knobs_needs_the_knob_named():
+    table = synthetic_table(temperatures=FINE_T[:4], densities=FINE_D[:3], seed=0)
+    both = pd.concat([table, table.assign(**{keys.KNOB: "batch_size"})])
+    with pytest.raises(ValueError, match="a phase map works on one knob.*--knob"):
+        GridAxes.of_table(both)
+    assert GridAxes.of_table(both, "batch_size").knob == "batch_size"
