@@ -35,10 +35,10 @@ from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from selection._knob import hotter_is_lower
 from selection._validate import check_labels, check_table, one_knob
 from selection.regimes import REGIMES
 from tracking import keys
+from tracking.knobs import hotter_is_lower
 from tracking.store import with_retries
 
 LANDSCAPE = "landscape"

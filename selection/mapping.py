@@ -66,10 +66,10 @@ from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
 from selection import regimes
-from selection._knob import cold_to_hot
 from selection._validate import one_knob
 from selection.regimes import REGIME_I, REGIME_II_A, REGIME_II_B, REGIMES, RegimeWarning
 from tracking import keys
+from tracking.knobs import cold_to_hot
 
 __all__ = [
     "GridAxes", "MapPrediction", "StopRule", "Round", "ReplayCurves", "P_REGIME_I",

@@ -33,10 +33,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from selection._knob import cold_to_hot
 from selection._validate import check_table, one_knob
 from selection.regimes import REGIME_I, Thresholds, grid_thresholds, label_grid, label_regimes
 from tracking import keys
+from tracking.knobs import cold_to_hot
 
 ALG2 = "alg2_val"
 ALG2_1 = "alg2.1_cka"

@@ -19,7 +19,6 @@ from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
-from selection._knob import hotter_is_lower
 from selection._validate import check_labels, check_table, one_knob
 from selection.regimes import (
     P_REGIME_I,
@@ -31,6 +30,7 @@ from selection.regimes import (
     uncertain,
 )
 from tracking import keys
+from tracking.knobs import hotter_is_lower
 
 REGIME_COLORS = {REGIME_I: "#d62728", REGIME_II_A: "#ffbf00", REGIME_II_B: "#2ca02c"}
 _MEANING = {REGIME_I: "barrier (poorly connected): go hotter",

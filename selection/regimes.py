@@ -37,9 +37,9 @@ import pandas as pd
 from scipy.optimize import brentq
 from sklearn.mixture import GaussianMixture
 
-from selection._knob import cold_to_hot
 from selection._validate import check_table
 from tracking import keys
+from tracking.knobs import cold_to_hot
 
 REGIME_I = "I"
 REGIME_II_A = "II-A"

@@ -46,7 +46,6 @@ import optuna
 import pandas as pd
 
 from pipeline.knobs import get_knob
-from selection._knob import cold_to_hot
 from selection._validate import check_objective, check_table, one_knob
 from selection.regimes import REGIMES, RegimeWarning, label_grid
 from selection.sampler import TransferPrior, transfer_prior
@@ -57,6 +56,7 @@ from selection.tuner import (
     sampler_encoding,
 )
 from tracking import keys
+from tracking.knobs import cold_to_hot
 
 __all__ = ["ReplayResult", "prepare_table", "replay_density", "compare_samplers",
            "format_results", "plot_results", "results_json"]

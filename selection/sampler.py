@@ -36,8 +36,8 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.knobs import HOTTER_HIGHER, Knob, get_knob
-from selection._knob import cold_to_hot
 from selection.regimes import REGIME_I, REGIME_II_A, REGIME_II_B
+from tracking.knobs import cold_to_hot
 
 __all__ = ["RegimeGuidedSampler", "TransferPrior", "transfer_prior"]
 

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from selection._knob import cold_to_hot
 from selection.regimes import REGIME_I, REGIME_II_A, REGIME_II_B
 from tracking import keys
+from tracking.knobs import cold_to_hot
 from tracking.tables import RESULT_COLUMNS, RUN_ID
 
 TRUE_REGIME = "true_regime"

@@ -28,11 +28,11 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from pipeline.knobs import Knob, get_knob
-from selection._knob import cold_to_hot
 from selection._validate import check_objective
 from selection.regimes import REGIMES, RegimeWarning, label_grid, label_regimes
 from selection.sampler import RegimeGuidedSampler, TransferPrior
 from tracking import keys
+from tracking.knobs import cold_to_hot
 from tracking.tables import RUN_ID
 
 if TYPE_CHECKING:
