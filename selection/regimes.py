@@ -345,6 +345,14 @@ LABEL_METHOD = "label_method"       # column: which rule produced the cell's I/I
 JUMP_RATIO = 2.0
 JUMP_SEPARATION = 1.5
 JUMP_Z = 2.0
+# ... and a step explains the density's log barriers better than no step, by more than the
+# two parameters it adds cost (the BIC: a log-likelihood gain of ln(n)): the scatter of the
+# cells of each side is measured, so a density whose barriers jump around from cell to cell
+# (one deep cold cell among scattered moderate ones) has no jump. Residual spreads are
+# floored at JUMP_LOG_FLOOR (in log |barrier| units): two clean sides do not win by a zero
+# variance alone.
+JUMP_EVIDENCE = 1.0       # multiplier of the BIC penalty ln(n)
+JUMP_LOG_FLOOR = 0.15
 # Pairs behind a row's lmc_barrier_std when the table has no per-pair values (K = 3 fine-tune
 # seeds): used to turn a std into a standard error (a stated approximation).
 ASSUMED_PAIRS = 3
@@ -464,11 +472,22 @@ def _resample(points: _Points, n: int, rng: np.random.Generator) -> tuple[np.nda
     return barrier, np.clip(cka, 0.0, 1.0)
 
 
+def _step_evidence(log_m: np.ndarray, s: int) -> float:
+    """Log-likelihood gain of a step after the first ``s`` of ``log_m`` over one level
+    (Gaussian residuals, one variance, floored at JUMP_LOG_FLOOR ** 2)."""
+    n = len(log_m)
+    floor = JUMP_LOG_FLOOR ** 2
+    flat = max(float(np.var(log_m)), floor)
+    stepped = max((float(np.var(log_m[:s])) * s + float(np.var(log_m[s:])) * (n - s)) / n,
+                  floor)
+    return n / 2 * math.log(flat / stepped)
+
+
 def _find_jump(m: np.ndarray, se: np.ndarray, ratio: float = JUMP_RATIO,
                separation: float = JUMP_SEPARATION) -> int:
     """Number of Regime-I cells at one density from its barrier magnitudes ``m`` (ordered cold
     -> hot): the boundary with the largest mean shift among those that are a jump (module
-    constants JUMP_RATIO, BARRIER_TOL, JUMP_Z); 0 when there is none."""
+    constants JUMP_RATIO, BARRIER_TOL, JUMP_Z, JUMP_EVIDENCE); 0 when there is none."""
     n = len(m)
     best, best_score = 0, 0.0
     log_m = np.log(m + BARRIER_TOL)   # barriers spread over decades: shifts scored in log
@@ -482,6 +501,8 @@ def _find_jump(m: np.ndarray, se: np.ndarray, ratio: float = JUMP_RATIO,
         if shift < JUMP_Z * noise:
             continue
         score = s * (n - s) / n * (log_m[:s].mean() - log_m[s:].mean()) ** 2
+        if _step_evidence(log_m, s) < JUMP_EVIDENCE * math.log(n):
+            continue
         if score > best_score:
             best, best_score = s, score
     return best
@@ -581,7 +602,11 @@ def label_grid(df: pd.DataFrame, eps: float | None = None, tau: float | None = N
     barrier is at least ``JUMP_RATIO`` (2) times the hotter cells' mean, every colder cell is
     at least ``JUMP_SEPARATION`` (1.5) times deeper than every hotter one and deeper than
     ``BARRIER_TOL`` (0.01), and the shift of the means is at least ``JUMP_Z`` (2) standard
-    errors of the pair-level spread. Of several jumps the one with the largest shift of
+    errors of the pair-level spread, and the step explains the density's
+    ``log(|barrier| + BARRIER_TOL)`` better than one level by more than the BIC's price of its
+    two parameters (log-likelihood gain >= ``JUMP_EVIDENCE * ln(n)``, residual spread floored
+    at ``JUMP_LOG_FLOOR``): scattered barriers with one deep cold cell are no jump. Of several
+    jumps the one with the largest shift of
     ``log(|barrier| + BARRIER_TOL)`` wins (score ``s (n - s) / n * shift**2``, ``s`` cells
     colder than it), and those ``s`` cells are Regime I (``label_method`` ``jump``). So each
     density is judged on its own barrier scale: a hot sparse corner with moderate barriers
@@ -622,7 +647,8 @@ def label_grid(df: pd.DataFrame, eps: float | None = None, tau: float | None = N
         (``jump``, ``level``, ``pooled`` or ``thresholds``). ``info`` (JSON-ready) records
         ``method`` (``jump`` or ``thresholds``), ``eps``/``eps_source``, ``tau``/
         ``tau_source``, ``level``/``level_source`` (the level used at densities without a
-        jump), ``parameters`` (JUMP_RATIO, JUMP_Z, BARRIER_TOL), ``densities`` (per knob and
+        jump), ``parameters`` (JUMP_RATIO, JUMP_Z, BARRIER_TOL, JUMP_EVIDENCE,
+        JUMP_LOG_FLOOR), ``densities`` (per knob and
         density: its method, the number of Regime-I cells, the boundary = the coldest
         connected temperature, the hottest Regime-I temperature, the mean barrier on each
         side), ``clipped_points``, ``pair_source`` (``pairs``, ``mean_std``, ``mean_only`` or
@@ -708,7 +734,8 @@ def _grid_info(points: _Points, regime: np.ndarray, method: np.ndarray, detail: 
         "level_source": detail.get("level_source"),
         "tau": None if tau is None or math.isnan(tau) else float(tau),
         "tau_source": detail["tau_source"],
-        "parameters": {"jump_ratio": JUMP_RATIO, "jump_z": JUMP_Z, "barrier_tol": BARRIER_TOL},
+        "parameters": {"jump_ratio": JUMP_RATIO, "jump_z": JUMP_Z, "barrier_tol": BARRIER_TOL,
+                       "jump_evidence": JUMP_EVIDENCE, "jump_log_floor": JUMP_LOG_FLOOR},
         "densities": densities,
         "clipped_points": [{keys.KNOB: str(points.knob[p]), keys.DENSITY: float(points.density[p]),
                             keys.TEMPERATURE: float(points.temperature[p])}

@@ -213,6 +213,48 @@ def test_denser_is_better_connected_clips_a_lone_dense_jump():
     assert {"knob": "epochs", "density": 0.4, "temperature": 160.0} in info["clipped_points"]
 
 
+DEMO_FINE_TABLE = DEMO_TABLE.with_name("demo_fine_grid.csv")
+
+
+def test_leaving_out_one_cell_of_the_measured_fine_grid_relabels_no_other_cell():
+    # the 10 x 7 measured MNIST-1D grid: without the step's evidence test, leaving out the cell
+    # 10 epochs / 5 % made a one-cell jump appear at 5 % and relabelled 18 other cells
+    df = pd.read_csv(DEMO_FINE_TABLE)
+    reference = _grid(df)[0][keys.REGIME].to_numpy() == REGIME_I
+    flips = []
+    for left_out in range(len(df)):
+        keep = np.arange(len(df)) != left_out
+        labels = _grid(df[keep].reset_index(drop=True))[0][keys.REGIME].to_numpy()
+        flips.append(int(((labels == REGIME_I) != reference[keep]).sum()))
+    assert max(flips) <= 1, flips
+
+
+def _one_density(magnitudes, connected_density=0.8):
+    """A table of one sparse density (temperatures = epochs, cold = many) with the given
+    barrier magnitudes cold -> hot, beside a connected dense density."""
+    epochs = [2.0 ** (len(magnitudes) - i) for i in range(len(magnitudes))]   # cold -> hot
+    rows = [{keys.KNOB: "epochs", keys.TEMPERATURE: e, keys.DENSITY: 0.05,
+             keys.LMC_BARRIER: -m, keys.CKA: 0.9}
+            for e, m in zip(epochs, magnitudes, strict=True)]
+    rows += [{keys.KNOB: "epochs", keys.TEMPERATURE: e, keys.DENSITY: connected_density,
+              keys.LMC_BARRIER: -0.001, keys.CKA: 0.95} for e in epochs]
+    return pd.DataFrame(rows)
+
+
+def test_one_deep_cold_cell_among_scattered_barriers_is_no_jump():
+    cold = 0.21
+    scattered = [0.11, 0.077, 0.042, 0.06, 0.012, 0.015, 0.083, 0.074]   # measured, 5 %
+    _, info = _grid(_one_density([cold, *scattered]))
+    sparse = next(d for d in info["densities"] if d["density"] == 0.05)
+    assert sparse["method"] != JUMP
+    # the same deep cold cell above tightly grouped hot barriers is a jump at the same place
+    tight = [0.03, 0.028, 0.032, 0.03, 0.029, 0.031, 0.03, 0.03]
+    _, info = _grid(_one_density([cold, *tight]))
+    sparse = next(d for d in info["densities"] if d["density"] == 0.05)
+    assert sparse["method"] == JUMP and sparse["n_regime_I"] == 1
+    assert info["parameters"]["jump_evidence"] > 0
+
+
 def test_bad_input():
     df = paper_like_grid(seed=0)
     with pytest.raises(ValueError, match="n_resamples"):
