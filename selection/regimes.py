@@ -341,7 +341,12 @@ LABEL_METHOD = "label_method"       # column: which rule produced the cell's I/I
 # A jump: at one density, the cells colder than the boundary have a mean barrier at least
 # JUMP_RATIO times deeper than the hotter cells' mean, every colder cell is at least
 # JUMP_SEPARATION times deeper than every hotter one and deeper than BARRIER_TOL, and the
-# shift of the means is at least JUMP_Z standard errors (from the pair-level spread).
+# shift of the means is at least JUMP_Z standard errors (from the pair-level spread). "Deeper
+# than BARRIER_TOL" becomes deeper than JUMP_SEPARATION x the table's median |barrier| (the
+# grid's typical connected scale: the paper's Regime-II barriers reach -0.03, so a cold cell at
+# -0.025 above hot ones at -0.005 is noise, not a jump), capped at JUMP_FLOOR_CAP (a barrier of
+# 5 train-error points is never noise, so a grid whose median cell has a barrier keeps its
+# jumps).
 JUMP_RATIO = 2.0
 JUMP_SEPARATION = 1.5
 JUMP_Z = 2.0
@@ -353,6 +358,7 @@ JUMP_Z = 2.0
 # variance alone.
 JUMP_EVIDENCE = 1.0       # multiplier of the BIC penalty ln(n)
 JUMP_LOG_FLOOR = 0.15
+JUMP_FLOOR_CAP = 0.05
 # Pairs behind a row's lmc_barrier_std when the table has no per-pair values (K = 3 fine-tune
 # seeds): used to turn a std into a standard error (a stated approximation).
 ASSUMED_PAIRS = 3
@@ -472,6 +478,13 @@ def _resample(points: _Points, n: int, rng: np.random.Generator) -> tuple[np.nda
     return barrier, np.clip(cka, 0.0, 1.0)
 
 
+def jump_floor(barriers: np.ndarray) -> float:
+    """How deep every colder cell of a jump must be: JUMP_SEPARATION x the median |barrier| of
+    the labelled cells, within [BARRIER_TOL, JUMP_FLOOR_CAP]."""
+    typical = float(np.median(np.maximum(-np.asarray(barriers, dtype=float), 0.0)))
+    return float(np.clip(JUMP_SEPARATION * typical, BARRIER_TOL, JUMP_FLOOR_CAP))
+
+
 def _step_evidence(log_m: np.ndarray, s: int) -> float:
     """Log-likelihood gain of a step after the first ``s`` of ``log_m`` over one level
     (Gaussian residuals, one variance, floored at JUMP_LOG_FLOOR ** 2)."""
@@ -484,16 +497,17 @@ def _step_evidence(log_m: np.ndarray, s: int) -> float:
 
 
 def _find_jump(m: np.ndarray, se: np.ndarray, ratio: float = JUMP_RATIO,
-               separation: float = JUMP_SEPARATION) -> int:
+               separation: float = JUMP_SEPARATION, floor: float = BARRIER_TOL) -> int:
     """Number of Regime-I cells at one density from its barrier magnitudes ``m`` (ordered cold
     -> hot): the boundary with the largest mean shift among those that are a jump (module
-    constants JUMP_RATIO, BARRIER_TOL, JUMP_Z, JUMP_EVIDENCE); 0 when there is none."""
+    constants JUMP_RATIO, JUMP_Z, JUMP_EVIDENCE; ``floor``: :func:`jump_floor` of the table);
+    0 when there is none."""
     n = len(m)
     best, best_score = 0, 0.0
     log_m = np.log(m + BARRIER_TOL)   # barriers spread over decades: shifts scored in log
     for s in range(1, n):
         cold, hot = m[:s], m[s:]
-        if (cold.min() <= BARRIER_TOL or cold.min() < separation * hot.max()
+        if (cold.min() <= floor or cold.min() < separation * hot.max()
                 or cold.mean() < ratio * hot.mean()):
             continue
         shift = cold.mean() - hot.mean()
@@ -525,9 +539,10 @@ def _label_points(points: _Points, barrier: np.ndarray, cka: np.ndarray, eps: fl
         for p in range(n):
             groups.setdefault((points.knob[p], points.density[p]), []).append(p)
         jumps, no_jump, deepest_shallow = {}, [], math.inf
+        floor = jump_floor(barrier)
         for key in sorted(groups):
             idx = np.array(sorted(groups[key], key=lambda p: points.hot_rank[p]))
-            s = _find_jump(magnitude[idx], points.se[idx], ratio, separation)
+            s = _find_jump(magnitude[idx], points.se[idx], ratio, separation, floor)
             if s:
                 is_i[idx[:s]] = True
                 method[idx] = JUMP
@@ -572,6 +587,7 @@ def _label_points(points: _Points, barrier: np.ndarray, cka: np.ndarray, eps: fl
                 if not is_i[idx].any():
                     limit = min(limit, float(points.hot_rank[idx].min()))
         if detail:
+            info["jump_floor"] = floor
             info["level"] = level
             info["level_source"] = level_source
             info["clipped_points"] = clipped
@@ -601,13 +617,13 @@ def label_grid(df: pd.DataFrame, eps: float | None = None, tau: float | None = N
     coldest temperature to the hottest; a boundary is a jump when the colder cells' mean
     barrier is at least ``JUMP_RATIO`` (2) times the hotter cells' mean, every colder cell is
     at least ``JUMP_SEPARATION`` (1.5) times deeper than every hotter one and deeper than
-    ``BARRIER_TOL`` (0.01), and the shift of the means is at least ``JUMP_Z`` (2) standard
-    errors of the pair-level spread, and the step explains the density's
-    ``log(|barrier| + BARRIER_TOL)`` better than one level by more than the BIC's price of its
-    two parameters (log-likelihood gain >= ``JUMP_EVIDENCE * ln(n)``, residual spread floored
-    at ``JUMP_LOG_FLOOR``): scattered barriers with one deep cold cell are no jump. Of several
-    jumps the one with the largest shift of
-    ``log(|barrier| + BARRIER_TOL)`` wins (score ``s (n - s) / n * shift**2``, ``s`` cells
+    :func:`jump_floor` (1.5 x the table's median ``|barrier|``, within [0.01, 0.05]), the
+    shift of the means is at least ``JUMP_Z`` (2) standard errors of the pair-level spread,
+    and the step explains the density's ``log(|barrier| + BARRIER_TOL)`` better than one
+    level by more than the BIC's price of its two parameters (log-likelihood gain >=
+    ``JUMP_EVIDENCE * ln(n)``, residual spread floored at ``JUMP_LOG_FLOOR``): scattered
+    barriers with one deep cold cell are no jump. Of several jumps the one with the largest
+    shift of ``log(|barrier| + BARRIER_TOL)`` wins (score ``s (n - s) / n * shift**2``, ``s`` cells
     colder than it), and those ``s`` cells are Regime I (``label_method`` ``jump``). So each
     density is judged on its own barrier scale: a hot sparse corner with moderate barriers
     next to a much deeper cold block is II-A. A density without a jump is all Regime I iff
@@ -648,7 +664,7 @@ def label_grid(df: pd.DataFrame, eps: float | None = None, tau: float | None = N
         ``method`` (``jump`` or ``thresholds``), ``eps``/``eps_source``, ``tau``/
         ``tau_source``, ``level``/``level_source`` (the level used at densities without a
         jump), ``parameters`` (JUMP_RATIO, JUMP_Z, BARRIER_TOL, JUMP_EVIDENCE,
-        JUMP_LOG_FLOOR), ``densities`` (per knob and
+        JUMP_LOG_FLOOR, the jump floor used), ``densities`` (per knob and
         density: its method, the number of Regime-I cells, the boundary = the coldest
         connected temperature, the hottest Regime-I temperature, the mean barrier on each
         side), ``clipped_points``, ``pair_source`` (``pairs``, ``mean_std``, ``mean_only`` or
@@ -735,7 +751,8 @@ def _grid_info(points: _Points, regime: np.ndarray, method: np.ndarray, detail: 
         "tau": None if tau is None or math.isnan(tau) else float(tau),
         "tau_source": detail["tau_source"],
         "parameters": {"jump_ratio": JUMP_RATIO, "jump_z": JUMP_Z, "barrier_tol": BARRIER_TOL,
-                       "jump_evidence": JUMP_EVIDENCE, "jump_log_floor": JUMP_LOG_FLOOR},
+                       "jump_evidence": JUMP_EVIDENCE, "jump_log_floor": JUMP_LOG_FLOOR,
+                       "jump_floor": detail.get("jump_floor")},
         "densities": densities,
         "clipped_points": [{keys.KNOB: str(points.knob[p]), keys.DENSITY: float(points.density[p]),
                             keys.TEMPERATURE: float(points.temperature[p])}

@@ -255,6 +255,35 @@ def test_one_deep_cold_cell_among_scattered_barriers_is_no_jump():
     assert info["parameters"]["jump_evidence"] > 0
 
 
+def test_half_of_a_paper_like_grid_keeps_the_full_grids_labels():
+    # partial grids, as a map run labels them: a cold cell at -0.02 .. -0.03 above hot ones
+    # near 0 (Regime-II noise at 10-14 % density) must not read as a jump
+    df = paper_like_grid((10, 20, 30, 40, 60, 80, 100, 120, 140, 160), seed=1)
+    full = _grid(df)[0][keys.REGIME].to_numpy() == REGIME_I
+    rng = np.random.default_rng(0)
+    agreements = []
+    for _ in range(10):
+        idx = np.sort(rng.choice(len(df), len(df) // 2, replace=False))
+        labels = _grid(df.iloc[idx].reset_index(drop=True))[0][keys.REGIME].to_numpy()
+        agreements.append(float(((labels == REGIME_I) == full[idx]).mean()))
+    assert np.mean(agreements) >= 0.98 and min(agreements) >= 0.9, agreements
+
+
+def test_a_shallow_cold_step_at_the_tables_noise_scale_is_no_jump():
+    # a grid whose connected barriers reach -0.03: a step from -0.005 hot to -0.025 cold is
+    # noise; the same step at a grid whose barriers sit near 0 is a jump
+    noisy = _one_density([0.025, 0.025, 0.005, 0.004, 0.005, 0.006])
+    noisy.loc[noisy[keys.DENSITY] == 0.8, keys.LMC_BARRIER] = [-0.02, -0.03, -0.025, -0.02,
+                                                              -0.03, -0.025]
+    _, info = _grid(noisy)
+    assert info["parameters"]["jump_floor"] > 0.025
+    assert next(d for d in info["densities"] if d["density"] == 0.05)["method"] != JUMP
+    quiet = _one_density([0.025, 0.025, 0.005, 0.004, 0.005, 0.006])
+    _, info = _grid(quiet)
+    sparse = next(d for d in info["densities"] if d["density"] == 0.05)
+    assert sparse["method"] == JUMP and sparse["n_regime_I"] == 2
+
+
 def test_bad_input():
     df = paper_like_grid(seed=0)
     with pytest.raises(ValueError, match="n_resamples"):
