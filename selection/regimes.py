@@ -552,9 +552,12 @@ def _label_points(points: _Points, barrier: np.ndarray, cka: np.ndarray, eps: fl
                 no_jump.append((key, idx))
         level, level_source = None, None
         if jumps:
-            # the shallowest barrier any jump called Regime I: a density without a jump is
-            # Regime I where its barriers are at least that deep
-            level, level_source = deepest_shallow, LEVEL
+            # a density without a jump is Regime I where its barriers are at least as deep as
+            # the shallowest barrier any jump called Regime I, or as the pooled eps where that
+            # is shallower (but never shallower than the jump floor): the same level as with no
+            # jump at all, so that one jump appearing does not relabel every other density
+            pooled = -_estimate_eps(barrier, [])[0]
+            level, level_source = min(deepest_shallow, max(pooled, floor)), LEVEL
         elif no_jump:
             notes: list[str] = []
             pooled, source = _estimate_eps(barrier, notes)
@@ -628,7 +631,8 @@ def label_grid(df: pd.DataFrame, eps: float | None = None, tau: float | None = N
     density is judged on its own barrier scale: a hot sparse corner with moderate barriers
     next to a much deeper cold block is II-A. A density without a jump is all Regime I iff
     even its most connected cell is at least as deep as the shallowest Regime-I barrier any
-    jump found, else all Regime II (``level``); with no jump in the whole table, the level is
+    jump found (or the pooled eps below, where shallower, but not shallower than the jump
+    floor), else all Regime II (``level``); with no jump in the whole table, the level is
     the eps of :func:`label_regimes` estimated from the pooled barriers (``pooled``).
     Finally, denser is better connected: a density with no Regime-I cell
     forbids Regime I at every denser density of its knob at temperatures as hot as its
