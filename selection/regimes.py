@@ -739,9 +739,12 @@ def _grid_info(points: _Points, regime: np.ndarray, method: np.ndarray, detail: 
         })
     sources = sorted(set(points.source))
     pair_source = sources[0] if len(sources) == 1 else "mixed"
-    if pair_source != _PAIRS and n_resamples:
+    if _MEAN_STD in sources and n_resamples:
         notes.append(f"no per-pair values for some cells ({pair_source}): their probabilities "
                      f"come from mean and std, {ASSUMED_PAIRS} pairs assumed")
+    if _MEAN_ONLY in sources and n_resamples:
+        notes.append("no per-pair values and no stds for some cells: their probabilities are "
+                     "0 or 1 (their labels), not measured")
     if eps is None and detail.get("level_source") == POOLED:
         notes.append("no jump along temperature at any density: Regime I by one eps estimated "
                      "from the pooled barriers")

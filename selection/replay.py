@@ -57,6 +57,7 @@ from selection.tuner import (
 )
 from tracking import keys
 from tracking.knobs import cold_to_hot
+from tracking.tables import fill_knob
 
 __all__ = ["ReplayResult", "prepare_table", "replay_density", "compare_samplers",
            "format_results", "plot_results", "results_json"]
@@ -122,6 +123,7 @@ def prepare_table(
             a test-accuracy objective, or a table the labeller rejects.
     """
     df = pd.read_csv(table) if isinstance(table, (str, Path)) else table.copy()
+    df = fill_knob(df, knob)    # a table without a knob column: --knob names it
     check_objective(objective_column)
     required = [keys.KNOB, keys.TEMPERATURE, keys.DENSITY, objective_column,
                 keys.LMC_BARRIER, keys.CKA]

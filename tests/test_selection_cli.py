@@ -100,6 +100,32 @@ def test_classify_bad_tables_fail_clearly(tmp_path, capsys, edit, message):
     assert message in capsys.readouterr().err
 
 
+def test_a_table_typed_from_a_paper_names_its_knob(tmp_path, capsys, monkeypatch):
+    # a table of a figure's numbers: no knob column, no stds, no per-pair values
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'never.db'}")
+    df = synthetic_table(seed=1)
+    table = tmp_path / "figure.csv"
+    df[["temperature", "density", "lmc_barrier", "cka", "test_acc", "val_acc", "dense_acc"]].to_csv(
+        table, index=False)
+    assert main(["classify", "--table", str(table), "--no-mlflow"]) == 1
+    err = capsys.readouterr().err
+    assert "without a 'knob' column" in err and "--knob epochs" in err
+    assert main(["classify", "--table", str(table), "--no-mlflow", "--knob", "warmth"]) == 1
+    err = capsys.readouterr().err
+    assert "--knob='warmth': unknown knob" in err and "epochs" in err
+    out = tmp_path / "labels.csv"
+    assert main(["classify", "--table", str(table), "--no-mlflow", "--knob", "epochs",
+                 "--out", str(out)]) == 0
+    assert "no stds for some cells" in capsys.readouterr().out
+    labels = pd.read_csv(out)
+    assert (labels[keys.KNOB] == "epochs").all()
+    assert (labels[keys.REGIME] == df[TRUE_REGIME]).all()
+    assert main(["select", "--table", str(table), "--no-mlflow", "--knob", "epochs",
+                 "--density", "0.05"]) == 0
+    assert main(["replay", "--table", str(table), "--knob", "epochs", "--density", "0.05",
+                 "--repeats", "2", "--sampler", "regime"]) == 0
+
+
 def test_missing_file_and_bad_density(tmp_path, capsys):
     assert main(["classify", "--table", str(tmp_path / "nope.csv"), "--no-mlflow"]) == 1
     assert "does not exist" in capsys.readouterr().err

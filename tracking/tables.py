@@ -148,22 +148,50 @@ def write_table(df: pd.DataFrame, path: str | Path,
     return path
 
 
-def read_table(path: str | Path, required: Sequence[str] = _REQUIRED) -> pd.DataFrame:
-    """Read a results table CSV and validate it (see :func:`validate_table`).
+def fill_knob(df: pd.DataFrame, knob: str | None) -> pd.DataFrame:
+    """``df`` with ``knob`` in every row where it has no ``knob`` column (a table typed from a
+    paper's figure knows its temperature axis, e.g. ``epochs``, but does not say it); a table
+    with the column is returned as it is. ``knob`` None: nothing changes.
+
+    Raises:
+        ValueError: ``knob`` is not a registered knob (the message lists them).
+    """
+    if knob is None:
+        return df
+    from tracking.knobs import DIRECTIONS
+
+    DIRECTIONS.get(knob, field="--knob")
+    if keys.KNOB in df.columns:
+        return df
+    out = df.copy()
+    out.insert(0, keys.KNOB, knob)
+    return out
+
+
+def read_table(path: str | Path, required: Sequence[str] = _REQUIRED,
+               knob: str | None = None) -> pd.DataFrame:
+    """Read a results table CSV and validate it (see :func:`validate_table`); a table without
+    a ``knob`` column gets ``knob`` (:func:`fill_knob`).
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: the file is not a valid results table; the message names ``path``.
+        ValueError: the file is not a valid results table (a missing ``knob`` column says to
+            give one), or an unknown ``knob``; the message names ``path``.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"results table {path} does not exist")
     try:
-        df = pd.read_csv(path)
-        validate_table(df, required)
+        df = fill_knob(pd.read_csv(path), knob)
     except (ValueError, pd.errors.ParserError) as e:
         # EmptyDataError is a ValueError too
         raise ValueError(f"{path}: {e}") from e
+    try:
+        validate_table(df, required)
+    except ValueError as e:
+        hint = ("; for a table without a 'knob' column name its temperature knob with --knob "
+                "(e.g. --knob epochs)" if keys.KNOB in required and keys.KNOB not in df else "")
+        raise ValueError(f"{path}: {e}{hint}") from e
     return df
 
 

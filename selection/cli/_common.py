@@ -22,6 +22,8 @@ def add_table_source(parser: argparse.ArgumentParser) -> None:
                         "the results table; results are logged under its grid parent run")
     source.add_argument("--table", help="results table CSV "
                         "(columns: docs/design.md#the-results-table)")
+    parser.add_argument("--knob", help="with --table: the knob of a table without a 'knob' "
+                        "column, every row (e.g. epochs for a table typed from a paper)")
     add_store_options(parser)
 
 
@@ -57,7 +59,9 @@ def load_table(args: argparse.Namespace, required: Sequence[str]) -> pd.DataFram
     if args.experiment or not getattr(args, "no_mlflow", True):
         _configure(args)       # the store is needed: it answers, or one clear error, first
     if args.table:
-        return read_table(args.table, required)
+        return read_table(args.table, required, knob=getattr(args, "knob", None))
+    if getattr(args, "knob", None):
+        raise ValueError("--knob goes with --table (an experiment's cell runs name their knob)")
     _configure(args)
     df = results_table(args.experiment)
     if df.empty:
