@@ -6,11 +6,12 @@ time, the sampler keeps the boundaries that contradict the fewest finished trial
 the untried temperatures among them (about log2(n + 1) trials on n temperatures), then exploits
 near the best objective. II-B counts as connected, not as a stop. With finished cells at
 neighbouring densities (``transfer``), the first trial is the temperature they predict instead
-of the middle, and where the coldest connected temperature was not their best, their ranking
-leads every trial. A choice depends only on the earlier trials and on tie-breaks seeded by the seed
-and the trial number, so concurrent workers replay each other's choices instead of duplicating
-them. The rules and their reasons: docs/method.md#how-the-sampler-chooses-a-temperature,
-docs/design.md#optuna-studies-and-workers.
+of the middle, and where the coldest connected temperature was not their best, their objective
+curve (every other density, weighted by closeness in log density), corrected by the study's own
+finished trials, leads every trial. A choice depends only on the earlier trials and on
+tie-breaks seeded by the seed and the trial number, so concurrent workers replay each other's
+choices instead of duplicating them. The rules and their reasons:
+docs/method.md#how-the-sampler-chooses-a-temperature, docs/design.md#optuna-studies-and-workers.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -48,6 +49,9 @@ CONNECTED_REGIMES = (REGIME_II_A, REGIME_II_B)
 _MAX_ENUMERATED = 10_000
 # Points at which a regime predictor is queried inside a continuous interval.
 _PREDICTOR_POINTS = 17
+# A density's objective on the transfer curve's scale counts no lower than this (its median is
+# 0, its top 1): how bad the bad half is says nothing about where the top is.
+_CURVE_FLOOR = -1.0
 
 
 @dataclass(frozen=True)
@@ -263,9 +267,19 @@ class RegimeGuidedSampler(BaseSampler):
             # what the other densities imply steers; the study's own trials decide
             costs = {s: _disagreements(pseudo, s) for s in kept}
             kept = [s for s in kept if costs[s] == min(costs.values())]
+            if self.transfer.curve and not self.transfer.rule_holds:
+                # the coldest connected temperature was not the best at the other densities:
+                # their curve, corrected by this study's own values, ranks the temperatures
+                predicted = self.transfer.predict(space, observations, maximize)
+                allowed = [p for p in free if p >= min(kept) and p in predicted]
+                allowed = allowed or [p for p in free if p in predicted]
+                if allowed:
+                    top = max(predicted[p] for p in allowed)
+                    # equal predictions: the colder (colder training helps a connected cell)
+                    return space.values[min(p for p in allowed
+                                            if math.isclose(predicted[p], top))]
             if scores and not self.transfer.rule_holds:
-                # the coldest connected temperature was not the best at the neighbouring
-                # densities: their objective values rank the temperatures instead
+                # (a prior without a curve) the neighbours' scores rank the temperatures
                 allowed = [p for p in free if p >= min(kept) and p in scores]
                 allowed = allowed or [p for p in free if p in scores]
                 if allowed:
@@ -534,14 +548,25 @@ class TransferPrior:
             at its best objective and falls linearly to 0 at its median objective.
         densities: the densities the prediction came from.
         rule_holds: whether at each of them the coldest connected temperature was a best one
-            (Algorithm 1's premise); if not, the sampler follows the scores instead of
-            bisecting towards the coldest connected temperature.
+            (Algorithm 1's premise); if not, the sampler follows ``curve`` (or, without one,
+            the scores) instead of bisecting towards the coldest connected temperature.
+        curve: temperature -> the prior mean of the target density's objective on a common
+            scale: every other density's objective as (value - its median) / (its top - its
+            median), floored at -1 (only the top half matters), averaged over ALL the other
+            densities with Gaussian weights in log density (bandwidth: the grid's median
+            step in log density). Averaging several densities smooths the seed noise that
+            decides the best cell of any single one.
+        center, scale: the weighted median and (geometric) top-minus-median of the other
+            densities: they put the study's own values on the curve's scale.
     """
 
     regimes: dict[float, int]
     scores: dict[float, float]
     densities: tuple[float, ...] = ()
     rule_holds: bool = True
+    curve: dict[float, float] = field(default_factory=dict)
+    center: float = 0.0
+    scale: float = 1.0
 
     def on(self, space: _Space) -> tuple[list[_Observation], dict[int, float]]:
         """Pseudo-observations of the implied regimes and the scores, by position of a
@@ -556,6 +581,44 @@ class TransferPrior:
             if coord is not None:
                 scores[int(coord)] = float(score)
         return pseudo, scores
+
+    def predict(self, space: _Space, observations: Sequence[_Observation],
+                maximize: bool = True) -> dict[int, float]:
+        """The target's objective (on the curve's scale, higher is better) per position of a
+        discrete ``space``: ``curve`` plus a correction fitted to the study's finished trials.
+
+        The correction is the posterior mean of a Gaussian process on the position (cold ->
+        hot) made of three equal parts: a constant (the target's level, which the other
+        densities only estimate), a smooth part (squared-exponential, one position) that moves
+        neighbouring temperatures together, and a per-cell part (seed noise); only their
+        ratios matter for the mean. Without finished trials it is ``curve`` itself. A trial
+        that measured less than predicted lowers its neighbours most and the rest through the
+        level; one that measured more raises them.
+        """
+        mean: dict[int, float] = {}
+        for t, value in self.curve.items():
+            coord = space.coord_of(float(t))
+            if coord is not None:
+                mean[int(coord)] = float(value)
+        sign = 1.0 if maximize else -1.0
+        measured: dict[int, list[float]] = {}
+        for obs in observations:
+            if obs.value is not None and int(obs.coord) in mean:
+                z = max(_CURVE_FLOOR, (sign * obs.value - self.center) / self.scale)
+                measured.setdefault(int(obs.coord), []).append(z)
+        if not measured:
+            return mean
+        tried = sorted(measured)
+        residual = np.array([np.mean(measured[p]) - mean[p] for p in tried])
+
+        def kernel(a: int, b: int) -> float:
+            return 1.0 + math.exp(-0.5 * (a - b) ** 2)
+
+        gram = np.array([[kernel(a, b) for b in tried] for a in tried])
+        gram += np.diag([1.0 / len(measured[p]) for p in tried])
+        weights = np.linalg.solve(gram, residual)
+        return {p: m + float(sum(kernel(p, b) * w for b, w in zip(tried, weights, strict=True)))
+                for p, m in mean.items()}
 
 
 def _closeness_to_top(values: Any) -> dict[float, float]:
@@ -645,10 +708,47 @@ def transfer_prior(cells: Any, density: float, knob: Knob | str,
     else:
         return TransferPrior(regimes, {}, ())
     used = list(weights)
+    curve, center, scale = _transfer_curve(others, density, objective_column, sign)
     span = max(len(order) - 1, 1)
     scores = {}
     for t, r in order.items():
         by_rank = 1.0 - abs(r - predicted) / span
         by_value = sum(w * closeness[d].get(t, 0.0) for d, w in weights.items())
         scores[t] = agreement * by_value + (1.0 - agreement) * by_rank
-    return TransferPrior(regimes, scores, tuple(used), all(rule_at[d] for d in used))
+    return TransferPrior(regimes, scores, tuple(used), all(rule_at[d] for d in used),
+                         curve, center, scale)
+
+
+def _transfer_curve(others: Any, density: float, objective_column: str,
+                    sign: float) -> tuple[dict[float, float], float, float]:
+    """``TransferPrior.curve``, ``center`` and ``scale`` from the other densities' rows."""
+    levels: dict[float, tuple[float, float, Any]] = {}
+    for d, rows in others.groupby("density"):
+        values = rows.groupby("temperature")[objective_column].mean().dropna() * sign
+        if len(values) < 2:
+            continue
+        top, middle = float(values.max()), float(values.median())
+        scale = top - middle if top > middle else top - float(values.min())
+        if scale > 0:
+            levels[float(d)] = (middle, scale, ((values - middle) / scale).clip(
+                lower=_CURVE_FLOOR))
+    if not levels:
+        return {}, 0.0, 1.0
+    logs = np.log(sorted({*levels, float(density)}))
+    steps = np.diff(logs)
+    bandwidth = float(np.median(steps[steps > 0])) if (steps > 0).any() else 1.0
+    weight = {d: math.exp(-0.5 * (math.log(d / density) / bandwidth) ** 2) for d in levels}
+    if not sum(weight.values()) > 0:      # all far beyond the bandwidth: the nearest alone
+        nearest = min(levels, key=lambda d: abs(math.log(d / density)))
+        weight = {d: float(d == nearest) for d in levels}
+    total: dict[float, float] = {}
+    norm: dict[float, float] = {}
+    for d, (_, _, z) in levels.items():
+        for t, v in z.items():
+            total[float(t)] = total.get(float(t), 0.0) + weight[d] * float(v)
+            norm[float(t)] = norm.get(float(t), 0.0) + weight[d]
+    curve = {t: total[t] / norm[t] for t in total if norm[t] > 0}
+    w_sum = sum(weight.values())
+    center = sum(weight[d] * levels[d][0] for d in levels) / w_sum
+    scale = math.exp(sum(weight[d] * math.log(levels[d][1]) for d in levels) / w_sum)
+    return curve, center, scale

@@ -195,3 +195,82 @@ def test_closeness_to_the_top_of_a_density():
     # half the cells tied at the top: the spread down to the worst is the scale
     tied = pd.Series([0.9, 0.9, 0.9, 0.5], index=[10, 20, 40, 80])
     assert _closeness_to_top(tied) == {10.0: 1.0, 20.0: 1.0, 40.0: 1.0, 80.0: 0.0}
+
+
+def _trajectory(prior, temps, value_of, until):
+    """Temperatures a transfer study tries (every cell II-B, objective ``value_of``) up to and
+    including ``until``, at most ``len(temps)`` trials."""
+    study = optuna.create_study(direction="maximize", sampler=create_sampler(
+        "regime", "epochs", 0, transfer=prior))
+    chosen = []
+    for _ in temps:
+        trial = study.ask()
+        t = trial.suggest_categorical(keys.TEMPERATURE, temps)
+        trial.set_user_attr(keys.REGIME, "II-B")
+        study.tell(trial, value_of[t])
+        chosen.append(t)
+        if t == until:
+            break
+    return chosen
+
+
+def test_the_study_s_own_values_correct_the_neighbours_ranking():
+    temps = [10, 20, 40, 80, 160]
+    # both neighbours rank 40 > 80 > 20 > 160 > 10 (every cell connected, the coldest, 160,
+    # not their best: Algorithm 1's rule does not hold)
+    shape = {10: 0.0, 20: 0.6, 40: 1.0, 80: 0.9, 160: 0.4}
+    rows = [(t, d, "II-B", base + 0.01 * z) for d, base in ((0.05, 0.8), (0.2, 0.9))
+            for t, z in shape.items()]
+    prior = transfer_prior(_cells(rows), 0.1, "epochs")
+    assert not prior.rule_holds and prior.curve
+    assert sorted(prior.curve, key=prior.curve.get, reverse=True) == [40.0, 80.0, 20.0, 160.0,
+                                                                     10.0]
+    # here the top has moved colder: 40 measures far below what the neighbours predict (their
+    # level 0.856, spread 0.004), 80 above, and 160, next to 80 and away from 40, is the best;
+    # the neighbours' ranking alone would try 20 third
+    here = {10: 0.850, 20: 0.853, 40: 0.852, 80: 0.860, 160: 0.861}
+    assert _trajectory(prior, temps, here, until=160) == [40, 80, 160]
+    # the same start where the study's values agree with the neighbours: their ranking
+    agree = {t: 0.85 + 0.01 * z for t, z in shape.items()}
+    assert _trajectory(prior, temps, agree, until=40) == [40]
+
+
+def test_the_curve_averages_every_other_density_by_closeness_in_log_density():
+    # the nearest densities (0.08, 0.12) put their top at 20, two far ones at 40: the near ones
+    # weigh more, and each density counts on its own scale (top 1, median 0, floor -1)
+    val = {0.01: {10: 0.5, 20: 0.6, 40: 0.7}, 0.08: {10: 0.80, 20: 0.83, 40: 0.82},
+           0.12: {10: 0.85, 20: 0.87, 40: 0.86}, 0.9: {10: 0.90, 20: 0.91, 40: 0.92}}
+    rows = [(t, d, "II-B", v) for d, by_t in val.items() for t, v in by_t.items()]
+    prior = transfer_prior(_cells(rows), 0.1, "epochs")
+    assert max(prior.curve, key=prior.curve.get) == 20.0
+    assert set(prior.curve) == {10.0, 20.0, 40.0}
+    assert all(-1.0 <= v <= 1.0 for v in prior.curve.values())
+    # the study's values go on the same scale: its level and spread from the nearest densities
+    assert 0.80 < prior.center < 0.87 and 0 < prior.scale < 0.1
+
+
+def test_bench_trials_to_within_the_noise_matches_the_replay_s_definition():
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "replay.py"
+    spec = importlib.util.spec_from_file_location("bench_replay", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    df = paper_like_grid(seed=0)
+    cells, knob = prepare_table(df, relabel=True)
+    result = replay_density(cells, knob, 0.1, "random", range(4))
+    # at the replay's own tolerance the figure is the replay's, recomputed from trajectories
+    np.testing.assert_array_equal(bench.trials_to_within(result, cells, result.tolerance),
+                                  result.trials_to_within)
+    # within any tolerance the first trial counts; within none, the first at a best cell
+    assert (bench.trials_to_within(result, cells, 1.0) == 1).all()
+    np.testing.assert_array_equal(bench.trials_to_within(result, cells, 0.0),
+                                  result.trials_to_best)
+    # the noise: the objective's own std first, else the test accuracy's
+    assert bench.noise_tolerance(df) == pytest.approx(df[keys.TEST_ACC_STD].median())
+    both = df.assign(**{keys.VAL_ACC_STD: 0.5})
+    assert bench.noise_tolerance(both) == 0.5
+    assert bench.noise_tolerance(df.drop(columns=[keys.TEST_ACC_STD])) is None
