@@ -123,7 +123,8 @@ def test_a_table_typed_from_a_paper_names_its_knob(tmp_path, capsys, monkeypatch
     assert main(["select", "--table", str(table), "--no-mlflow", "--knob", "epochs",
                  "--density", "0.05"]) == 0
     assert main(["replay", "--table", str(table), "--knob", "epochs", "--density", "0.05",
-                 "--repeats", "2", "--sampler", "regime"]) == 0
+                 "--repeats", "2", "--sampler", "regime", "--json"]) == 0
+    assert '"regime"' in capsys.readouterr().out.splitlines()[-1]
 
 
 def test_missing_file_and_bad_density(tmp_path, capsys):
