@@ -588,12 +588,13 @@ class TransferPrior:
         discrete ``space``: ``curve`` plus a correction fitted to the study's finished trials.
 
         The correction is the posterior mean of a Gaussian process on the position (cold ->
-        hot) made of three equal parts: a constant (the target's level, which the other
-        densities only estimate), a smooth part (squared-exponential, one position) that moves
-        neighbouring temperatures together, and a per-cell part (seed noise); only their
-        ratios matter for the mean. Without finished trials it is ``curve`` itself. A trial
-        that measured less than predicted lowers its neighbours most and the rest through the
-        level; one that measured more raises them.
+        hot) made of four equal parts: a constant (the target's level, which the other
+        densities only estimate), a linear trend over the range (the top moved colder or
+        hotter than at the other densities), a smooth part (squared-exponential, one position)
+        that moves neighbouring temperatures together, and a per-cell part (seed noise); only
+        their ratios matter for the mean. Without finished trials it is ``curve`` itself. A
+        trial that measured less than predicted lowers its neighbours most, and the rest
+        through the level and the trend; one that measured more raises them.
         """
         mean: dict[int, float] = {}
         for t, value in self.curve.items():
@@ -611,8 +612,12 @@ class TransferPrior:
         tried = sorted(measured)
         residual = np.array([np.mean(measured[p]) - mean[p] for p in tried])
 
+        middle = (min(mean) + max(mean)) / 2
+        half = max((max(mean) - min(mean)) / 2, 1.0)
+
         def kernel(a: int, b: int) -> float:
-            return 1.0 + math.exp(-0.5 * (a - b) ** 2)
+            return (1.0 + math.exp(-0.5 * (a - b) ** 2)
+                    + (a - middle) * (b - middle) / half ** 2)
 
         gram = np.array([[kernel(a, b) for b in tried] for a in tried])
         gram += np.diag([1.0 / len(measured[p]) for p in tried])

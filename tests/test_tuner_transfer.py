@@ -274,3 +274,25 @@ def test_bench_trials_to_within_the_noise_matches_the_replay_s_definition():
     both = df.assign(**{keys.VAL_ACC_STD: 0.5})
     assert bench.noise_tolerance(both) == 0.5
     assert bench.noise_tolerance(df.drop(columns=[keys.TEST_ACC_STD])) is None
+
+
+def test_a_minimised_objective_is_corrected_the_same_way():
+    temps = [10, 20, 40, 80, 160]
+    # the maximised case above as a loss (1 - value): same neighbours, same study values
+    shape = {10: 0.0, 20: 0.6, 40: 1.0, 80: 0.9, 160: 0.4}
+    rows = [(t, d, "II-B", 1 - base - 0.01 * z) for d, base in ((0.05, 0.8), (0.2, 0.9))
+            for t, z in shape.items()]
+    prior = transfer_prior(_cells(rows), 0.1, "epochs", maximize=False)
+    assert max(prior.curve, key=prior.curve.get) == 40.0
+    loss = {10: 0.150, 20: 0.147, 40: 0.148, 80: 0.140, 160: 0.139}
+    study = optuna.create_study(direction="minimize", sampler=create_sampler(
+        "regime", "epochs", 0, transfer=prior))
+    chosen = []
+    while not chosen or chosen[-1] != 160:
+        trial = study.ask()
+        t = trial.suggest_categorical(keys.TEMPERATURE, temps)
+        trial.set_user_attr(keys.REGIME, "II-B")
+        study.tell(trial, loss[t])
+        chosen.append(t)
+        assert len(chosen) <= len(temps)
+    assert chosen == [40, 80, 160]
