@@ -547,8 +547,9 @@ class TransferPrior:
             linearly to 0 at the far end of the axis). A density's closeness to its top is 1
             at its best objective and falls linearly to 0 at its median objective.
         densities: the densities the prediction came from.
-        rule_holds: whether at each of them the coldest connected temperature was a best one
-            (Algorithm 1's premise); if not, the sampler follows ``curve`` (or, without one,
+        rule_holds: whether at each of them (at an end of the grid: at the two nearest
+            densities) the coldest connected temperature was a best one (Algorithm 1's
+            premise); if not, the sampler follows ``curve`` (or, without one,
             the scores) instead of bisecting towards the coldest connected temperature.
         curve: temperature -> the prior mean of the target density's objective on a common
             scale: every other density's objective as (value - its median) / (its top - its
@@ -720,7 +721,11 @@ def transfer_prior(cells: Any, density: float, knob: Knob | str,
         by_rank = 1.0 - abs(r - predicted) / span
         by_value = sum(w * closeness[d].get(t, 0.0) for d, w in weights.items())
         scores[t] = agreement * by_value + (1.0 - agreement) * by_rank
-    return TransferPrior(regimes, scores, tuple(used), all(rule_at[d] for d in used),
+    # Algorithm 1's premise needs two densities that confirm it: the two around the target, or
+    # at an end of the grid (an extrapolation) the two nearest on its one side
+    side = sorted(sparser or denser, key=lambda d: abs(math.log(d / density)))
+    confirming = used if len(used) > 1 else side[:2]
+    return TransferPrior(regimes, scores, tuple(used), all(rule_at[d] for d in confirming),
                          curve, center, scale)
 
 

@@ -296,3 +296,20 @@ def test_a_minimised_objective_is_corrected_the_same_way():
         chosen.append(t)
         assert len(chosen) <= len(temps)
     assert chosen == [40, 80, 160]
+
+
+def test_at_an_end_of_the_grid_two_densities_must_confirm_the_rule():
+    temps = [10, 20, 40, 80, 160]
+
+    def rows(second_best):
+        # densities 0.2 and 0.4, both sparser than the target 0.8 (an end of the grid): all
+        # connected; at 0.4, the nearest, the coldest (160) is the best; at 0.2 ``second_best``
+        out = [(t, 0.4, "II-B", 0.9 + t / 10000) for t in temps]
+        out += [(t, 0.2, "II-B", 0.85 + (0.01 if t == second_best else 0.0)) for t in temps]
+        return _cells(out)
+
+    confirmed = transfer_prior(rows(160), 0.8, "epochs")
+    assert confirmed.densities == (0.4,) and confirmed.rule_holds
+    # the second nearest had its best elsewhere: one density is not enough to extrapolate
+    # Algorithm 1's premise, the curve leads
+    assert not transfer_prior(rows(40), 0.8, "epochs").rule_holds
