@@ -22,9 +22,11 @@ seed of the config. The loop (ours; the paper runs every cell):
      reverts to 0 and the point is uncertain (0.5). A point is ``I`` iff ``p_I >= 0.5``, else
      ``II-B`` iff ``p_IIB >= 0.5``, else ``II-A`` (the labeller's own order).
    - the fine-tuned test accuracy, a Gaussian-process regression (density main effect plus a
-     temperature x density term, fixed hyperparameters on standardised accuracies); the
-     probability that each temperature is the best of its density is estimated by joint
-     posterior samples in which finished cells keep their measured value. The reported best
+     temperature x density term, fixed hyperparameters on standardised accuracies; the
+     measurement noise, in accuracy units, the level of ``ACC_NOISE_LEVELS`` of highest
+     marginal likelihood); the probability that each temperature is the best of its density
+     is estimated by joint posterior samples of the cells' MEASURED values (noise included),
+     in which finished cells keep their measured value. The reported best
      temperature of a density is the most probable among those RUN there (the measured
      best; an unrun temperature is only a prediction), with that probability as its
      support; with none run there, the most probable of the row.
@@ -37,15 +39,18 @@ seed of the config. The loop (ours; the paper runs every cell):
    so one cell can relabel finished cells that the GPs above take as fixed), plus its
    probability of being the best temperature of its density times the number of
    temperatures (a label is 1/cells of the map, a best temperature 1/densities of the best
-   temperatures: so both goals weigh alike). Batches are picked greedily (variances updated
-   after each pick). With a knob other than ``epochs`` a batch
-   that shares one dense run (one temperature) is preferred when it keeps at least
-   ``1 - GROUP_SLACK`` of the best batch's score: its cells train from one checkpoint as one
-   multi-member model. (With ``epochs`` every temperature is a checkpoint of one dense run.)
+   temperatures: so both goals weigh alike). That probability is exactly how much running
+   the point lowers the chance that its density's best is missed (that an unrun cell beats
+   every run one): the miss happens without it and not with it iff the point is the best.
+   Batches are picked greedily (variances updated after each pick). With a knob other than
+   ``epochs`` a batch that shares one dense run (one temperature) is preferred when it keeps
+   at least ``1 - GROUP_SLACK`` of the best batch's score: its cells train from one
+   checkpoint as one multi-member model. (With ``epochs`` every temperature is a checkpoint
+   of one dense run.)
 5. **Stop** at the budget, or when the map is settled (:class:`StopRule`): no predicted
-   label changed for ``patience`` rounds, every unfinished point's label has probability
-   >= ``1 - max_uncertainty``, and every density's best temperature has probability
-   >= ``best_confidence``.
+   label and no density's reported best temperature changed for ``patience`` rounds, every
+   unfinished point's label has probability >= ``1 - max_uncertainty``, and every density's
+   best temperature has probability >= ``best_confidence``.
 
 The replay (:func:`replay`) runs the same loop on a finished table, one cell at a time
 revealed from the table, against two orders of the same cells through the same models:
@@ -97,6 +102,11 @@ BEST_SAMPLES = 256
 # temperatures: the two goals weigh alike (a label is 1/cells of the map, a best temperature
 # 1/densities of the best temperatures); BEST_WEIGHT scales that
 BEST_WEIGHT = 1.0
+# the accuracy GP's measurement noise (standard deviation, accuracy units): the level of
+# ACC_NOISE_LEVELS of highest marginal likelihood, from ACC_NOISE_MIN_CELLS finished cells on
+# (with fewer: 10% of their accuracies' spread)
+ACC_NOISE_LEVELS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.008, 0.012, 0.02)
+ACC_NOISE_MIN_CELLS = 5
 # look-ahead relabelling (relabel_flips): its weight in the score, the barrier's scale of the
 # signed log transform, the noise of the standardised barrier/CKA regressions
 RELABEL_WEIGHT = 1.0
@@ -107,6 +117,19 @@ BARRIER_SCALE = 0.01
 MEASURE_NOISE = 0.05
 BEST_AMONG_RUN = True
 BEST_TOLERANCE = 0.002      # replay: "within" = test accuracy within 0.2 points of the best
+
+# params of a map run (the MLflow run of run_map): the settings that steer it. Here, not in
+# tracking.keys: only the map run has them (its knob, grid and dense seeds use tracking.keys)
+PARAM_N_INIT = "n_init"
+PARAM_BATCH_SIZE = "batch_size"     # points per round (not the training batch size knob)
+PARAM_SEED = "seed"
+PARAM_EPS = "eps"
+PARAM_TAU = "tau"
+PARAM_STOP_PATIENCE = "stop_patience"
+PARAM_STOP_MAX_UNCERTAINTY = "stop_max_uncertainty"
+PARAM_STOP_BEST_CONFIDENCE = "stop_best_confidence"
+PARAM_LENGTH_SCALE = "length_scale"
+PARAM_KAPPA = "kappa"
 
 
 # --- the grid -------------------------------------------------------------------------------
@@ -314,6 +337,7 @@ class MapPrediction:
     acc_mean: np.ndarray | None = None  # predicted test accuracy (measured where run)
     p_best: np.ndarray | None = None    # probability of being the best of its density
     best: dict[float, int] = field(default_factory=dict)   # density -> point of its best
+    acc_noise: float | None = None      # the accuracy GP's noise (std, accuracy units)
     # the finished points as labelled (label_points' rows) and the thresholds: for the
     # look-ahead relabelling of choose_batch
     measured: pd.DataFrame | None = None
@@ -414,17 +438,41 @@ def _accuracy_kernel():
     # on standardised accuracies: a density main effect (constant along temperature), a
     # temperature x density term, and measurement noise. Fixed (ours, tuned by replay): a
     # marginal-likelihood fit on a handful of cells is unstable and 30x slower.
+    return _accuracy_signal_kernel() + WhiteKernel(0.01, "fixed")
+
+
+def _accuracy_signal_kernel():
+    # the same without its noise term (the noise is chosen per fit, see _predict_best)
     return (ConstantKernel(1.0, "fixed") * RBF([1e3, 0.3], "fixed")
-            + ConstantKernel(0.3, "fixed") * RBF([0.3, 0.3], "fixed")
-            + WhiteKernel(0.01, "fixed"))
+            + ConstantKernel(0.3, "fixed") * RBF([0.3, 0.3], "fixed"))
 
 
 def _predict_best(pred: MapPrediction, run_idx: np.ndarray, acc: np.ndarray, seed: int) -> None:
+    """Set ``pred``'s accuracy mean, each point's probability of being its density's best
+    and the reported best per density, from the finished points' accuracies ``acc``."""
     axes = pred.axes
     ok = np.isfinite(acc)
     run_idx, acc = run_idx[ok], acc[ok]
     x = axes.coords()
-    if len(run_idx) >= 3 and np.ptp(acc) > 0:
+    if len(run_idx) >= ACC_NOISE_MIN_CELLS and np.ptp(acc) > 0:
+        # the measurement noise, in accuracy units, by marginal likelihood over a fixed set of
+        # levels (the signal kernel stays fixed): a fixed fraction of the accuracies' spread
+        # ties the noise to how far the worst cell falls (on the paper-like grid 2.2 points
+        # for a true 0.1), and a seed's spread misses the dense checkpoint's own noise
+        mu, scale = float(acc.mean()), float(acc.std())
+        fits = []
+        for level in ACC_NOISE_LEVELS:
+            fit = GaussianProcessRegressor(_accuracy_signal_kernel(),
+                                           alpha=(level / scale) ** 2, optimizer=None)
+            fit.fit(x[run_idx], (acc - mu) / scale)
+            fits.append((fit.log_marginal_likelihood_value_, level, fit))
+        _, level, gp = max(fits, key=lambda f: f[0])
+        pred.acc_noise = level
+        mean, cov = gp.predict(x, return_cov=True)
+        # an unrun cell's MEASURED value (what decides its density's best): noise included
+        cov = scale ** 2 * (cov + np.eye(axes.n) * (level / scale) ** 2)
+        mean = mu + scale * mean
+    elif len(run_idx) >= 3 and np.ptp(acc) > 0:
         gp = GaussianProcessRegressor(_accuracy_kernel(), optimizer=None, normalize_y=True)
         gp.fit(x[run_idx], acc)
         mean, cov = gp.predict(x, return_cov=True)
@@ -612,28 +660,39 @@ def choose_batch(pred: MapPrediction, size: int, seed: int = 0
 
 @dataclass(frozen=True)
 class StopRule:
-    """The map has stopped changing: no predicted label changed for ``patience`` rounds,
-    every unfinished point's label has probability >= 1 - ``max_uncertainty``, and every
-    density's best temperature has probability >= ``best_confidence``."""
+    """The map has stopped changing: no predicted label changed for ``patience`` rounds, nor
+    (when the best temperatures of the rounds are given) any density's reported best
+    temperature, every unfinished point's label has probability >= 1 - ``max_uncertainty``,
+    and every density's best temperature has probability >= ``best_confidence``."""
 
     patience: int = 2
     max_uncertainty: float = 0.1
     best_confidence: float = 0.8
 
-    def settled(self, history: Sequence[np.ndarray], pred: MapPrediction) -> tuple[bool, str]:
-        """(whether to stop, the reason or what is still open)."""
+    def settled(self, history: Sequence[np.ndarray], pred: MapPrediction,
+                best_history: Sequence[dict[float, int]] | None = None) -> tuple[bool, str]:
+        """(whether to stop, the reason or what is still open). ``best_history``: per round
+        the reported best point of each density (``MapPrediction.best``), aligned with
+        ``history``; a best that moved in the last ``patience`` rounds keeps the map open
+        (its probability alone can be high by chance right after a new best was run)."""
         if len(history) < self.patience + 1:
             return False, f"fewer than {self.patience + 1} rounds"
         recent = history[-(self.patience + 1):]
         changed = sum(int((a != b).sum()) for a, b in zip(recent, recent[1:], strict=False))
+        moved = 0
+        if best_history is not None and len(best_history) >= self.patience + 1:
+            bests = best_history[-(self.patience + 1):]
+            moved = sum(sum(a.get(d) != b.get(d) for d in set(a) | set(b))
+                        for a, b in zip(bests, bests[1:], strict=False))
         unrun = ~pred.run
         uncertainty = float((1 - pred.p_label[unrun]).max()) if unrun.any() else 0.0
         weakest = min((pred.p_best[p] for p in pred.best.values()), default=1.0) \
             if pred.p_best is not None else 1.0
-        state = (f"labels changed in the last {self.patience} rounds: {changed}; max label "
-                 f"uncertainty {uncertainty:.3f} (<= {self.max_uncertainty}); weakest best "
-                 f"temperature probability {weakest:.2f} (>= {self.best_confidence})")
-        ok = changed == 0 and uncertainty <= self.max_uncertainty \
+        state = (f"labels changed in the last {self.patience} rounds: {changed}; best "
+                 f"temperatures moved: {moved}; max label uncertainty {uncertainty:.3f} "
+                 f"(<= {self.max_uncertainty}); weakest best temperature probability "
+                 f"{weakest:.2f} (>= {self.best_confidence})")
+        ok = changed == 0 and moved == 0 and uncertainty <= self.max_uncertainty \
             and weakest >= self.best_confidence
         return ok, state
 
@@ -788,13 +847,15 @@ def _replay_order(strategy: str, axes: GridAxes, oracle: _Oracle, seed: int, tot
         raise ValueError(f"unknown strategy {strategy!r}; allowed: {', '.join(STRATEGIES)}")
     order = initial_design(axes, min(n_init, total), seed)
     history: list[np.ndarray] = []
+    best_history: list[dict[float, int]] = []
     stop = None
     round_number = 0
     while len(order) < total:
         pred = predict_map(axes, oracle.labels(order), seed=seed, eps=oracle.eps,
                            tau=oracle.tau)
         history.append(pred.label.copy())
-        if stop is None and stop_rule.settled(history, pred)[0]:
+        best_history.append(dict(pred.best))
+        if stop is None and stop_rule.settled(history, pred, best_history)[0]:
             stop = len(order)
         batch, _ = choose_batch(pred, min(batch_size, total - len(order)),
                                 seed=seed * 1000 + round_number)
@@ -995,12 +1056,13 @@ def run_map(cfg, budget: int, *, experiment: str | None = None, batch_size: int 
                                       keys.MODEL: cfg.model.name,
                                       keys.TEMPERATURES: list(cfg.temperatures),
                                       keys.DENSITIES: list(cfg.densities),
-                                      "dense_seeds": list(cfg.dense_seeds), "n_init": n_init,
-                                      "batch_size": batch_size, "seed": seed, "eps": eps,
-                                      "tau": tau, "stop_patience": stop_rule.patience,
-                                      "stop_max_uncertainty": stop_rule.max_uncertainty,
-                                      "stop_best_confidence": stop_rule.best_confidence,
-                                      "length_scale": LENGTH_SCALE, "kappa": KAPPA})
+                                      keys.DENSE_SEEDS: list(cfg.dense_seeds),
+                                      PARAM_N_INIT: n_init, PARAM_BATCH_SIZE: batch_size,
+                                      PARAM_SEED: seed, PARAM_EPS: eps, PARAM_TAU: tau,
+                                      PARAM_STOP_PATIENCE: stop_rule.patience,
+                                      PARAM_STOP_MAX_UNCERTAINTY: stop_rule.max_uncertainty,
+                                      PARAM_STOP_BEST_CONFIDENCE: stop_rule.best_confidence,
+                                      PARAM_LENGTH_SCALE: LENGTH_SCALE, PARAM_KAPPA: KAPPA})
         log(f"map: new map run {map_run}")
     cache.log(map_run, tags={keys.MAP_BUDGET: budget})
     result = MapResult(map_run, axes, rounds, None, [], 0, 0, "", 0.0)
@@ -1026,6 +1088,7 @@ def run_map(cfg, budget: int, *, experiment: str | None = None, batch_size: int 
         result.failed += summary.failed
 
     history: list[np.ndarray] = []
+    best_history: list[dict[float, int]] = []
     pred: MapPrediction | None = None
     try:
         with cache.computing(map_run):
@@ -1043,6 +1106,7 @@ def run_map(cfg, budget: int, *, experiment: str | None = None, batch_size: int 
                     labels = label_points(rows, eps, tau, seed=seed)
                     pred = predict_map(axes, labels, seed=seed, eps=eps, tau=tau)
                     history.append(pred.label.copy())
+                    best_history.append(dict(pred.best))
                 if rounds:
                     last = rounds[-1]
                     if len(history) >= 2:
@@ -1058,7 +1122,7 @@ def run_map(cfg, budget: int, *, experiment: str | None = None, batch_size: int 
                     result.stop_reason = f"budget of {budget} points reached"
                     break
                 if pred is not None and rounds:
-                    settled, state = stop_rule.settled(history, pred)
+                    settled, state = stop_rule.settled(history, pred, best_history)
                     if settled and len(rounds) > stop_rule.patience:
                         result.stop_reason = f"the map has stopped changing ({state})"
                         break
@@ -1074,7 +1138,8 @@ def run_map(cfg, budget: int, *, experiment: str | None = None, batch_size: int 
                         result.stop_reason = "every point of the grid has been run"
                         break
                 rounds.append(Round(len(rounds), [axes.point(p) for p in points], reasons,
-                                    len(done_points), note=_round_note(pred, stop_rule, history)))
+                                    len(done_points),
+                                    note=_round_note(pred, stop_rule, history, best_history)))
                 store_rounds()          # before running: a killed run resumes this round
                 log(f"map round {rounds[-1].number}: {len(points)} point(s): " + ", ".join(
                     f"{cfg.knob}={t:g} d={d:g}" for t, d in rounds[-1].points))
@@ -1099,10 +1164,10 @@ def _finished(p: int, cells_of: dict, table: pd.DataFrame) -> bool:
 
 
 def _round_note(pred: MapPrediction | None, stop_rule: StopRule,
-                history: list[np.ndarray]) -> str:
+                history: list[np.ndarray], best_history: list[dict[float, int]]) -> str:
     if pred is None:
         return "no finished cell yet"
-    return stop_rule.settled(history, pred)[1]
+    return stop_rule.settled(history, pred, best_history)[1]
 
 
 def _log_round(cache, map_run: str, r: Round, cells_run: int) -> None:

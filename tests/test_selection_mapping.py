@@ -11,6 +11,16 @@ import pandas as pd
 import pytest
 
 from selection.mapping import (
+    PARAM_BATCH_SIZE,
+    PARAM_EPS,
+    PARAM_KAPPA,
+    PARAM_LENGTH_SCALE,
+    PARAM_N_INIT,
+    PARAM_SEED,
+    PARAM_STOP_BEST_CONFIDENCE,
+    PARAM_STOP_MAX_UNCERTAINTY,
+    PARAM_STOP_PATIENCE,
+    PARAM_TAU,
     GridAxes,
     StopRule,
     active_choices,
@@ -109,6 +119,17 @@ def test_stop_rule_needs_stable_labels_confident_points_and_best_temperatures():
     changed[2][0] = "II-A" if changed[2][0] != "II-A" else "II-B"
     ok, why = rule.settled(changed, pred)
     assert not ok and "labels changed in the last 2 rounds: 1" in why
+    # the same labels, but one density's reported best moved in the last rounds: still open
+    bests = [dict(pred.best) for _ in range(3)]
+    assert rule.settled(same, pred, bests)[0]
+    density = axes.densities[0]
+    other = next(p for p in range(axes.n) if axes.point(p)[1] == density
+                 and p != pred.best[density])
+    bests[1] = {**bests[1], density: other}
+    ok, why = rule.settled(same, pred, bests)
+    assert not ok and "best temperatures moved: 2" in why
+    # settled again once the new best has held for `patience` rounds
+    assert rule.settled(same, pred, [bests[1], bests[2], bests[2], bests[2]])[0]
     # and on a clear grid the loop stops before it has run everything
     chosen, stop = active_choices(synthetic_table(FINE_T, FINE_D, seed=0), 80, seed=0)
     assert stop is not None and stop < 80 and len(chosen) == 80
@@ -134,6 +155,21 @@ def test_the_reported_best_temperature_is_one_that_was_run():
     dense = table[table[keys.DENSITY] == axes.densities[-1]]
     top = dense.loc[dense[keys.TEST_ACC].idxmax(), keys.TEMPERATURE]
     assert axes.point(pred.best[axes.densities[-1]])[0] == top
+
+
+def test_the_accuracy_noise_follows_the_measurements():
+    # the synthetic accuracies scatter by 0.001 (plus the kinks of their drawn curve); the same
+    # grid with 0.01 more scatter must be fitted with a larger noise (a fixed fraction of the
+    # accuracies' spread, about the same for both, would not tell them apart)
+    table = synthetic_table(FINE_T, FINE_D, seed=3)
+    axes = GridAxes.of_table(table)
+    clean = predict_map(axes, label_points(table, n_resamples=0)).acc_noise
+    rng = np.random.default_rng(0)
+    noisy_table = table.assign(**{keys.TEST_ACC: table[keys.TEST_ACC]
+                                  + rng.normal(0, 0.01, len(table))})
+    noisy = predict_map(axes, label_points(noisy_table, n_resamples=0)).acc_noise
+    assert clean is not None and clean <= 0.005
+    assert noisy >= 0.008 > clean
 
 
 def test_the_look_ahead_sees_finished_points_the_labeller_would_relabel():
@@ -266,6 +302,11 @@ def test_a_killed_map_run_resumes_without_recomputing_finished_cells(tracking_ur
     maps = client.search_runs([exp.experiment_id], f"tags.{keys.RUN_KIND} = '{keys.KIND_MAP}'")
     assert [r.info.run_id for r in maps] == [result.map_run_id]       # the same map run
     assert maps[0].info.status == "FINISHED"
+    params = maps[0].data.params        # the settings that steer it, by their constants
+    assert params[PARAM_N_INIT] == "5" and params[PARAM_BATCH_SIZE] == "1"
+    assert params[PARAM_SEED] == "0" and params[PARAM_STOP_PATIENCE] == "2"
+    assert {keys.DENSE_SEEDS, PARAM_EPS, PARAM_TAU, PARAM_STOP_MAX_UNCERTAINTY,
+            PARAM_STOP_BEST_CONFIDENCE, PARAM_LENGTH_SCALE, PARAM_KAPPA} <= set(params)
     cell_runs = client.search_runs(
         [exp.experiment_id],
         f"tags.{keys.RUN_KIND} = '{keys.KIND_CELL}' and attributes.status = 'FINISHED'")
