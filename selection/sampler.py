@@ -174,7 +174,9 @@ class RegimeGuidedSampler(BaseSampler):
         maximize = study.direction == StudyDirection.MAXIMIZE
         space = _Space.of(param_distribution, self.knob, self.temperature_param)
         self._wait_for_earlier_choices(study, trial)
-        history = self._observations(study, trial, space)
+        # ONE pass over the trials for both the history and who is choosing now: with two
+        # reads, a trial storing its temperature between them would be in neither list
+        history, choosing = self._observations(study.get_trials(deepcopy=False), trial, space)
         choose = self._sample_discrete if space.values is not None else self._sample_continuous
 
         def choice_of(number: int) -> Any:
@@ -187,7 +189,7 @@ class RegimeGuidedSampler(BaseSampler):
         # yet are choosing it now from the same history: replay their choices in trial order and
         # count them as running, so that simultaneous workers take the 1st, 2nd, ... choice
         # instead of all taking the same one.
-        for number in self._choosing_now(study, trial):
+        for number in choosing:
             coord = space.coord_of(float(choice_of(number)))
             if coord is not None:
                 history.append((number, _Observation(coord, None, None, True)))
@@ -219,14 +221,19 @@ class RegimeGuidedSampler(BaseSampler):
 
     # --- reading the history ------------------------------------------------------------
     def _observations(
-        self, study: optuna.Study, trial: FrozenTrial, space: _Space
-    ) -> list[tuple[int, _Observation]]:
-        """Every other trial with a temperature in ``space``, with its number."""
-        observations = []
-        for other in study.get_trials(deepcopy=False):
+        self, trials: Sequence[FrozenTrial], trial: FrozenTrial, space: _Space
+    ) -> tuple[list[tuple[int, _Observation]], list[int]]:
+        """Every other trial of ``trials`` with a temperature in ``space``, with its number;
+        and, from the same pass, the numbers of the RUNNING trials before ``trial`` that have
+        no temperature yet (see :meth:`_choosing_now`)."""
+        observations, choosing = [], []
+        for other in trials:
             if other.number == trial.number:
                 continue
             value = other.params.get(self.temperature_param)
+            if (value is None and other.state == TrialState.RUNNING
+                    and other.number < trial.number):
+                choosing.append(other.number)
             if value is None and other.state == TrialState.WAITING:
                 value = other.system_attrs.get("fixed_params", {}).get(self.temperature_param)
             if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -242,7 +249,7 @@ class RegimeGuidedSampler(BaseSampler):
                 objective = None
             observations.append((other.number, _Observation(coord, None if pending else label,
                                                             objective, pending)))
-        return observations
+        return observations, sorted(choosing)
 
     def _predict(self, temperature: float) -> int | None:
         regime = self.regime_predictor(temperature) if self.regime_predictor else None

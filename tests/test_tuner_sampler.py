@@ -244,6 +244,38 @@ def test_a_worker_waits_for_an_earlier_choice_made_from_an_older_history(tmp_pat
         assert choices[0] != got["a"], (choices, got)
 
 
+def test_a_choice_stored_between_two_reads_is_not_missed(tmp_path):
+    """B reads the history while A is choosing; A then stores its choice before B looks for
+    the trials still choosing. From two separate reads A is in neither list and B takes A's
+    temperature; one read of the trials for both keeps A (replayed) and B apart."""
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.journal")))
+    name = "between-reads"
+    optuna.create_study(study_name=name, storage=storage, direction="maximize")
+
+    def worker():
+        sampler = RegimeGuidedSampler("temperature", "epochs", seed=0, choice_wait_s=0)
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+
+    first = worker().ask()
+    first.suggest_categorical("temperature", EPOCHS)
+    first.set_user_attr("regime", "II-A")
+    worker().tell(first, 0.1)
+    a_trial, b_study = worker().ask(), worker()
+    b_trial = b_study.ask()
+    got = {}
+    read = b_study.sampler._observations
+
+    def read_then_let_a_choose(*args):
+        history = read(*args)
+        got["a"] = a_trial.suggest_categorical("temperature", EPOCHS)   # A stores it now
+        return history
+
+    b_study.sampler._observations = read_then_let_a_choose
+    got["b"] = b_trial.suggest_categorical("temperature", EPOCHS)
+    assert got["a"] != got["b"], got
+
+
 @pytest.mark.parametrize("n", [1, 2, 6, 10, 16])
 def test_bisection_reaches_the_boundary_in_log_trials(n):
     """On a monotone grid the best cell (coldest connected) is reached within
