@@ -103,10 +103,13 @@ BEST_SAMPLES = 256
 # 1/densities of the best temperatures); BEST_WEIGHT scales that
 BEST_WEIGHT = 1.0
 # the accuracy GP's measurement noise (standard deviation, accuracy units): the level of
-# ACC_NOISE_LEVELS of highest marginal likelihood, from ACC_NOISE_MIN_CELLS finished cells on
-# (with fewer: 10% of their accuracies' spread)
+# ACC_NOISE_LEVELS (those below the cap, and the cap) of highest marginal likelihood, from
+# ACC_NOISE_MIN_CELLS finished cells on; the cap and, with fewer cells, the noise:
+# ACC_NOISE_DEFAULT x the accuracies' spread (uncapped, demo_fine's misfit passed for noise:
+# 1.2 points, 20 seeds 53 -> 58.5 cells for both goals)
 ACC_NOISE_LEVELS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.008, 0.012, 0.02)
 ACC_NOISE_MIN_CELLS = 5
+ACC_NOISE_DEFAULT = 0.1         # the fallback and the cap: this fraction of the spread
 # look-ahead relabelling (relabel_flips): its weight in the score, the barrier's scale of the
 # signed log transform, the noise of the standardised barrier/CKA regressions
 RELABEL_WEIGHT = 1.0
@@ -456,12 +459,15 @@ def _predict_best(pred: MapPrediction, run_idx: np.ndarray, acc: np.ndarray, see
     x = axes.coords()
     if len(run_idx) >= ACC_NOISE_MIN_CELLS and np.ptp(acc) > 0:
         # the measurement noise, in accuracy units, by marginal likelihood over a fixed set of
-        # levels (the signal kernel stays fixed): a fixed fraction of the accuracies' spread
+        # levels (the signal kernel stays fixed): the fixed fraction alone of the accuracies' spread
         # ties the noise to how far the worst cell falls (on the paper-like grid 2.2 points
         # for a true 0.1), and a seed's spread misses the dense checkpoint's own noise
         mu, scale = float(acc.mean()), float(acc.std())
+        # never above the fixed default (ACC_NOISE_DEFAULT of the spread): the fixed kernel's
+        # misfit (a cliff at the cold sparse corner) would pass for noise and blur the plateau
+        cap = ACC_NOISE_DEFAULT * scale
         fits = []
-        for level in ACC_NOISE_LEVELS:
+        for level in [*(v for v in ACC_NOISE_LEVELS if v < cap), cap]:
             fit = GaussianProcessRegressor(_accuracy_signal_kernel(),
                                            alpha=(level / scale) ** 2, optimizer=None)
             fit.fit(x[run_idx], (acc - mu) / scale)

@@ -170,6 +170,9 @@ def test_the_accuracy_noise_follows_the_measurements():
     noisy = predict_map(axes, label_points(noisy_table, n_resamples=0)).acc_noise
     assert clean is not None and clean <= 0.005
     assert noisy >= 0.008 > clean
+    # never above the fixed default: 10% of the accuracies' spread
+    spread = np.std(label_points(noisy_table, n_resamples=0)[keys.TEST_ACC])
+    assert noisy <= 0.1 * spread + 1e-12
 
 
 def test_the_look_ahead_sees_finished_points_the_labeller_would_relabel():
