@@ -125,6 +125,9 @@ def test_a_table_typed_from_a_paper_names_its_knob(tmp_path, capsys, monkeypatch
     assert main(["replay", "--table", str(table), "--knob", "epochs", "--density", "0.05",
                  "--repeats", "2", "--sampler", "regime", "--json"]) == 0
     assert '"regime"' in capsys.readouterr().out.splitlines()[-1]
+    assert main(["map", "--table", str(table), "--replay", "--knob", "epochs", "--seeds", "1",
+                 "--max-cells", "8", "--json"]) == 0
+    assert '"total_cells"' in capsys.readouterr().out.splitlines()[-1]
 
 
 def test_missing_file_and_bad_density(tmp_path, capsys):

@@ -62,7 +62,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=20, help="replay seeds (default 20)")
     p.add_argument("--max-cells", type=int, help="replay: stop each replay after this many "
                    "cells (default: the whole grid)")
-    p.add_argument("--knob", help="replay: the knob, when the table has several")
+    p.add_argument("--knob", help="replay: the knob, when the table has several, or of a table "
+                   "without a knob column (every row)")
     p.add_argument("--json", action="store_true", help="replay: print one JSON object as the "
                    "last line")
     add_store_options(p)
@@ -160,7 +161,7 @@ def _replay(args: argparse.Namespace) -> int:
         return fail(ValueError("--replay needs --table CSV (a finished results table)"))
     try:
         table = read_table(args.table, ["knob", "temperature", "density", "lmc_barrier", "cka",
-                                        "test_acc"])
+                                        "test_acc"], knob=args.knob)
         if args.seeds < 1:
             raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
         stop_rule = _stop_rule(args)
