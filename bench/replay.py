@@ -109,21 +109,6 @@ def noise_tolerance(table: pd.DataFrame) -> float | None:
     return None
 
 
-def trials_to_within(result, cells: pd.DataFrame, tolerance: float,
-                     objective_column: str = keys.VAL_ACC) -> np.ndarray:
-    """Per seed of ``result``: the 1-based first trial whose objective is at least the
-    density's best - ``tolerance`` (``budget + 1`` if none), from its trajectories: the
-    definition of ``ReplayResult.trials_to_within`` (selection/replay.py) at another tolerance,
-    without replaying again."""
-    at = cells[np.isclose(cells[keys.DENSITY].to_numpy(dtype=float), result.density)]
-    value_of = dict(zip(at[keys.TEMPERATURE].astype(float), at[objective_column].astype(float),
-                        strict=True))
-    best = max(v for v in value_of.values() if np.isfinite(v))
-    return np.array([next((k + 1 for k, t in enumerate(tried)
-                           if value_of[float(t)] >= best - tolerance), result.budget + 1)
-                     for tried in result.trajectories])
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--table", help="results table CSV (default: the demo grid if present, "
@@ -198,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         if noise is not None:
             for name, result in by_sampler.items():
                 entry[name]["median_trials_to_within_noise"] = float(np.median(
-                    trials_to_within(result, cells, noise)))
+                    result.trials_to_within_of(noise)))
         baselines = [b for b in BASELINES if b in summary]
         if "regime" in summary and baselines:
             strongest = min(baselines, key=lambda b: (summary[b]["median_trials_to_best"],

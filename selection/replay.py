@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,13 @@ class ReplayResult:
     trials_to_within: np.ndarray
     regret: np.ndarray                   # seeds x budget
     test_regret: np.ndarray | None       # seeds x budget, when the table has test_acc
+    objectives: dict[float, float] = field(default_factory=dict)   # temperature -> objective
+
+    def trials_to_within_of(self, tolerance: float) -> np.ndarray:
+        """Per seed: the 1-based first trial whose objective is at least the density's best
+        minus ``tolerance`` (``budget + 1`` when none); ``trials_to_within`` at another
+        tolerance, from the trajectories (no second replay)."""
+        return _trials_to_within(self.trajectories, self.objectives, tolerance, self.budget)
 
     def summary(self) -> dict[str, Any]:
         """The figures of this result as plain JSON-ready numbers."""
@@ -203,7 +210,7 @@ def replay_density(
                                        objective_column]], density, knob, objective_column)
 
     trajectories = []
-    to_best, to_within = [], []
+    to_best = []
     regret = np.zeros((len(seeds), budget))
     test_regret = np.zeros((len(seeds), budget)) if test_of is not None else None
     for r, seed in enumerate(seeds):
@@ -212,8 +219,6 @@ def replay_density(
         trajectories.append(tried)
         values = [objective_of[t] for t in tried]
         to_best.append(next((k + 1 for k, t in enumerate(tried) if t in best), budget + 1))
-        to_within.append(next((k + 1 for k, v in enumerate(values)
-                               if v >= best_value - tolerance), budget + 1))
         incumbent, top = None, -math.inf
         for k in range(budget):
             if k < len(tried) and math.isfinite(values[k]) and values[k] > top:
@@ -227,8 +232,19 @@ def replay_density(
     return ReplayResult(
         sampler=sampler, density=density, budget=budget, seeds=list(seeds), tolerance=tolerance,
         best_temperatures=best, trajectories=trajectories,
-        trials_to_best=np.array(to_best), trials_to_within=np.array(to_within),
-        regret=regret, test_regret=test_regret)
+        trials_to_best=np.array(to_best),
+        trials_to_within=_trials_to_within(trajectories, objective_of, tolerance, budget),
+        regret=regret, test_regret=test_regret, objectives=objective_of)
+
+
+def _trials_to_within(trajectories: Sequence[Sequence[float]], objective_of: Mapping[float, float],
+                      tolerance: float, budget: int) -> np.ndarray:
+    """Per trajectory: the 1-based first trial whose objective is at least the best of
+    ``objective_of`` minus ``tolerance``; ``budget + 1`` when none is."""
+    best_value = max(v for v in objective_of.values() if math.isfinite(v))
+    return np.array([next((k + 1 for k, t in enumerate(tried)
+                           if objective_of[t] >= best_value - tolerance), budget + 1)
+                     for tried in trajectories])
 
 
 def _replay_once(lookup: _TableLookup, temperatures: list, knob: str, density: float,

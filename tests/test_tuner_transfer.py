@@ -249,7 +249,7 @@ def test_the_curve_averages_every_other_density_by_closeness_in_log_density():
     assert 0.80 < prior.center < 0.87 and 0 < prior.scale < 0.1
 
 
-def test_bench_trials_to_within_the_noise_matches_the_replay_s_definition():
+def test_trials_to_within_another_tolerance_and_the_bench_noise():
     import importlib.util
     from pathlib import Path
 
@@ -263,12 +263,11 @@ def test_bench_trials_to_within_the_noise_matches_the_replay_s_definition():
     cells, knob = prepare_table(df, relabel=True)
     result = replay_density(cells, knob, 0.1, "random", range(4))
     # at the replay's own tolerance the figure is the replay's, recomputed from trajectories
-    np.testing.assert_array_equal(bench.trials_to_within(result, cells, result.tolerance),
+    np.testing.assert_array_equal(result.trials_to_within_of(result.tolerance),
                                   result.trials_to_within)
     # within any tolerance the first trial counts; within none, the first at a best cell
-    assert (bench.trials_to_within(result, cells, 1.0) == 1).all()
-    np.testing.assert_array_equal(bench.trials_to_within(result, cells, 0.0),
-                                  result.trials_to_best)
+    assert (result.trials_to_within_of(1.0) == 1).all()
+    np.testing.assert_array_equal(result.trials_to_within_of(0.0), result.trials_to_best)
     # the noise: the objective's own std first, else the test accuracy's
     assert bench.noise_tolerance(df) == pytest.approx(df[keys.TEST_ACC_STD].median())
     both = df.assign(**{keys.VAL_ACC_STD: 0.5})
