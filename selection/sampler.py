@@ -216,8 +216,12 @@ class RegimeGuidedSampler(BaseSampler):
         marked FAILED: it costs the later trials their first choice, never a duplicate.)
         """
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        return sorted(t.number for t in running
-                      if t.number < trial.number and self.temperature_param not in t.params)
+        return sorted(t.number for t in running if self._is_choosing(t, trial))
+
+    def _is_choosing(self, other: FrozenTrial, trial: FrozenTrial) -> bool:
+        """``other`` asked before ``trial``, is RUNNING and has no temperature yet."""
+        return (other.state == TrialState.RUNNING and other.number < trial.number
+                and self.temperature_param not in other.params)
 
     # --- reading the history ------------------------------------------------------------
     def _observations(
@@ -230,10 +234,9 @@ class RegimeGuidedSampler(BaseSampler):
         for other in trials:
             if other.number == trial.number:
                 continue
-            value = other.params.get(self.temperature_param)
-            if (value is None and other.state == TrialState.RUNNING
-                    and other.number < trial.number):
+            if self._is_choosing(other, trial):
                 choosing.append(other.number)
+            value = other.params.get(self.temperature_param)
             if value is None and other.state == TrialState.WAITING:
                 value = other.system_attrs.get("fixed_params", {}).get(self.temperature_param)
             if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -634,12 +637,18 @@ class TransferPrior:
                 for p, m in mean.items()}
 
 
+def _top_median_scale(values: Any) -> tuple[float, float, float]:
+    """One density's best and median objective and its own scale: the spread above the
+    median, or above the worst where half the cells tie at the top (0 when all tie)."""
+    top, middle = float(values.max()), float(values.median())
+    return top, middle, top - middle if top > middle else top - float(values.min())
+
+
 def _closeness_to_top(values: Any) -> dict[float, float]:
     """Per temperature of one density: 1 at its best objective, falling linearly to 0 at the
     median objective and below (the spread above the median is the density's own scale; the
     spread above the worst where half the cells tie at the top; all 1 when all tie)."""
-    top, middle = float(values.max()), float(values.median())
-    scale = top - middle if top > middle else top - float(values.min())
+    top, middle, scale = _top_median_scale(values)
     if not scale > 0:
         return {float(t): 1.0 for t in values.index}
     return {float(t): float(min(1.0, max(0.0, 1.0 + (v - top) / scale)))
@@ -744,8 +753,7 @@ def _transfer_curve(others: Any, density: float, objective_column: str,
         values = rows.groupby("temperature")[objective_column].mean().dropna() * sign
         if len(values) < 2:
             continue
-        top, middle = float(values.max()), float(values.median())
-        scale = top - middle if top > middle else top - float(values.min())
+        _, middle, scale = _top_median_scale(values)
         if scale > 0:
             levels[float(d)] = (middle, scale, ((values - middle) / scale).clip(
                 lower=_CURVE_FLOOR))
