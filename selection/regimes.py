@@ -550,18 +550,16 @@ def _label_points(points: _Points, barrier: np.ndarray, cka: np.ndarray, eps: fl
                 deepest_shallow = min(deepest_shallow, float(magnitude[idx[:s]].min()))
             else:
                 no_jump.append((key, idx))
-        level, level_source = None, None
+        pooled_eps, source = _estimate_eps(barrier, [])
         if jumps:
             # a density without a jump is Regime I where its barriers are at least as deep as
             # the shallowest barrier any jump called Regime I, or as the pooled eps where that
             # is shallower (but never shallower than the jump floor): the same level as with no
             # jump at all, so that one jump appearing does not relabel every other density
-            pooled = -_estimate_eps(barrier, [])[0]
-            level, level_source = min(deepest_shallow, max(pooled, floor)), LEVEL
-        elif no_jump:
-            notes: list[str] = []
-            pooled, source = _estimate_eps(barrier, notes)
-            level, level_source = -pooled, POOLED
+            level = min(deepest_shallow, max(-pooled_eps, floor))
+            level_source = LEVEL
+        else:
+            level, level_source = -pooled_eps, POOLED
             info["pooled_eps_source"] = source
         for _, idx in no_jump:
             if level_source == POOLED:
