@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from tracking import keys
+from tracking.knobs import DIRECTIONS
 from tracking.records import CELL_COLUMNS, METRIC_COLUMNS, OPTIONAL_COLUMNS, PAIR_METRICS, run_row
 from tracking.store import experiment_id, get_client, search_all_runs
 
@@ -158,8 +159,6 @@ def fill_knob(df: pd.DataFrame, knob: str | None) -> pd.DataFrame:
     """
     if knob is None:
         return df
-    from tracking.knobs import DIRECTIONS
-
     DIRECTIONS.get(knob, field="--knob")
     if keys.KNOB in df.columns:
         return df
