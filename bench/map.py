@@ -17,9 +17,13 @@ to fine: every other temperature and density first), through the same models, ov
 The reference map is the labeller's labels of the whole table. Printed per table: agreement
 and best-temperature figures at budgets, the cells to 95 % agreement (median over seeds) for
 each order, and the goal (>= 95 % agreement and the best temperature at every density with
-<= 40 % of the cells) met or not. The curve (agreement vs cells run) goes to ``--out``. The
-LAST line printed is one JSON object: per table the ``--replay --json`` summary (the same
-figures as ``python -m selection map --table CSV --replay --json --seeds N``).
+<= 40 % of the cells) met or not, the same with each best within 0.2 points of the best
+accuracy, and how often a re-run of the WHOLE grid with new fine-tune seeds would keep its own
+best temperatures (``selection.mapping.best_reproducibility``: the ceiling on "the exact best
+found" when best and runner-up are closer than the seeds' noise). The curve (agreement vs
+cells run) goes to ``--out``. The LAST line printed is one JSON object: per table the
+``--replay --json`` summary (the same figures as
+``python -m selection map --table CSV --replay --json --seeds N``).
 
 The tables are replayed in ``--jobs`` processes (default: up to 3, one per core). No timing
 is taken: every figure is a count of cells, the same on any machine.
@@ -110,6 +114,10 @@ def main() -> None:
               f"at 40%: agreement {100 * f['agreement_at_40pct']:.0f}%, best found at "
               f"{100 * f['best_found_at_40pct']:.0f}% of densities "
               f"({100 * f['best_within_at_40pct']:.0f}% within 0.2 points)")
+        within = f["cells_for_goal_within"]
+        met = within is not None and within <= 0.4 * total
+        print(f"the same with each best within 0.2 points of the best accuracy: "
+              f"{'met' if met else 'NOT met'}; median cells for it: {within}")
     path = plot_replay(curves, args.out)
     print(f"\ncurve: {path}")
     print(json.dumps(figures, allow_nan=False))

@@ -82,7 +82,7 @@ __all__ = [
     "P_REGIME_IIB", "coarse_to_fine_order", "choose_batch", "default_batch_size",
     "default_n_init", "initial_design", "label_points", "predict_map", "relabel_flips",
     "replay", "expected_map_change",
-    "replay_summary",
+    "replay_summary", "best_reproducibility",
 ]
 
 P_REGIME_I = keys.P_REGIME_I       # probability of Regime I
@@ -119,6 +119,7 @@ RELABEL_NODES = ((-math.sqrt(3), 1 / 6), (0.0, 2 / 3), (math.sqrt(3), 1 / 6))
 BARRIER_SCALE = 0.01
 MEASURE_NOISE = 0.05
 BEST_AMONG_RUN = True
+BEST_CONFIDENCE = 0.8       # a reported best "found" at this probability (StopRule's default)
 BEST_TOLERANCE = 0.002      # replay: "within" = test accuracy within 0.2 points of the best
 
 # params of a map run (the MLflow run of run_map): the settings that steer it. Here, not in
@@ -359,9 +360,10 @@ class MapPrediction:
             out["p_best"] = self.p_best
         return out
 
-    def best_frame(self) -> pd.DataFrame:
+    def best_frame(self, confidence: float = BEST_CONFIDENCE) -> pd.DataFrame:
         """Per density: the predicted best temperature, its probability, whether it was run,
-        and how many points of that density were run (its support)."""
+        how many points of that density were run (its support), and what the report can
+        claim (``status``, see :meth:`best_status`)."""
         rows = []
         nd = len(self.axes.densities)
         for di, density in enumerate(self.axes.densities):
@@ -374,8 +376,36 @@ class MapPrediction:
                 "p_best": None if p is None else float(self.p_best[p]),
                 "best_run": bool(p is not None and self.run[p]),
                 "cells_run_at_density": int(self.run[row_points].sum()),
+                "status": self.best_status(density, confidence),
             })
         return pd.DataFrame(rows)
+
+    def best_status(self, density: float, confidence: float = BEST_CONFIDENCE) -> str:
+        """What the reported best of ``density`` is worth: ``not run`` (only a prediction),
+        ``one cell run`` (a single cell at that density: a guess, not a search), ``not
+        settled`` (the unrun temperatures of the density together have probability >= 1 -
+        ``confidence`` of beating it), ``tied with T...`` (the other RUN temperatures whose
+        measured accuracy is within the accuracy model's noise of it: any of them is as good
+        as the data can tell), else ``found``."""
+        p = self.best.get(density)
+        if p is None or self.p_best is None:
+            return "not run"
+        di = list(self.axes.densities).index(density)
+        row = np.arange(di, self.axes.n, len(self.axes.densities))
+        if not self.run[p]:
+            return "not run"
+        if self.run[row].sum() <= 1:
+            return "one cell run"
+        noise = self.acc_noise if self.acc_noise is not None else 0.0
+        ties = [q for q in row[self.run[row]]
+                if q != p and self.acc_mean[q] >= self.acc_mean[p] - noise]
+        unrun_mass = float(self.p_best[row[~self.run[row]]].sum())
+        if unrun_mass >= 1 - confidence:
+            return "not settled"
+        if ties:
+            temps = ", ".join(f"{self.axes.point(q)[0]:g}" for q in ties)
+            return f"tied with {temps}"
+        return "found"
 
 
 def predict_map(axes: GridAxes, labels: pd.DataFrame, *, seed: int = 0,
@@ -673,7 +703,7 @@ class StopRule:
 
     patience: int = 2
     max_uncertainty: float = 0.1
-    best_confidence: float = 0.8
+    best_confidence: float = BEST_CONFIDENCE
 
     def settled(self, history: Sequence[np.ndarray], pred: MapPrediction,
                 best_history: Sequence[dict[float, int]] | None = None) -> tuple[bool, str]:
@@ -739,6 +769,8 @@ class ReplayCurves:
     best_within: dict[str, np.ndarray]       # found within BEST_TOLERANCE of the best
     stopped_at: list[int | None]
     reference: pd.DataFrame
+    # how often a re-run of the whole grid keeps its best temperatures (best_reproducibility)
+    best_reproducibility: dict | None = None
 
 
 class _Oracle:
@@ -774,6 +806,73 @@ def _true_best(reference: pd.DataFrame, axes: GridAxes) -> tuple[dict[float, int
         top = rows.loc[rows[keys.TEST_ACC].idxmax()]
         best[float(density)] = axes.index(top[keys.TEMPERATURE], density)
     return best, acc
+
+
+REPRODUCE_DRAWS = 20000
+DEFAULT_COPIES = 3           # fine-tune copies per cell assumed when the table does not say
+
+
+def _copies(table: pd.DataFrame) -> tuple[int, bool]:
+    """(fine-tune copies behind one row's mean test accuracy, whether that was assumed): the
+    seeds named in ``pair_metrics`` ("0_1", "0_2", ...) or a ``finetune_seeds`` column, else
+    DEFAULT_COPIES."""
+    import json
+
+    from tracking.tables import PAIR_METRICS
+
+    if PAIR_METRICS in table.columns:
+        for raw in table[PAIR_METRICS].dropna():
+            try:
+                pairs = next(iter(json.loads(raw).values()))
+                seeds = {s for key in pairs for s in str(key).split("_")}
+            except (ValueError, TypeError, StopIteration, AttributeError):
+                continue
+            if len(seeds) >= 2:
+                return len(seeds), False
+    if keys.FINETUNE_SEEDS in table.columns:
+        n = pd.to_numeric(table[keys.FINETUNE_SEEDS], errors="coerce").dropna()
+        if len(n) and n.min() >= 1:
+            return int(n.min()), False
+    return DEFAULT_COPIES, True
+
+
+def best_reproducibility(table: pd.DataFrame, axes: GridAxes, *, copies: int | None = None,
+                         draws: int = REPRODUCE_DRAWS, seed: int = 0) -> dict | None:
+    """How often the WHOLE grid, run again with new fine-tune seeds, would name the same best
+    temperature per density as ``table`` does: each point's mean test accuracy redrawn from
+    a normal around its measured mean with the standard error ``test_acc_std / sqrt(copies *
+    rows)`` (``rows``: its dense seeds), ``draws`` times. Only the fine-tune seeds' noise: a
+    new dense run adds its own, so these are upper bounds. None without ``test_acc_std``.
+
+    Returns ``{"per_density": {density: probability}, "every_density": probability that all
+    densities keep their best at once, "copies": n, "copies_assumed": bool}``: the ceiling on
+    "finds the exact best" for any strategy that is judged against this table's argmax."""
+    if keys.TEST_ACC_STD not in table.columns or table[keys.TEST_ACC_STD].isna().all():
+        return None
+    n_copies, assumed = (copies, False) if copies is not None else _copies(table)
+    mean, var, rows = np.zeros(axes.n), np.zeros(axes.n), np.zeros(axes.n)
+    for t, d, a, s in zip(table[keys.TEMPERATURE], table[keys.DENSITY], table[keys.TEST_ACC],
+                          table[keys.TEST_ACC_STD], strict=True):
+        p = axes.index(t, d)
+        mean[p] += a
+        var[p] += 0.0 if not np.isfinite(s) else s ** 2
+        rows[p] += 1
+    mean, se = mean / rows, np.sqrt(var / rows / (n_copies * rows))
+    t, d = zip(*axes.points(), strict=True)
+    true_best, _ = _true_best(pd.DataFrame({keys.TEMPERATURE: t, keys.DENSITY: d,
+                                            keys.TEST_ACC: mean}), axes)
+    rng = np.random.default_rng(seed)
+    redrawn = mean + rng.standard_normal((draws, axes.n)) * se
+    nd = len(axes.densities)
+    kept = np.ones(draws, dtype=bool)
+    per_density = {}
+    for di, density in enumerate(axes.densities):
+        row = np.arange(di, axes.n, nd)
+        same = row[np.argmax(redrawn[:, row], axis=1)] == true_best[density]
+        per_density[density] = float(same.mean())
+        kept &= same
+    return {"per_density": per_density, "every_density": float(kept.mean()),
+            "copies": int(n_copies), "copies_assumed": bool(assumed)}
 
 
 def _score(pred: MapPrediction, reference_labels: np.ndarray, true_best: dict[float, int],
@@ -838,7 +937,8 @@ def replay(table: pd.DataFrame, *, seeds: Sequence[int] = range(20), knob: str |
                  within[strategy][r, k - 1]) = _score(pred, ref, true_best, true_acc)
         if progress is not None:
             progress(f"seed {seed} done")
-    return ReplayCurves(total, agreement, found, within, stopped, reference)
+    return ReplayCurves(total, agreement, found, within, stopped, reference,
+                        best_reproducibility(table, axes))
 
 
 def _replay_order(strategy: str, axes: GridAxes, oracle: _Oracle, seed: int, total: int,
@@ -889,7 +989,11 @@ def replay_summary(curves: ReplayCurves, level: float = 0.95,
     found at that point (``best_within_at_budget``: within ``BEST_TOLERANCE`` of the best
     accuracy), ``cells_for_goal`` the cells when agreement >= ``level`` and every density's
     best is found, both staying so, and the agreement and best-found fractions at
-    ``budget_fraction`` of the cells.
+    ``budget_fraction`` of the cells; ``cells_for_goal_within`` the same as
+    ``cells_for_goal`` with each best found within ``BEST_TOLERANCE``. With the table's
+    ``test_acc_std``, ``reference_best_reproducibility`` says how often a re-run of the whole
+    grid would keep its own best temperatures (:func:`best_reproducibility`): the ceiling on
+    "found" when the best and the runner-up are closer than the seeds' noise.
 
     The LAST-line JSON of ``python -m selection map --replay --json`` is this dict.
     """
@@ -906,6 +1010,8 @@ def replay_summary(curves: ReplayCurves, level: float = 0.95,
         within_at = [within[r, (c or curves.total_cells) - 1] for r, c in enumerate(cells)]
         # the goal: >= level agreement AND the best temperature at every density, staying so
         goal = np.where((agree >= level - 1e-12) & (best >= 1 - 1e-12), 1.0, 0.0)
+        # the same with every density's best within BEST_TOLERANCE of the best accuracy
+        goal_within = np.where((agree >= level - 1e-12) & (within >= 1 - 1e-12), 1.0, 0.0)
         k = max(1, min(curves.total_cells, math.floor(budget_fraction * curves.total_cells)))
         pct = round(100 * budget_fraction)
         return {
@@ -913,6 +1019,8 @@ def replay_summary(curves: ReplayCurves, level: float = 0.95,
             "best_found_at_budget": float(np.median(at_cells)),
             "best_within_at_budget": float(np.median(within_at)),
             "cells_for_goal": median_cells([_cells_for(row, 1.0) for row in goal]),
+            "cells_for_goal_within": median_cells([_cells_for(row, 1.0)
+                                                   for row in goal_within]),
             f"agreement_at_{pct}pct": float(np.median(agree[:, k - 1])),
             f"best_found_at_{pct}pct": float(np.median(best[:, k - 1])),
             f"best_within_at_{pct}pct": float(np.median(within[:, k - 1])),
@@ -924,6 +1032,8 @@ def replay_summary(curves: ReplayCurves, level: float = 0.95,
     out = {"total_cells": curves.total_cells, **main,
            "seeds": int(next(iter(curves.agreement.values())).shape[0]),
            "baselines": {s: figures(s) for s in strategies if s != "active"}}
+    if curves.best_reproducibility is not None:
+        out["reference_best_reproducibility"] = curves.best_reproducibility
     stops = [s for s in curves.stopped_at if s is not None]
     out["stopped_at_median"] = float(np.median(stops)) if stops else None
     return out
@@ -972,7 +1082,8 @@ class MapResult:
                     out.append(f"  density {row[keys.DENSITY]:g}: {self.axes.knob} "
                                f"{row[keys.TEMPERATURE]:g}, p {row['p_best']:.2f}, "
                                f"{'run' if row['best_run'] else 'predicted'}, "
-                               f"{row['cells_run_at_density']} cell(s) run at this density")
+                               f"{row['cells_run_at_density']} cell(s) run at this density: "
+                               f"{row['status']}")
         out += [f"  FAILED {name}: {reason}" for name, reason in self.failed]
         return out
 

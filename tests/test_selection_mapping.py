@@ -24,6 +24,7 @@ from selection.mapping import (
     GridAxes,
     StopRule,
     active_choices,
+    best_reproducibility,
     coarse_to_fine_order,
     expected_map_change,
     initial_design,
@@ -92,7 +93,9 @@ def test_replay_is_deterministic_given_a_seed_and_summarises_to_the_json_keys():
     assert summary["total_cells"] == 10
     assert set(summary["baselines"]) == {"random", "coarse_to_fine"}
     for figures in (summary, *summary["baselines"].values()):
-        assert {"cells_for_95", "best_found_at_budget"} <= set(figures)
+        assert {"cells_for_95", "best_found_at_budget", "cells_for_goal",
+                "cells_for_goal_within"} <= set(figures)
+    assert 0 <= summary["reference_best_reproducibility"]["every_density"] <= 1
     json.dumps(summary, allow_nan=False)
 
 
@@ -155,6 +158,60 @@ def test_the_reported_best_temperature_is_one_that_was_run():
     dense = table[table[keys.DENSITY] == axes.densities[-1]]
     top = dense.loc[dense[keys.TEST_ACC].idxmax(), keys.TEMPERATURE]
     assert axes.point(pred.best[axes.densities[-1]])[0] == top
+
+
+def _two_density_table(gap: float, std: float) -> pd.DataFrame:
+    """4 temperatures x 2 densities; at each density the best leads the runner-up by ``gap``,
+    every cell with seed spread ``std``, three fine-tune copies named in pair_metrics."""
+    rows = []
+    pairs = json.dumps({"lmc_barrier": {"0_1": 0.0, "0_2": 0.0, "1_2": 0.0},
+                        "cka": {"0_1": 0.9, "0_2": 0.9, "1_2": 0.9}})
+    for t, acc in zip((5, 10, 20, 40), (0.90, 0.93, 0.95, 0.95 - gap), strict=True):
+        for d in (0.1, 0.5):
+            rows.append({keys.KNOB: "epochs", keys.TEMPERATURE: t, keys.DENSITY: d,
+                         keys.TEST_ACC: acc, keys.TEST_ACC_STD: std,
+                         keys.LMC_BARRIER: 0.0, keys.CKA: 0.9, "pair_metrics": pairs})
+    return pd.DataFrame(rows)
+
+
+def test_best_reproducibility_is_high_for_a_clear_best_and_a_coin_flip_for_a_tie():
+    clear = _two_density_table(gap=0.02, std=0.002)
+    axes = GridAxes.of_table(clear)
+    out = best_reproducibility(clear, axes)
+    assert out["copies"] == 3 and not out["copies_assumed"]
+    assert out["every_density"] > 0.99
+    # a gap of a tenth of the standard error: each density's best is kept about half the time,
+    # both at once about a quarter
+    tie = _two_density_table(gap=0.0001, std=0.002)
+    out = best_reproducibility(tie, axes)
+    assert all(0.4 < p < 0.65 for p in out["per_density"].values()), out
+    assert 0.15 < out["every_density"] < 0.4
+    # more copies per cell: a smaller standard error, a higher figure
+    gap = _two_density_table(gap=0.001, std=0.002)
+    assert best_reproducibility(gap, axes, copies=30)["every_density"] > \
+        best_reproducibility(gap, axes, copies=3)["every_density"]
+    # without the copies in the table the default is assumed and said; without stds, nothing
+    assert best_reproducibility(gap.drop(columns="pair_metrics"), axes)["copies_assumed"]
+    assert best_reproducibility(gap.drop(columns=keys.TEST_ACC_STD), axes) is None
+
+
+def test_the_reported_best_says_what_it_is_worth():
+    table = _two_density_table(gap=0.0001, std=0.002)
+    axes = GridAxes.of_table(table)
+    d_tie, d_one = axes.densities
+    # every temperature at the first density (20 and 40 tie); one cell at the second
+    rows = table[(table[keys.DENSITY] == d_tie)
+                 | ((table[keys.DENSITY] == d_one) & (table[keys.TEMPERATURE] == 20))]
+    pred = predict_map(axes, label_points(rows, n_resamples=0))
+    best = pred.best_frame().set_index(keys.DENSITY)
+    assert best.loc[d_one, "status"] == "one cell run"
+    status = best.loc[d_tie, "status"]
+    other = 40 if best.loc[d_tie, keys.TEMPERATURE] == 20 else 20
+    assert status == f"tied with {other:g}", status
+    # a clear best with every cell run is found
+    clear = _two_density_table(gap=0.02, std=0.002)
+    pred = predict_map(axes, label_points(clear, n_resamples=0))
+    assert set(pred.best_frame()["status"]) == {"found"}
 
 
 def test_the_accuracy_noise_follows_the_measurements():

@@ -210,13 +210,27 @@ def format_summary(summary: dict, curves) -> list[str]:
                              f"({f['best_within_at_budget']:.2f})"
                              for name, f in summary["baselines"].items()))
 
-    def goal(figures: dict) -> str:
-        value = figures["cells_for_goal"]
+    def goal(figures: dict, key: str = "cells_for_goal") -> str:
+        value = figures[key]
         return "never" if value is None else f"{value:g} ({100 * value / total:.0f}%)"
 
     lines.append("cells until >= 95% agreement AND every density's best temperature found "
                  f"(median): active {goal(summary)}, " + ", ".join(
                      f"{name} {goal(f)}" for name, f in summary["baselines"].items()))
+    lines.append("the same with every best found within 0.2 points of the best accuracy "
+                 f"(median): active {goal(summary, 'cells_for_goal_within')}, " + ", ".join(
+                     f"{name} {goal(f, 'cells_for_goal_within')}"
+                     for name, f in summary["baselines"].items()))
+    repro = summary.get("reference_best_reproducibility")
+    if repro is not None:
+        per = ", ".join(f"{d:g}: {p:.2f}" for d, p in sorted(
+            (float(d), p) for d, p in repro["per_density"].items()))
+        copies = f"{repro['copies']} fine-tune copies per cell" + (
+            " (assumed: the table does not say)" if repro["copies_assumed"] else "")
+        lines.append(
+            "how often re-running the WHOLE grid with new fine-tune seeds keeps its best "
+            f"temperature ({copies}; test_acc_std as the seed noise): every density at once "
+            f"{repro['every_density']:.2f}; per density {per}")
     if summary.get("stopped_at_median") is not None:
         lines.append(f"the stopping rule stops the active loop at {summary['stopped_at_median']:g} "
                      "cells (median)")
