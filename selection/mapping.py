@@ -384,7 +384,8 @@ class MapPrediction:
         """What the reported best of ``density`` is worth: ``not run`` (only a prediction),
         ``one cell run`` (a single cell at that density: a guess, not a search), ``not
         settled`` (the unrun temperatures of the density together have probability >= 1 -
-        ``confidence`` of beating it), ``tied with T...`` (the other RUN temperatures whose
+        ``confidence`` of beating it, or a neighbouring temperature of it was not run: the
+        smooth accuracy model cannot rule out a spike it has not seen), ``tied with T...`` (the other RUN temperatures whose
         measured accuracy is within the accuracy model's noise of it: any of them is as good
         as the data can tell), else ``found``."""
         p = self.best.get(density)
@@ -402,6 +403,15 @@ class MapPrediction:
         unrun_mass = float(self.p_best[row[~self.run[row]]].sum())
         if unrun_mass >= 1 - confidence:
             return "not settled"
+        # a maximum is not claimed before both neighbouring temperatures were measured: the
+        # accuracy model is smooth and can rule out a spike it has never seen
+        ti = p // len(self.axes.densities)
+        missing = [q for q in (p - len(self.axes.densities), p + len(self.axes.densities))
+                   if 0 <= q < self.axes.n and abs(q // len(self.axes.densities) - ti) == 1
+                   and not self.run[q]]
+        if missing:
+            temps = ", ".join(f"{self.axes.point(q)[0]:g}" for q in missing)
+            return f"not settled: neighbour {temps} not run"
         if ties:
             temps = ", ".join(f"{self.axes.point(q)[0]:g}" for q in ties)
             return f"tied with {temps}"

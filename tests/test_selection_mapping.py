@@ -212,6 +212,13 @@ def test_the_reported_best_says_what_it_is_worth():
     clear = _two_density_table(gap=0.02, std=0.002)
     pred = predict_map(axes, label_points(clear, n_resamples=0))
     assert set(pred.best_frame()["status"]) == {"found"}
+    # ... but not while a neighbouring temperature of it is unmeasured
+    rows = clear[(clear[keys.DENSITY] == d_tie) | (clear[keys.TEMPERATURE] != 10)]
+    pred = predict_map(axes, label_points(rows, n_resamples=0))
+    best = pred.best_frame().set_index(keys.DENSITY)
+    assert best.loc[d_one, keys.TEMPERATURE] == 20
+    assert best.loc[d_one, "status"].startswith("not settled"), best.loc[d_one, "status"]
+    assert best.loc[d_tie, "status"] == "found"
 
 
 def test_the_accuracy_noise_follows_the_measurements():
