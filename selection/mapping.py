@@ -385,9 +385,9 @@ class MapPrediction:
         ``one cell run`` (a single cell at that density: a guess, not a search), ``not
         settled`` (the unrun temperatures of the density together have probability >= 1 -
         ``confidence`` of beating it, or a neighbouring temperature of it was not run: the
-        smooth accuracy model cannot rule out a spike it has not seen), ``tied with T...`` (the other RUN temperatures whose
-        measured accuracy is within the accuracy model's noise of it: any of them is as good
-        as the data can tell), else ``found``."""
+        smooth accuracy model cannot rule out a spike it has not seen), ``tied with T...``
+        (the other RUN temperatures whose measured accuracy is within the accuracy model's
+        noise of it: any of them is as good as the data can tell), else ``found``."""
         p = self.best.get(density)
         if p is None or self.p_best is None:
             return "not run"
