@@ -16,6 +16,7 @@ from selection._tracking import log_classification
 from selection.classifier import (
     DEFAULT_ALIAS,
     FEATURE_SETS,
+    NO_CV,
     PHASE,
     CVResult,
     LoggedClassifier,
@@ -132,8 +133,7 @@ def classify(df: pd.DataFrame, eps: float | None = None, tau: float | None = Non
         labelled, info = label_grid(df, eps, tau)
     thresholds = grid_thresholds(info)
     models = {fs: fit_classifier(labelled, fs) for fs in FEATURE_SETS}
-    cv = {fs: cross_validate(labelled, fs, group_by_density=group_by_density)
-          for fs in FEATURE_SETS}
+    cv = {fs: _cross_validate(labelled, fs, group_by_density) for fs in FEATURE_SETS}
     moved = grid_sensitivity(df, eps, tau)
     report = ClassifyReport(labelled, thresholds, models, cv, moved, grid_run_id=grid_run_id,
                             label_info=info)
@@ -148,3 +148,17 @@ def classify(df: pd.DataFrame, eps: float | None = None, tau: float | None = Non
         names = registered_names(register_as or f"{experiment}-regime-classifier")
         log_classification(report, experiment, names, alias, Path(tmp), drawn)
     return report
+
+
+def _cross_validate(labelled: pd.DataFrame, feature_set: str, group_by_density: bool
+                    ) -> CVResult:
+    """:func:`cross_validate`, or no CV (NaN, with a note) for a table too small for two
+    stratified folds: several regimes but none with two cells (e.g. one temperature at two
+    densities), where scikit-learn would stop with a message about ``n_splits``."""
+    counts = labelled[keys.REGIME].value_counts()
+    n_cells = len(labelled[[keys.TEMPERATURE, keys.DENSITY]].drop_duplicates())
+    if not group_by_density and len(counts) > 1 and min(int(counts.max()), n_cells) < 2:
+        return CVResult(feature_set, float("nan"), (), 0, NO_CV,
+                        (f"{n_cells} cells, no regime with two: cross-validation is "
+                         "impossible",))
+    return cross_validate(labelled, feature_set, group_by_density=group_by_density)

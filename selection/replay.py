@@ -57,7 +57,7 @@ from selection.tuner import (
 )
 from tracking import keys
 from tracking.knobs import cold_to_hot
-from tracking.tables import fill_knob
+from tracking.tables import check_barrier_sign, fill_knob, read_table
 
 __all__ = ["ReplayResult", "prepare_table", "replay_density", "compare_samplers",
            "format_results", "plot_results", "results_json"]
@@ -129,12 +129,26 @@ def prepare_table(
         ValueError: a required column missing, several knobs without ``knob``, an unknown knob,
             a test-accuracy objective, or a table the labeller rejects.
     """
-    df = pd.read_csv(table) if isinstance(table, (str, Path)) else table.copy()
-    df = fill_knob(df, knob)    # a table without a knob column: --knob names it
     check_objective(objective_column)
     required = [keys.KNOB, keys.TEMPERATURE, keys.DENSITY, objective_column,
                 keys.LMC_BARRIER, keys.CKA]
-    check_table(df, required, allow_nan=True)
+    df = None
+    try:
+        if isinstance(table, (str, Path)):
+            # headers matched ignoring case and spaces, --knob filled or picked, sign checked
+            df = read_table(table, required, knob=knob)
+        else:
+            df = fill_knob(table.copy(), knob)  # a table without a knob column: --knob names it
+            check_barrier_sign(df)
+        # test accuracy is optional, but when present it is averaged: it must be numeric too
+        checked = [*required, *([keys.TEST_ACC] if keys.TEST_ACC in df.columns else [])]
+        check_table(df, checked, allow_nan=True)
+    except ValueError as e:
+        missing = df is None or objective_column not in df.columns
+        hint = (f" ({objective_column} is the replay's objective: --objective-column names "
+                "another, never a test column)" if missing and objective_column in str(e)
+                else "")
+        raise ValueError(f"{e}{hint}") from e
     if knob is None:
         knob = one_knob(df.dropna(subset=[keys.KNOB]), "the replay", "choose one with --knob")
     knobs = sorted(df[keys.KNOB].dropna().astype(str).unique())
@@ -147,6 +161,14 @@ def prepare_table(
         numeric.append(keys.TEST_ACC)
     cells = df.groupby([keys.TEMPERATURE, keys.DENSITY], as_index=False)[numeric].mean()
     has_regime = keys.REGIME in df.columns and df[keys.REGIME].isin(REGIMES).all()
+    if (keys.REGIME in df.columns and not has_regime and eps is None and tau is None
+            and not relabel):
+        given = df[keys.REGIME].dropna()
+        unknown = sorted(set(given.astype(str).str.strip()) - set(REGIMES) - {""})
+        if unknown:   # labels the user gave, not a table still unlabelled: never ignore them
+            raise ValueError(f"column {keys.REGIME!r} has unknown labels {unknown[:5]} "
+                             f"(allowed: {list(REGIMES)}); fix them, or pass --relabel to "
+                             "label the table with the grid labeller instead")
     if not (has_regime and eps is None and tau is None and not relabel):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RegimeWarning)

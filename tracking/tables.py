@@ -152,16 +152,24 @@ def write_table(df: pd.DataFrame, path: str | Path,
 def fill_knob(df: pd.DataFrame, knob: str | None) -> pd.DataFrame:
     """``df`` with ``knob`` in every row where it has no ``knob`` column (a table typed from a
     paper's figure knows its temperature axis, e.g. ``epochs``, but does not say it); a table
-    with the column is returned as it is. ``knob`` None: nothing changes.
+    with the column gives its rows of that knob (row labels kept). ``knob`` None: nothing
+    changes.
 
     Raises:
-        ValueError: ``knob`` is not a registered knob (the message lists them).
+        ValueError: ``knob`` is not a registered knob (the message lists them), or the
+            table's ``knob`` column does not hold it.
     """
     if knob is None:
         return df
     DIRECTIONS.get(knob, field="--knob")
     if keys.KNOB in df.columns:
-        return df
+        rows = df[keys.KNOB].astype(str) == knob
+        if not rows.any():
+            knobs = sorted(df[keys.KNOB].dropna().astype(str).unique())
+            raise ValueError(f"--knob {knob}: the table's {keys.KNOB!r} column has {knobs}, "
+                             f"not {knob!r}; --knob names the knob of a table without a "
+                             "'knob' column, or picks one of the table's knobs")
+        return df if rows.all() else df[rows]
     out = df.copy()
     out.insert(0, keys.KNOB, knob)
     return out
@@ -170,7 +178,10 @@ def fill_knob(df: pd.DataFrame, knob: str | None) -> pd.DataFrame:
 def read_table(path: str | Path, required: Sequence[str] = _REQUIRED,
                knob: str | None = None) -> pd.DataFrame:
     """Read a results table CSV and validate it (see :func:`validate_table`); a table without
-    a ``knob`` column gets ``knob`` (:func:`fill_knob`).
+    a ``knob`` column gets ``knob`` (:func:`fill_knob`). Column names are matched ignoring
+    case and surrounding spaces (:func:`normalise_columns`); rows pasted twice
+    (:func:`check_repeated_rows`) and barriers of the opposite sign
+    (:func:`check_barrier_sign`) are errors.
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -181,17 +192,109 @@ def read_table(path: str | Path, required: Sequence[str] = _REQUIRED,
     if not path.is_file():
         raise FileNotFoundError(f"results table {path} does not exist")
     try:
-        df = fill_knob(pd.read_csv(path), knob)
+        df = fill_knob(normalise_columns(pd.read_csv(path)), knob)
     except (ValueError, pd.errors.ParserError) as e:
         # EmptyDataError is a ValueError too
         raise ValueError(f"{path}: {e}") from e
     try:
         validate_table(df, required)
+        check_repeated_rows(df)
+        check_barrier_sign(df)
     except ValueError as e:
         hint = ("; for a table without a 'knob' column name its temperature knob with --knob "
                 "(e.g. --knob epochs)" if keys.KNOB in required and keys.KNOB not in df else "")
         raise ValueError(f"{path}: {e}{hint}") from e
     return df
+
+
+# every column name this project reads from a table, to match a header typed differently
+_KNOWN_COLUMNS = [*RESULT_COLUMNS, *OPTIONAL_COLUMNS, keys.PRUNED_ACC, keys.DENSE_ACC]
+
+
+def normalise_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with a header typed differently (``CKA``, `` density ``) renamed to the column
+    it names, and the ``knob`` and ``regime`` values stripped of surrounding spaces and put
+    in the case of a known knob or label (``Epochs`` -> ``epochs``, ``ii-a`` -> ``II-A``).
+    Unknown columns and values are kept as they are.
+
+    Raises:
+        ValueError: two columns name the same one (e.g. ``cka`` and ``CKA``).
+    """
+    wanted = {c.lower(): c for c in _KNOWN_COLUMNS}
+    renamed = {}
+    for column in df.columns:
+        if not isinstance(column, str):
+            continue
+        target = wanted.get(column.strip().lower())
+        if target is not None and target != column:
+            renamed[column] = target
+    out = df.rename(columns=renamed) if renamed else df.copy()
+    names = [c for c in out.columns if isinstance(c, str)]
+    clashes = sorted({c for c in names if names.count(c) > 1})
+    if clashes:
+        same = [[orig for orig in df.columns if renamed.get(orig, orig) == c] for c in clashes]
+        raise ValueError(f"columns {same} all name {clashes} (names are matched ignoring case "
+                         "and spaces): keep one of each")
+    for column, case, known in ((keys.KNOB, str.lower, set(DIRECTIONS.names())),
+                                (keys.REGIME, str.upper, set(_REGIME_LABELS))):
+        if column in out.columns and not pd.api.types.is_numeric_dtype(out[column]):
+            out[column] = out[column].map(lambda v, case=case, known=known: _tidy(v, case, known))
+    return out
+
+
+_REGIME_LABELS = ("I", "II-A", "II-B")   # selection.regimes.REGIMES (tracking cannot import it)
+
+
+def _tidy(value, case, known: set) -> object:
+    """A string value without surrounding spaces, in ``case`` when that is a ``known`` one."""
+    if not isinstance(value, str):
+        return value
+    value = value.strip()
+    return case(value) if case(value) in known else value
+
+
+def check_repeated_rows(df: pd.DataFrame) -> None:
+    """Fail on rows identical in every column in a table without a ``dense_seed`` column.
+
+    Rows of one cell without that column count as its dense seeds (consumers average them),
+    but rows equal in every column are a row pasted twice, not two measurements. (With the
+    column, :func:`validate_table` rejects a repeated cell.)
+
+    Raises:
+        ValueError: naming the rows.
+    """
+    if keys.DENSE_SEED in df.columns:
+        return
+    copies = df[df.astype(str).duplicated(keep=False)]
+    if not copies.empty:
+        raise ValueError(f"results table has identical rows {copies.index.tolist()[:10]} "
+                         "(every column equal): drop the repeated rows; several dense seeds "
+                         f"of one cell need a {keys.DENSE_SEED!r} column")
+
+
+def check_barrier_sign(df: pd.DataFrame) -> None:
+    """Fail on barriers that look like the opposite sign convention.
+
+    Here a barrier is ``e_bar - e(t*)``: NEGATIVE when the path's error rises above the
+    endpoints' (docs/method.md, LMC barrier); a positive value is a path whose error dips
+    below them, which measured grids show only at noise level (below 0.001). Some tools report
+    the loss barrier as a positive height instead. A table whose largest barrier is above
+    +0.01 (one train-error point) and larger than its deepest negative one is taken for such a
+    table.
+
+    Raises:
+        ValueError: saying to negate the column.
+    """
+    if keys.LMC_BARRIER not in df.columns:
+        return
+    values = pd.to_numeric(df[keys.LMC_BARRIER], errors="coerce")
+    high, low = values.max(), values.min()
+    if high > 0.01 and high > -min(low, 0.0):
+        raise ValueError(
+            f"column {keys.LMC_BARRIER!r} looks like it uses the opposite sign (largest value "
+            f"{high:+.4g}, deepest negative {min(low, 0.0):+.4g}): here a barrier is NEGATIVE "
+            "(e_bar - e(t*), docs/method.md), a positive loss-barrier height is its negation; "
+            "negate the column")
 
 
 BEST_COLUMNS = [keys.KNOB, keys.DENSITY, keys.TEMPERATURE, keys.TEST_ACC, "cells"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 
+import pandas as pd
+
 from selection.classifier import DEFAULT_ALIAS
 from selection.classify import CLASSIFY_COLUMNS, classify
 from selection.cli._common import (
@@ -16,6 +18,7 @@ from selection.cli._common import (
     load_table,
     log_target,
 )
+from tracking import keys
 from tracking.tables import write_table
 
 __all__ = ["add_parser", "run_classify"]
@@ -57,6 +60,23 @@ def run_classify(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as e:
         return fail(e)
     print(report.summary())
+    replaced = _replaced_labels(df, report.labelled)
+    if replaced:
+        print(f"note: {replaced}")
     if args.out:
         print(f"labels written to {args.out}")
     return 0
+
+
+def _replaced_labels(table: pd.DataFrame, labelled: pd.DataFrame) -> str:
+    """A remark when the input had its own ``regime`` labels: classify replaces them."""
+    if keys.REGIME not in table.columns:
+        return ""
+    given = table[keys.REGIME]
+    given = given[given.notna() & (given.astype(str).str.strip() != "")]
+    if given.empty:
+        return ""
+    new = labelled[keys.REGIME].reindex(given.index)
+    differ = int((given.astype(str) != new.astype(str)).sum())
+    return (f"the table's own {keys.REGIME!r} column ({len(given)} labelled rows) was replaced "
+            f"by new labels; {differ} of them differ")

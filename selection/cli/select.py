@@ -24,6 +24,7 @@ from selection.model_selection import (
     plot_regret,
     select_models,
 )
+from tracking import keys
 
 __all__ = ["add_parser", "format_selection", "parse_densities", "run_select"]
 
@@ -91,6 +92,12 @@ def run_select(args: argparse.Namespace) -> int:
         experiment, grid_run_id = log_target(args)
         run_id = log_selection(result, experiment, grid_run_id) if experiment else None
     except (ValueError, FileNotFoundError) as e:
+        if "lacks required columns" in str(e) and any(
+                f"'{c}'" in str(e) for c in (keys.VAL_ACC, keys.DENSE_ACC)):
+            e = ValueError(f"{e}. select needs {keys.VAL_ACC} (Algorithm 2 chooses by "
+                           f"validation accuracy, never by test) and {keys.DENSE_ACC} (the "
+                           "best_dense baseline); a table with test_acc only can still be "
+                           "labelled (classify) and mapped (map --replay)")
         return fail(e)
     print(format_selection(result))
     if args.out:
