@@ -271,3 +271,22 @@ def test_a_table_with_its_own_regime_column(tmp_path, capsys):
     _fails_with(capsys, bad, "unknown labels ['Regime I']", "--relabel")
     rc, _, err = _run(capsys, [*bad, "--relabel"])
     assert rc == 0, err
+
+
+@pytest.mark.parametrize("sep, name", [(";", "';'"), ("\t", "tab")])
+def test_a_spreadsheet_export_with_another_separator(tmp_path, capsys, sep, name):
+    path = tmp_path / "table.csv"
+    synthetic_table(seed=1).to_csv(path, index=False, sep=sep, decimal=",")
+    for argv in _commands(str(path)).values():
+        _fails_with(capsys, argv, f"{name}-separated", "comma-separated")
+
+
+def test_trailing_empty_rows_and_a_folder(tmp_path, capsys):
+    # before: a spreadsheet's trailing ',,,' row made select report knobs ['epochs', nan]
+    df = synthetic_table(seed=1)
+    path = tmp_path / "table.csv"
+    path.write_text(df.to_csv(index=False) + "," * (len(df.columns) - 1) + "\n")
+    for name, argv in _commands(str(path)).items():
+        rc, _, err = _run(capsys, argv)
+        assert rc == 0, (name, err)
+    _fails_with(capsys, _commands(str(tmp_path))["classify"], "is a folder, not a CSV file")

@@ -189,10 +189,13 @@ def read_table(path: str | Path, required: Sequence[str] = _REQUIRED,
             give one), or an unknown ``knob``; the message names ``path``.
     """
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"results table {path} is a folder, not a CSV file")
     if not path.is_file():
         raise FileNotFoundError(f"results table {path} does not exist")
     try:
-        df = fill_knob(normalise_columns(pd.read_csv(path)), knob)
+        df = _read_csv(path)
+        df = fill_knob(normalise_columns(df), knob)
     except (ValueError, pd.errors.ParserError) as e:
         # EmptyDataError is a ValueError too
         raise ValueError(f"{path}: {e}") from e
@@ -295,6 +298,22 @@ def check_barrier_sign(df: pd.DataFrame) -> None:
             f"{high:+.4g}, deepest negative {min(low, 0.0):+.4g}): here a barrier is NEGATIVE "
             "(e_bar - e(t*), docs/method.md), a positive loss-barrier height is its negation; "
             "negate the column")
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """The CSV at ``path`` without its entirely empty rows (a spreadsheet's trailing ``,,,``).
+
+    Raises:
+        ValueError: the file is separated by ``;`` or tabs (a spreadsheet's export in some
+            locales), not by commas.
+    """
+    df = pd.read_csv(path)
+    for sep, name in ((";", "';'"), ("\t", "tab")):
+        if any(isinstance(c, str) and sep in c for c in df.columns):
+            raise ValueError(f"the header is {name}-separated ({str(df.columns[0])[:40]!r}...): "
+                             "a results table is a comma-separated CSV with '.' as the decimal "
+                             "point; export it so")
+    return df.dropna(how="all")
 
 
 BEST_COLUMNS = [keys.KNOB, keys.DENSITY, keys.TEMPERATURE, keys.TEST_ACC, "cells"]
