@@ -130,6 +130,11 @@ def prepare_table(
             a test-accuracy objective, or a table the labeller rejects.
     """
     check_objective(objective_column)
+    if objective_column in (keys.KNOB, keys.TEMPERATURE, keys.DENSITY, keys.LMC_BARRIER,
+                            keys.CKA, keys.REGIME):
+        raise ValueError(f"objective column {objective_column!r}: the sampler reads it as a "
+                         "cell's coordinate or landscape; the objective is an accuracy "
+                         "(val_acc)")
     required = [keys.KNOB, keys.TEMPERATURE, keys.DENSITY, objective_column,
                 keys.LMC_BARRIER, keys.CKA]
     df = None

@@ -290,3 +290,17 @@ def test_trailing_empty_rows_and_a_folder(tmp_path, capsys):
         rc, _, err = _run(capsys, argv)
         assert rc == 0, (name, err)
     _fails_with(capsys, _commands(str(tmp_path))["classify"], "is a folder, not a CSV file")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--budget", "-3"], "--budget must be >= 1"),              # was: negative dimensions ...
+    (["--budget", "0"], "--budget must be >= 1"),               # was: silently the default
+    (["--sampler", " , "], "--sampler names no sampler"),       # was: rc 0, nothing replayed
+    (["--tolerance", "-1"], "--tolerance must be a fraction >= 0"),
+    (["--objective-column", "cka"], "objective column 'cka'"),  # was: zip() argument 2 ...
+])
+def test_replay_options_out_of_range(tmp_path, capsys, extra, message):
+    path = _write(tmp_path, synthetic_table(seed=1))
+    argv = [a for a in _commands(path)["replay"] if a not in ("--sampler", "regime")]
+    argv = [*argv, *(["--sampler", "regime"] if "--sampler" not in extra else []), *extra]
+    _fails_with(capsys, argv, message)

@@ -31,7 +31,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     replay.add_argument("--objective-column", default="val_acc")
     replay.add_argument("--tolerance", type=float, default=0.002,
                         help="'within' margin as a fraction (0.002 = 0.2 accuracy points)")
-    replay.add_argument("--knob", help="the knob to replay when the table has several")
+    replay.add_argument("--knob", help="the knob to replay when the table has several, or of "
+                        "a table without a 'knob' column (every row)")
     add_threshold_options(replay, over="the table", note="; either one relabels the table, "
                           "whose own regime column is used otherwise")
     replay.add_argument("--relabel", action="store_true", help="label the table with the "
@@ -58,6 +59,13 @@ def run_replay(args: argparse.Namespace) -> int:
 
     samplers = [s.strip() for s in args.sampler.split(",") if s.strip()]
     try:
+        if not samplers:
+            raise ValueError(f"--sampler names no sampler; give some of {', '.join(SAMPLER_NAMES)}")
+        if args.budget is not None and args.budget < 1:
+            raise ValueError(f"--budget must be >= 1 trial, got {args.budget}")
+        if not args.tolerance >= 0:
+            raise ValueError(f"--tolerance must be a fraction >= 0 (0.002 = 0.2 accuracy "
+                             f"points), got {args.tolerance}")
         cells, knob = prepare_table(args.table, objective_column=args.objective_column,
                                     knob=args.knob, eps=args.eps, tau=args.tau,
                                     relabel=args.relabel)
