@@ -304,3 +304,14 @@ def test_replay_options_out_of_range(tmp_path, capsys, extra, message):
     argv = [a for a in _commands(path)["replay"] if a not in ("--sampler", "regime")]
     argv = [*argv, *(["--sampler", "regime"] if "--sampler" not in extra else []), *extra]
     _fails_with(capsys, argv, message)
+
+
+def test_a_paper_s_own_axis_names_get_a_conversion_hint(tmp_path, capsys):
+    # the paper's figures: epochs on the temperature axis, sparsity, test error
+    df = synthetic_table(seed=1)[PAPER]
+    df = df.rename(columns={"temperature": "Epochs"}).assign(
+        sparsity=1 - df["density"], test_error=1 - df["test_acc"]).drop(
+        columns=["density", "test_acc"])
+    _fails_with(capsys, _commands(_write(tmp_path, df), knob="epochs")["map"],
+                "column 'Epochs' is the temperature axis: rename it 'temperature'",
+                "--knob epochs", "density = 1 - sparsity", "test_acc = 1 - test_error")

@@ -206,8 +206,28 @@ def read_table(path: str | Path, required: Sequence[str] = _REQUIRED,
     except ValueError as e:
         hint = ("; for a table without a 'knob' column name its temperature knob with --knob "
                 "(e.g. --knob epochs)" if keys.KNOB in required and keys.KNOB not in df else "")
-        raise ValueError(f"{path}: {e}{hint}") from e
+        raise ValueError(f"{path}: {e}{hint}{_conversion_hint(df, required)}") from e
     return df
+
+
+def _conversion_hint(df: pd.DataFrame, required: Sequence[str]) -> str:
+    """How to get a missing required column from one a paper or another tool names instead
+    (a knob's name for the temperature axis, sparsity for density, test error for accuracy)."""
+    lower = {c.strip().lower(): c for c in df.columns if isinstance(c, str)}
+    hints = []
+    if keys.TEMPERATURE in required and keys.TEMPERATURE not in df.columns:
+        named = [k for k in DIRECTIONS.names() if k in lower]
+        if named:
+            hints.append(f"column {lower[named[0]]!r} is the temperature axis: rename it "
+                         f"{keys.TEMPERATURE!r} (and name the knob with --knob {named[0]})")
+    conversions = ((keys.DENSITY, ("sparsity", "prune_ratio", "pruning_ratio"),
+                    "density is the fraction of weights KEPT: density = 1 - {}"),
+                   (keys.TEST_ACC, ("test_error", "test_err"), "test_acc = 1 - {}"),
+                   (keys.VAL_ACC, ("val_error", "val_err"), "val_acc = 1 - {}"))
+    for column, names, rule in conversions:
+        if column in required and column not in df.columns:
+            hints += [rule.format(lower[n]) for n in names if n in lower][:1]
+    return "".join(f"; {h}" for h in hints)
 
 
 # every column name this project reads from a table, to match a header typed differently
