@@ -918,9 +918,19 @@ def replay(table: pd.DataFrame, *, seeds: Sequence[int] = range(20), knob: str |
                         keys.TEST_ACC))
     axes = GridAxes.of_table(table, knob)
     table = table[table[keys.KNOB].astype(str) == axes.knob]
-    if len(table.groupby([keys.TEMPERATURE, keys.DENSITY])) != axes.n:
+    present = {axes.index(t, d) for t, d in zip(table[keys.TEMPERATURE], table[keys.DENSITY],
+                                                 strict=True)}
+    if len(present) != axes.n:
+        missing = [axes.point(p) for p in range(axes.n) if p not in present]
+        named = ", ".join(f"({t:g}, {d:g})" for t, d in missing[:5])
         raise ValueError(f"the table is not a full grid: {axes.n} points expected "
-                         f"({axes.shape[0]} temperatures x {axes.shape[1]} densities)")
+                         f"({axes.shape[0]} temperatures x {axes.shape[1]} densities), "
+                         f"{len(missing)} missing (temperature, density): {named}"
+                         + (", ..." if len(missing) > 5 else ""))
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if n_init is not None and not 1 <= n_init <= axes.n:
+        raise ValueError(f"n_init must be in [1, {axes.n}], got {n_init}")
     oracle = _Oracle(table, axes, eps, tau, n_resamples)
     reference = oracle.labels(range(axes.n))
     ref = np.empty(axes.n, dtype=object)
