@@ -1151,6 +1151,8 @@ def run_map(cfg, budget: int, *, experiment: str | None = None, batch_size: int 
     started = time.perf_counter()
     axes = GridAxes.of(cfg.knob, cfg.temperatures, cfg.densities)
     n_init = default_n_init(axes.n) if n_init is None else int(n_init)
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: must be >= 1 (points per round)")
     batch_size = batch_size or default_batch_size(axes.n)
     if n_init < 1 or n_init > axes.n:
         raise ValueError(f"n_init={n_init}: must be in [1, {axes.n}] (the grid's points)")

@@ -301,6 +301,8 @@ def test_a_budget_smaller_than_the_initial_design_is_a_clear_error(tmp_path, tra
     cfg = parse_config(TINY_MAP)
     with pytest.raises(ValueError, match=r"budget 3 is smaller than the initial design \(5 "):
         run_map(cfg, 3)
+    with pytest.raises(ValueError, match=r"batch_size=0: must be >= 1"):
+        run_map(cfg, 8, batch_size=0)
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(TINY_MAP))
     assert main(["map", str(path), "--budget", "2", "--no-progress"]) == 1
