@@ -181,6 +181,16 @@ class GridAxes:
     def points(self) -> list[tuple[float, float]]:
         return [self.point(p) for p in range(self.n)]
 
+    def density_points(self, di: int) -> np.ndarray:
+        """The points of density ``densities[di]``, cold to hot."""
+        return np.arange(di, self.n, len(self.densities))
+
+    def temperature_neighbours(self, p: int) -> list[int]:
+        """The points of ``p``'s density at the next colder and next hotter temperature."""
+        ti, di = divmod(p, len(self.densities))
+        return [t * len(self.densities) + di for t in (ti - 1, ti + 1)
+                if 0 <= t < len(self.temperatures)]
+
     def index(self, temperature: float, density: float) -> int:
         ti = int(np.argmin(np.abs(np.array(self.temperatures) - float(temperature))))
         di = int(np.argmin(np.abs(np.array(self.densities) - float(density))))
@@ -365,10 +375,9 @@ class MapPrediction:
         how many points of that density were run (its support), and what the report can
         claim (``status``, see :meth:`best_status`)."""
         rows = []
-        nd = len(self.axes.densities)
         for di, density in enumerate(self.axes.densities):
             p = self.best.get(density)
-            row_points = np.arange(di, self.axes.n, nd)
+            row_points = self.axes.density_points(di)
             rows.append({
                 keys.KNOB: self.axes.knob, keys.DENSITY: density,
                 keys.TEMPERATURE: None if p is None else self.axes.point(p)[0],
@@ -389,29 +398,22 @@ class MapPrediction:
         (the other RUN temperatures whose measured accuracy is within the accuracy model's
         noise of it: any of them is as good as the data can tell), else ``found``."""
         p = self.best.get(density)
-        if p is None or self.p_best is None:
+        if p is None or self.p_best is None or not self.run[p]:
             return "not run"
-        di = list(self.axes.densities).index(density)
-        row = np.arange(di, self.axes.n, len(self.axes.densities))
-        if not self.run[p]:
-            return "not run"
+        row = self.axes.density_points(self.axes.densities.index(density))
         if self.run[row].sum() <= 1:
             return "one cell run"
-        noise = self.acc_noise if self.acc_noise is not None else 0.0
-        ties = [q for q in row[self.run[row]]
-                if q != p and self.acc_mean[q] >= self.acc_mean[p] - noise]
-        unrun_mass = float(self.p_best[row[~self.run[row]]].sum())
-        if unrun_mass >= 1 - confidence:
+        if float(self.p_best[row[~self.run[row]]].sum()) >= 1 - confidence:
             return "not settled"
         # a maximum is not claimed before both neighbouring temperatures were measured: the
         # accuracy model is smooth and can rule out a spike it has never seen
-        ti = p // len(self.axes.densities)
-        missing = [q for q in (p - len(self.axes.densities), p + len(self.axes.densities))
-                   if 0 <= q < self.axes.n and abs(q // len(self.axes.densities) - ti) == 1
-                   and not self.run[q]]
+        missing = [q for q in self.axes.temperature_neighbours(p) if not self.run[q]]
         if missing:
             temps = ", ".join(f"{self.axes.point(q)[0]:g}" for q in missing)
             return f"not settled: neighbour {temps} not run"
+        noise = self.acc_noise if self.acc_noise is not None else 0.0
+        ties = [q for q in row[self.run[row]]
+                if q != p and self.acc_mean[q] >= self.acc_mean[p] - noise]
         if ties:
             temps = ", ".join(f"{self.axes.point(q)[0]:g}" for q in ties)
             return f"tied with {temps}"
@@ -535,11 +537,10 @@ def _predict_best(pred: MapPrediction, run_idx: np.ndarray, acc: np.ndarray, see
         sub = cov[np.ix_(unrun, unrun)] + 1e-10 * np.eye(len(unrun))
         samples[:, unrun] = rng.multivariate_normal(mean[unrun], sub, BEST_SAMPLES,
                                                     method="cholesky")
-    nd = len(axes.densities)
     p_best = np.zeros(axes.n)
     best = {}
     for di, density in enumerate(axes.densities):
-        row = np.arange(di, axes.n, nd)
+        row = axes.density_points(di)
         winners = row[np.argmax(samples[:, row], axis=1)]
         counts = np.bincount(winners, minlength=axes.n)[row] / BEST_SAMPLES
         p_best[row] = counts
@@ -823,22 +824,19 @@ DEFAULT_COPIES = 3           # fine-tune copies per cell assumed when the table 
 
 
 def _copies(table: pd.DataFrame) -> tuple[int, bool]:
-    """(fine-tune copies behind one row's mean test accuracy, whether that was assumed): the
-    seeds named in ``pair_metrics`` ("0_1", "0_2", ...) or a ``finetune_seeds`` column, else
-    DEFAULT_COPIES."""
-    import json
-
+    """(fine-tune copies behind one row's mean test accuracy, whether that was assumed): K
+    from the K(K-1)/2 pairs of a row's ``pair_metrics`` (read as the labeller reads them), or
+    a ``finetune_seeds`` column, else DEFAULT_COPIES."""
     from tracking.tables import PAIR_METRICS
 
     if PAIR_METRICS in table.columns:
-        for raw in table[PAIR_METRICS].dropna():
-            try:
-                pairs = next(iter(json.loads(raw).values()))
-                seeds = {s for key in pairs for s in str(key).split("_")}
-            except (ValueError, TypeError, StopIteration, AttributeError):
+        for raw in table[PAIR_METRICS]:
+            pairs = regimes._row_pairs(raw)
+            if pairs is None:
                 continue
-            if len(seeds) >= 2:
-                return len(seeds), False
+            k = (1 + math.isqrt(1 + 8 * len(pairs[0]))) // 2
+            if k >= 2 and k * (k - 1) // 2 == len(pairs[0]):
+                return k, False
     if keys.FINETUNE_SEEDS in table.columns:
         n = pd.to_numeric(table[keys.FINETUNE_SEEDS], errors="coerce").dropna()
         if len(n) and n.min() >= 1:
@@ -873,11 +871,10 @@ def best_reproducibility(table: pd.DataFrame, axes: GridAxes, *, copies: int | N
                                             keys.TEST_ACC: mean}), axes)
     rng = np.random.default_rng(seed)
     redrawn = mean + rng.standard_normal((draws, axes.n)) * se
-    nd = len(axes.densities)
     kept = np.ones(draws, dtype=bool)
     per_density = {}
     for di, density in enumerate(axes.densities):
-        row = np.arange(di, axes.n, nd)
+        row = axes.density_points(di)
         same = row[np.argmax(redrawn[:, row], axis=1)] == true_best[density]
         per_density[density] = float(same.mean())
         kept &= same
