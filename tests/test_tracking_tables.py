@@ -311,3 +311,11 @@ def test_best_temperature_per_density_without_regimes_or_rows():
         best_temperature_per_density(df.iloc[:0])
     with pytest.raises(ValueError, match="test_acc"):
         best_temperature_per_density(df.drop(columns=keys.TEST_ACC))
+
+
+def test_the_tracking_layers_regime_labels_are_the_labellers():
+    # tracking cannot import selection, so read_table keeps its own copy of the labels it tidies
+    from selection.regimes import REGIMES
+    from tracking.tables import _REGIME_LABELS
+
+    assert tuple(_REGIME_LABELS) == tuple(REGIMES)
