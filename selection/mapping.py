@@ -10,7 +10,8 @@ seed of the config. The loop (ours; the paper runs every cell):
 2. **Labels**: the finished cells are labelled by the project's labeller
    (:func:`label_points`: ``selection.regimes.label_grid`` with its resampled probabilities
    when available, else the rule labels with probabilities 0/1), on the finished cells only,
-   relabelled every round as cells arrive.
+   relabelled every round as cells arrive; the labeller's pooled eps also counts the
+   unfinished cells, their barriers predicted (:func:`label_points` with ``axes``).
 3. **Models** over grid coordinates (x = rank of the temperature from cold 0 to hot 1,
    y = rank of the density from sparse 0 to dense 1: the grid's own spacing, so the model is
    the same for a log-spaced or a linear grid):
@@ -77,11 +78,11 @@ from tracking import keys
 from tracking.knobs import cold_to_hot
 
 __all__ = [
-    "GridAxes", "MapPrediction", "StopRule", "Round", "ReplayCurves", "P_REGIME_I",
+    "GridAxes", "MapPrediction", "MapResult", "StopRule", "Round", "ReplayCurves", "P_REGIME_I",
     "active_choices", "run_map", "plot_map", "plot_replay",
     "P_REGIME_IIB", "coarse_to_fine_order", "choose_batch", "default_batch_size",
     "default_n_init", "initial_design", "label_points", "predict_map", "relabel_flips",
-    "replay", "expected_map_change",
+    "replay", "expected_map_change", "predicted_barriers",
     "replay_summary", "best_reproducibility",
 ]
 
@@ -256,13 +257,21 @@ def coarse_to_fine_order(axes: GridAxes, seed: int = 0) -> list[int]:
 # --- labels ---------------------------------------------------------------------------------
 
 def label_points(table: pd.DataFrame, eps: float | None = None, tau: float | None = None,
-                 *, seed: int = 0, n_resamples: int = 200) -> pd.DataFrame:
+                 *, seed: int = 0, n_resamples: int = 200, axes: GridAxes | None = None
+                 ) -> pd.DataFrame:
     """Label the finished cells of ``table`` and aggregate them per point.
 
     Uses ``selection.regimes.label_grid`` (labels with resampled probabilities, eps-free when
     no threshold is given) when the project has it; otherwise ``label_regimes`` with
     probabilities 0/1 (``p_regime_IIB`` from the CKA threshold). Several dense seeds of a
     point: probabilities averaged, the label the most frequent.
+
+    With ``axes`` (the whole grid the table is part of), the grid's unfinished points enter the
+    labeller's pooled eps (``label_grid(pool=...)``) with their barriers predicted from the
+    finished ones (:func:`predicted_barriers`): the cells an adaptive run has finished are
+    not a random sample of the grid (it runs the deep-barrier corner first), and their
+    barriers alone move the pooled eps (demo_fine at 35 of 70 cells: -0.024 instead of the
+    full grid's -0.006, which relabelled a whole density).
 
     Returns one row per point: ``temperature``, ``density``, ``regime``, ``p_regime_I``,
     ``p_regime_IIB``, ``label_method``, plus ``test_acc`` when the table has it.
@@ -271,7 +280,10 @@ def label_points(table: pd.DataFrame, eps: float | None = None, tau: float | Non
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RegimeWarning)
         if label_grid is not None:
-            labelled, _ = label_grid(table, eps, tau, n_resamples=n_resamples, seed=seed)
+            pool = None if axes is None or eps is not None else _unfinished_barriers(table, axes)
+            extra = {} if pool is None else {"pool": pool}
+            labelled, _ = label_grid(table, eps, tau, n_resamples=n_resamples, seed=seed,
+                                     **extra)
             if LABEL_METHOD not in labelled.columns:
                 labelled[LABEL_METHOD] = "label_grid"
         else:
@@ -291,6 +303,31 @@ def label_points(table: pd.DataFrame, eps: float | None = None, tau: float | Non
     out = labelled.groupby([keys.TEMPERATURE, keys.DENSITY], as_index=False).agg(columns)
     out[[P_REGIME_I, P_REGIME_IIB]] = out[[P_REGIME_I, P_REGIME_IIB]].astype(float).fillna(0.5)
     return out
+
+
+def predicted_barriers(axes: GridAxes, run_idx: np.ndarray, barrier: np.ndarray) -> np.ndarray:
+    """Every point's barrier: the measured mean at the finished points ``run_idx``
+    (``barrier``), elsewhere the mean of a GP of the signed log barrier fitted to them
+    (:func:`_measurement_posterior`), clipped to [-1, 1]."""
+    z_mean, _ = _measurement_posterior(axes.coords(), run_idx, _signed_log(barrier))
+    out = np.clip(_signed_exp(z_mean), -1.0, 1.0)
+    out[run_idx] = barrier
+    return out
+
+
+def _unfinished_barriers(table: pd.DataFrame, axes: GridAxes) -> np.ndarray | None:
+    """Predicted barriers of the points of ``axes`` that ``table`` has no row of (None with
+    fewer than 3 finished points or a barrier missing: too little to predict from)."""
+    if keys.LMC_BARRIER not in table.columns:
+        return None
+    means = table.groupby([keys.TEMPERATURE, keys.DENSITY])[keys.LMC_BARRIER].mean()
+    if len(means) < 3 or not np.isfinite(means.to_numpy(dtype=float)).all():
+        return None
+    run_idx = np.array([axes.index(t, d) for t, d in means.index], dtype=int)
+    unrun = np.setdiff1d(np.arange(axes.n), run_idx)
+    if len(unrun) == 0:
+        return None
+    return predicted_barriers(axes, run_idx, means.to_numpy(dtype=float))[unrun]
 
 
 def _majority(labels: pd.Series) -> str:
@@ -626,7 +663,10 @@ def relabel_flips(pred: MapPrediction, candidates: np.ndarray) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RegimeWarning)
             if label_grid is not None:
-                return label_grid(table, pred.eps, pred.tau, n_resamples=0)[0][
+                # the unfinished points in the grid-wide thresholds, as label_points(axes=)
+                pool = None if pred.eps is not None else _unfinished_barriers(table, axes)
+                extra = {} if pool is None else {"pool": pool}
+                return label_grid(table, pred.eps, pred.tau, n_resamples=0, **extra)[0][
                     keys.REGIME].to_numpy(dtype=object)
             return regimes.label_regimes(table, pred.eps, pred.tau)[0][
                 keys.REGIME].to_numpy(dtype=object)
@@ -800,7 +840,7 @@ class _Oracle:
         if key not in self._cache:
             rows = self.table[self.table["_point"].isin(key)].drop(columns="_point")
             self._cache[key] = label_points(rows, self.eps, self.tau,
-                                            n_resamples=self.n_resamples)
+                                            n_resamples=self.n_resamples, axes=self.axes)
         return self._cache[key]
 
 
@@ -1075,6 +1115,15 @@ class MapResult:
     agreement: float | None = None        # with the reference map, when one was available
     reference_source: str | None = None
     failed: list[tuple[str, str]] = field(default_factory=list)
+    # the probability at which a best temperature counts as found (the stop rule's)
+    best_confidence: float = BEST_CONFIDENCE
+
+    def best_frame(self) -> pd.DataFrame | None:
+        """The predicted best temperature per density with its status at this run's
+        confidence (:meth:`MapPrediction.best_frame`); None before any cell finished."""
+        if self.prediction is None:
+            return None
+        return self.prediction.best_frame(self.best_confidence)
 
     def lines(self) -> list[str]:
         n, total = len(self.points_run), self.axes.n
@@ -1090,8 +1139,8 @@ class MapResult:
         if self.agreement is not None:
             out.append(f"agreement with the full grid's labels ({self.reference_source}): "
                        f"{100 * self.agreement:.1f}%")
-        if self.prediction is not None:
-            best = self.prediction.best_frame()
+        best = self.best_frame()
+        if best is not None:
             if best[keys.TEMPERATURE].notna().any():
                 out.append("predicted best temperature per density (p = probability it is the "
                            "best; run = its cell was run):")
@@ -1201,7 +1250,8 @@ def run_map(cfg, budget: int, *, experiment: str | None = None, batch_size: int 
                                       PARAM_LENGTH_SCALE: LENGTH_SCALE, PARAM_KAPPA: KAPPA})
         log(f"map: new map run {map_run}")
     cache.log(map_run, tags={keys.MAP_BUDGET: budget})
-    result = MapResult(map_run, axes, rounds, None, [], 0, 0, "", 0.0)
+    result = MapResult(map_run, axes, rounds, None, [], 0, 0, "", 0.0,
+                       best_confidence=stop_rule.best_confidence)
 
     def store_rounds() -> None:
         log_files(client, map_run, {keys.ARTIFACT_MAP_ROUNDS: {
@@ -1239,7 +1289,7 @@ def run_map(cfg, budget: int, *, experiment: str | None = None, batch_size: int 
                 result.points_run = done_points
                 if done_points:
                     rows = table[table[keys.SPEC_HASH].map(hash_to_point).isin(done_points)]
-                    labels = label_points(rows, eps, tau, seed=seed)
+                    labels = label_points(rows, eps, tau, seed=seed, axes=axes)
                     pred = predict_map(axes, labels, seed=seed, eps=eps, tau=tau)
                     history.append(pred.label.copy())
                     best_history.append(dict(pred.best))
@@ -1356,7 +1406,7 @@ def _finish_outputs(result: MapResult, cfg, client, cache, map_run: str, table: 
     files: dict[str, object] = {}
     if pred is not None:
         files[keys.ARTIFACT_MAP_TABLE] = pred.frame().to_csv(index=False)
-        files[keys.ARTIFACT_MAP_BEST] = pred.best_frame().to_csv(index=False)
+        files[keys.ARTIFACT_MAP_BEST] = result.best_frame().to_csv(index=False)
     if files:
         log_files(client, map_run, files)
     with tempfile.TemporaryDirectory() as tmp:

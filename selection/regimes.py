@@ -524,8 +524,10 @@ def _find_jump(m: np.ndarray, se: np.ndarray, ratio: float = JUMP_RATIO,
 
 def _label_points(points: _Points, barrier: np.ndarray, cka: np.ndarray, eps: float | None,
                   tau: float | None, detail: bool = False, ratio: float = JUMP_RATIO,
-                  separation: float = JUMP_SEPARATION) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Regime and label method of every point for one set of (barrier, cka) values."""
+                  separation: float = JUMP_SEPARATION, pool: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Regime and label method of every point for one set of (barrier, cka) values; ``pool``:
+    barriers of the grid's other cells, counted in the pooled eps but not labelled."""
     n = len(barrier)
     is_i = np.zeros(n, dtype=bool)
     method = np.empty(n, dtype=object)
@@ -550,7 +552,8 @@ def _label_points(points: _Points, barrier: np.ndarray, cka: np.ndarray, eps: fl
                 deepest_shallow = min(deepest_shallow, float(magnitude[idx[:s]].min()))
             else:
                 no_jump.append((key, idx))
-        pooled_eps, source = _estimate_eps(barrier, [])
+        pooled_eps, source = _estimate_eps(
+            barrier if pool is None else np.concatenate([barrier, pool]), [])
         if jumps:
             # a density without a jump is Regime I where its barriers are at least as deep as
             # the shallowest barrier any jump called Regime I, or as the pooled eps where that
@@ -607,7 +610,8 @@ def _label_points(points: _Points, barrier: np.ndarray, cka: np.ndarray, eps: fl
 
 
 def label_grid(df: pd.DataFrame, eps: float | None = None, tau: float | None = None, *,
-               n_resamples: int = 200, seed: int = 0) -> tuple[pd.DataFrame, dict]:
+               n_resamples: int = 200, seed: int = 0, pool: Iterable[float] | None = None
+               ) -> tuple[pd.DataFrame, dict]:
     """Label every cell of a results table I / II-A / II-B, with label probabilities.
 
     Works on any subset of a grid (a whole grid, a few cells, cells arriving one by one) and
@@ -657,6 +661,13 @@ def label_grid(df: pd.DataFrame, eps: float | None = None, tau: float | None = N
         eps, tau: thresholds (None = eps-free jump / estimated tau).
         n_resamples: resamples for the probabilities (0: probabilities 0/1 from the labels).
         seed: seed of the resampling.
+        pool: barriers of the grid's cells that are NOT in ``df`` (e.g. a model's predictions
+            for the cells not run yet): they enter the pooled eps (the two-cluster split of
+            the grid's barriers) beside the table's own barriers, and get no label. A partial
+            grid is rarely a random sample of its grid (an adaptive run samples the sparse,
+            deep-barrier cells first), and its own barriers alone move that split. The jump
+            floor (a median) stays the table's own: predictions are smoother than cells and
+            would lower it. Not resampled; ignored with ``eps`` given.
 
     Returns:
         ``(labelled, info)``. ``labelled`` is a copy of ``df`` with columns ``regime``,
@@ -670,7 +681,8 @@ def label_grid(df: pd.DataFrame, eps: float | None = None, tau: float | None = N
         density: its method, the number of Regime-I cells, the boundary = the coldest
         connected temperature, the hottest Regime-I temperature, the mean barrier on each
         side), ``clipped_points``, ``pair_source`` (``pairs``, ``mean_std``, ``mean_only`` or
-        ``mixed``), ``n_resamples``, ``seed`` and ``warnings``.
+        ``mixed``), ``n_resamples``, ``seed``, ``pool_size`` (barriers of ``pool`` used) and
+        ``warnings``.
 
     Raises:
         ValueError: a column missing, NaN, an empty table, a table in percent, a threshold out
@@ -683,9 +695,13 @@ def label_grid(df: pd.DataFrame, eps: float | None = None, tau: float | None = N
         tau = _check_threshold("tau", tau, 0.0, 1.0, "a CKA value")
     if n_resamples < 0:
         raise ValueError(f"n_resamples must be >= 0, got {n_resamples!r}")
+    if pool is not None:
+        pool = np.asarray(list(pool), dtype=float)
+        if not np.isfinite(pool).all() or (np.abs(pool) > 1).any():
+            raise ValueError("pool: barriers must be finite train-error fractions in [-1, 1]")
     points = _points(df)
     regime, method, detail = _label_points(points, points.barrier, points.cka, eps, tau,
-                                           detail=True)
+                                           detail=True, pool=pool)
     if n_resamples:
         rng = np.random.default_rng(seed)
         barriers, ckas = _resample(points, n_resamples, rng)
@@ -693,7 +709,7 @@ def label_grid(df: pd.DataFrame, eps: float | None = None, tau: float | None = N
         count_ii = np.zeros(len(regime))
         count_iib = np.zeros(len(regime))
         for r in range(n_resamples):
-            labels, _, _ = _label_points(points, barriers[r], ckas[r], eps, tau)
+            labels, _, _ = _label_points(points, barriers[r], ckas[r], eps, tau, pool=pool)
             count_i += labels == REGIME_I
             count_ii += labels != REGIME_I
             count_iib += labels == REGIME_II_B
@@ -710,6 +726,7 @@ def label_grid(df: pd.DataFrame, eps: float | None = None, tau: float | None = N
     out[P_REGIME_IIB] = p_iib[rp]
     out[LABEL_METHOD] = method[rp]
     info = _grid_info(points, regime, method, detail, eps, n_resamples, seed)
+    info["pool_size"] = 0 if pool is None or eps is not None else len(pool)
     for note in info["warnings"]:
         warnings.warn(note, RegimeWarning, stacklevel=2)
     return out, info

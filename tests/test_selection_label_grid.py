@@ -292,3 +292,27 @@ def test_bad_input():
         label_grid(df, eps=-5)
     with pytest.raises(ValueError, match="lacks required columns"):
         label_grid(df.drop(columns=[keys.CKA]))
+
+
+def test_a_pool_of_the_missing_cells_gives_a_biased_part_the_full_grids_thresholds():
+    # the three sparsest densities of the measured 10 x 7 grid: a sample of the deep-barrier
+    # cells only, so its own pooled split falls deeper than the full grid's and their I/II
+    # labels move; with the other cells' barriers in the pool they are the full grid's
+    table = pd.read_csv(DEMO_FINE_TABLE)
+    part = table[keys.DENSITY].isin((0.05, 0.07, 0.1))
+    full = _grid(table)[0][part.to_numpy()]
+    alone, _ = _grid(table[part])
+    pool = table[~part].groupby([keys.TEMPERATURE, keys.DENSITY])[keys.LMC_BARRIER].mean()
+    pooled, info = _grid(table[part], pool=pool.to_numpy())
+    in_i = full[keys.REGIME].to_numpy() == REGIME_I
+    assert ((alone[keys.REGIME].to_numpy() == REGIME_I) != in_i).sum() >= 10
+    assert ((pooled[keys.REGIME].to_numpy() == REGIME_I) == in_i).all()
+    assert info["pool_size"] == len(pool) and info["level_source"] == POOLED
+    # the pool is only for the estimated thresholds: with eps given it changes nothing
+    given = _grid(table[part], eps=-0.02, pool=pool.to_numpy())
+    assert given[1]["pool_size"] == 0
+    assert (given[0][keys.REGIME] == _grid(table[part], eps=-0.02)[0][keys.REGIME]).all()
+    with pytest.raises(ValueError, match="pool"):
+        label_grid(table[part], pool=[np.nan])
+    with pytest.raises(ValueError, match="pool"):
+        label_grid(table[part], pool=[-3.0])      # percent, not a fraction

@@ -22,6 +22,7 @@ from selection.mapping import (
     PARAM_STOP_PATIENCE,
     PARAM_TAU,
     GridAxes,
+    MapResult,
     StopRule,
     active_choices,
     best_reproducibility,
@@ -219,6 +220,15 @@ def test_the_reported_best_says_what_it_is_worth():
     assert best.loc[d_one, keys.TEMPERATURE] == 20
     assert best.loc[d_one, "status"].startswith("not settled"), best.loc[d_one, "status"]
     assert best.loc[d_tie, "status"] == "found"
+    # a map run reports at its own --best-confidence: at 1.0 any unrun temperature of a
+    # density (here the coldest, far from its best) leaves that best unsettled
+    rows = clear[(clear[keys.DENSITY] == d_tie) | (clear[keys.TEMPERATURE] != 5)]
+    pred = predict_map(axes, label_points(rows, n_resamples=0))
+    result = MapResult("run", axes, [], pred, [], 0, 0, "", 0.0)
+    assert result.best_frame().set_index(keys.DENSITY).loc[d_one, "status"] == "found"
+    result.best_confidence = 1.0
+    assert result.best_frame().set_index(keys.DENSITY).loc[d_one, "status"] == "not settled"
+    assert any(line.endswith("not settled") for line in result.lines())
 
 
 def test_the_accuracy_noise_follows_the_measurements():
@@ -406,3 +416,28 @@ def test_replay_options_out_of_range_and_a_hole_are_named():
     holed = table.drop(index=3)
     with pytest.raises(ValueError, match=rf"1 missing \(temperature, density\): \({t:g}, {d:g}\)"):
         replay(holed, seeds=[0], max_cells=8)
+
+
+def test_unfinished_cells_enter_the_labellers_thresholds_with_predicted_barriers():
+    # a partial grid as an adaptive run leaves it: the three sparsest densities of the
+    # measured 10 x 7 grid in full (deep barriers), and only the coldest and the hottest
+    # temperature of each denser one. Labelled alone, its pooled eps falls deeper than the
+    # full grid's and a whole sparse density leaves Regime I; with the unfinished cells'
+    # barriers predicted into the labeller's thresholds, the full grid's labels
+    table = pd.read_csv(Path(__file__).resolve().parent.parent / "bench" / "data"
+                        / "demo_fine_grid.csv")
+    axes = GridAxes.of_table(table)
+    part = table[table[keys.DENSITY].isin((0.05, 0.07, 0.1))
+                 | table[keys.TEMPERATURE].isin((1.0, 80.0))]
+    full = label_points(table, n_resamples=0).set_index([keys.TEMPERATURE, keys.DENSITY])
+    in_i = full[keys.REGIME] == "I"
+
+    def wrong(labels):
+        labels = labels.set_index([keys.TEMPERATURE, keys.DENSITY])[keys.REGIME] == "I"
+        return int((labels != in_i.reindex(labels.index)).sum())
+
+    assert wrong(label_points(part, n_resamples=0)) >= 10
+    assert wrong(label_points(part, n_resamples=0, axes=axes)) == 0
+    # the whole grid has nothing to predict: the same labels with or without the axes
+    pd.testing.assert_frame_equal(label_points(table, n_resamples=0, axes=axes),
+                                  label_points(table, n_resamples=0))

@@ -143,8 +143,7 @@ def _live(args: argparse.Namespace) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         result.prediction.frame().to_csv(out / "regime_map_predicted.csv", index=False)
-        result.prediction.best_frame().to_csv(out / "best_temperature_predicted.csv",
-                                              index=False)
+        result.best_frame().to_csv(out / "best_temperature_predicted.csv", index=False)
         plot_map(result.prediction, out / "predicted_regime_map.png",
                  title=f"{cfg.experiment}: predicted regime map")
         print(f"map, best temperatures and picture: {out.resolve()}")
