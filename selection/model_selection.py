@@ -49,7 +49,9 @@ _CRITERION = {ALG2: keys.VAL_ACC, ALG2_1: keys.CKA, BEST_DENSE: keys.DENSE_ACC,
 _REGIME_AWARE = (ALG2, ALG2_1)
 _TIE_ATOL = 1e-12
 
-METRIC_COLUMNS = (keys.LMC_BARRIER, keys.CKA, keys.TEST_ACC, keys.VAL_ACC, keys.DENSE_ACC)
+# the metrics every candidate needs; dense_acc only for the best_dense baseline, which is
+# left out (with a note) when the table has no dense accuracy
+METRIC_COLUMNS = (keys.LMC_BARRIER, keys.CKA, keys.TEST_ACC, keys.VAL_ACC)
 SELECT_COLUMNS = (keys.KNOB, keys.TEMPERATURE, keys.DENSITY, *METRIC_COLUMNS)
 TABLE_COLUMNS = ["density", "method", "temperature", "regime", "test_acc", "oracle_test_acc",
                  "regret", "criterion", "criterion_value", "fallback", "n_candidates",
@@ -78,8 +80,11 @@ class SelectionResult:
     warnings: tuple[str, ...]
 
     def mean_regret(self) -> dict[str, float]:
-        """Mean regret of each method over the selected densities."""
-        return self.table.groupby("method")["regret"].mean().reindex(METHODS).to_dict()
+        """Mean regret of each method run (best_dense only with dense_acc) over the
+        selected densities."""
+        present = set(self.table["method"])
+        return (self.table.groupby("method")["regret"].mean()
+                .reindex([m for m in METHODS if m in present]).to_dict())
 
 
 def _match_densities(requested: Sequence[float] | None, available: np.ndarray) -> list[float]:
@@ -110,7 +115,9 @@ def select_models(df: pd.DataFrame, densities: Sequence[float] | None = None,
 
     Args:
         df: a results table with ``knob`` (one knob), ``temperature``, ``density``,
-            ``lmc_barrier``, ``cka``, ``test_acc``, ``val_acc`` and ``dense_acc``.
+            ``lmc_barrier``, ``cka``, ``test_acc``, ``val_acc`` and, for the ``best_dense``
+            baseline, ``dense_acc`` (without it, or with it empty, that baseline is left out
+            and a note says so).
         densities: target densities (matched to the table's to 1e-9); None = every density.
         eps, tau: regime thresholds (see :func:`label_grid`); eps-free jump / estimated tau
             when None.
@@ -125,7 +132,14 @@ def select_models(df: pd.DataFrame, densities: Sequence[float] | None = None,
         raise ValueError(f"labeller must be one of {LABELLERS}, got {labeller!r}")
     knob = one_knob(df, "model selection")
     notes: list[str] = []
-    incomplete = df[list(METRIC_COLUMNS)].isna().any(axis=1)
+    metric_columns, methods = list(METRIC_COLUMNS), list(METHODS)
+    if keys.DENSE_ACC in df.columns and df[keys.DENSE_ACC].notna().any():
+        metric_columns.append(keys.DENSE_ACC)
+    else:
+        methods.remove(BEST_DENSE)
+        notes.append(f"no {keys.DENSE_ACC} in the table: the {BEST_DENSE} baseline (the best "
+                     "dense model) is left out")
+    incomplete = df[metric_columns].isna().any(axis=1)
     if incomplete.any():
         cells = df.loc[incomplete, [keys.TEMPERATURE, keys.DENSITY]].drop_duplicates()
         notes.append(f"{int(incomplete.sum())} row(s) with missing metrics left out: "
@@ -133,9 +147,9 @@ def select_models(df: pd.DataFrame, densities: Sequence[float] | None = None,
                                  for t, d in cells.itertuples(index=False)))
     complete = df[~incomplete]
     if complete.empty:
-        raise ValueError(f"no cell has all of {list(METRIC_COLUMNS)}: nothing to select from")
+        raise ValueError(f"no cell has all of {metric_columns}: nothing to select from")
     candidates = (complete.groupby([keys.TEMPERATURE, keys.DENSITY], as_index=False)
-                  [list(METRIC_COLUMNS)].mean())
+                  [metric_columns].mean())
     candidates[keys.KNOB] = knob
     with warnings.catch_warnings(record=True):  # recorded in thresholds.warnings instead
         if labeller == "rule":
@@ -157,7 +171,7 @@ def select_models(df: pd.DataFrame, densities: Sequence[float] | None = None,
         cells = cells.set_index(keys.TEMPERATURE).loc[order].reset_index()
         oracle = float(cells[keys.TEST_ACC].max())
         connected = cells[cells[keys.REGIME] != REGIME_I]
-        for method in METHODS:
+        for method in methods:
             pool, fallback = cells, False
             if method in _REGIME_AWARE:
                 if connected.empty:

@@ -153,8 +153,17 @@ def test_density_selection_and_errors():
     assert set(_select(df, [0.1, 0.5], eps=-0.02, tau=0.9).table["density"]) == {0.1, 0.5}
     with pytest.raises(ValueError, match=r"density 0.3 is not in the table.*available"):
         _select(df, [0.3])
-    with pytest.raises(ValueError, match="lacks required column.*'dense_acc'"):
-        _select(df.drop(columns=[keys.DENSE_ACC]))
+    # without a dense accuracy (a table from elsewhere) the best_dense baseline is left
+    # out, said in a note; the algorithms and the other baseline choose as before
+    with pytest.warns(SelectionWarning, match="no dense_acc"):
+        bare = select_models(df.drop(columns=[keys.DENSE_ACC]), eps=-0.02, tau=0.9)
+    full = _select(df, eps=-0.02, tau=0.9)
+    assert BEST_DENSE not in set(bare.table["method"]) and BEST_DENSE not in bare.mean_regret()
+    kept = full.table[full.table["method"] != BEST_DENSE].reset_index(drop=True)
+    pd.testing.assert_frame_equal(bare.table, kept)
+    assert any("best_dense" in w for w in bare.warnings)
+    with pytest.raises(ValueError, match="lacks required column.*'val_acc'"):
+        _select(df.drop(columns=[keys.VAL_ACC]))
     with pytest.raises(ValueError, match="empty"):
         _select(df.iloc[0:0])
     percent = df.copy()

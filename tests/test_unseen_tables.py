@@ -315,3 +315,15 @@ def test_a_paper_s_own_axis_names_get_a_conversion_hint(tmp_path, capsys):
     _fails_with(capsys, _commands(_write(tmp_path, df), knob="epochs")["map"],
                 "column 'Epochs' is the temperature axis: rename it 'temperature'",
                 "--knob epochs", "density = 1 - sparsity", "test_acc = 1 - test_error")
+
+
+def test_select_on_a_table_with_validation_but_no_dense_accuracy(tmp_path, capsys):
+    # a table from elsewhere: the algorithms need val_acc, only the best_dense baseline needs
+    # dense_acc, so select runs without it and says what it left out
+    df = synthetic_table(seed=1)
+    path = _write(tmp_path, df[[*PAPER, "val_acc"]])
+    rc, out, err = _run(capsys, _commands(path, knob="epochs")["select"])
+    assert rc == 0, err
+    assert "alg2_val" in out and "best_val" in out
+    assert "best_dense" not in out.split("note:")[0]      # no row, no "best_dense nan" regret
+    assert "note: no dense_acc in the table: the best_dense baseline" in out

@@ -70,7 +70,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="For each target density, choose a temperature by Algorithm 2 (discard "
                     "Regime I, best val_acc), Algorithm 2.1 (discard Regime I, best CKA) and "
                     "the baselines (best dense_acc, best val_acc), with regret against the "
-                    "best test_acc. Needs columns " + ", ".join(SELECT_COLUMNS) + ".")
+                    "best test_acc. Needs columns " + ", ".join(SELECT_COLUMNS) + " (and "
+                    "dense_acc for the best dense_acc baseline).")
     add_table_source(parser)
     parser.add_argument("--density", action="append", required=True,
                         help="target density (fraction); repeat it for several, or 'all'")
@@ -92,12 +93,10 @@ def run_select(args: argparse.Namespace) -> int:
         experiment, grid_run_id = log_target(args)
         run_id = log_selection(result, experiment, grid_run_id) if experiment else None
     except (ValueError, FileNotFoundError) as e:
-        if "lacks required columns" in str(e) and any(
-                f"'{c}'" in str(e) for c in (keys.VAL_ACC, keys.DENSE_ACC)):
+        if "lacks required columns" in str(e) and f"'{keys.VAL_ACC}'" in str(e):
             e = ValueError(f"{e}. select needs {keys.VAL_ACC} (Algorithm 2 chooses by "
-                           f"validation accuracy, never by test) and {keys.DENSE_ACC} (the "
-                           "best_dense baseline); a table with test_acc only can still be "
-                           "labelled (classify) and mapped (map --replay)")
+                           "validation accuracy, never by test); a table with test_acc only "
+                           "can still be labelled (classify) and mapped (map --replay)")
         return fail(e)
     print(format_selection(result))
     if args.out:
