@@ -83,7 +83,7 @@ __all__ = [
     "P_REGIME_IIB", "coarse_to_fine_order", "choose_batch", "default_batch_size",
     "default_n_init", "initial_design", "label_points", "predict_map", "relabel_flips",
     "replay", "expected_map_change", "predicted_barriers",
-    "replay_summary", "best_reproducibility",
+    "replay_summary", "best_reproducibility", "label_reproducibility",
 ]
 
 P_REGIME_I = keys.P_REGIME_I       # probability of Regime I
@@ -822,6 +822,8 @@ class ReplayCurves:
     reference: pd.DataFrame
     # how often a re-run of the whole grid keeps its best temperatures (best_reproducibility)
     best_reproducibility: dict | None = None
+    # how far a re-measured grid's labels agree with the reference's (label_reproducibility)
+    label_reproducibility: dict | None = None
 
 
 class _Oracle:
@@ -882,6 +884,29 @@ def _copies(table: pd.DataFrame) -> tuple[int, bool]:
         if len(n) and n.min() >= 1:
             return int(n.min()), False
     return DEFAULT_COPIES, True
+
+
+LABEL_DRAWS = 400
+
+
+def label_reproducibility(table: pd.DataFrame, *, eps: float | None = None,
+                          tau: float | None = None, draws: int = LABEL_DRAWS, seed: int = 0
+                          ) -> dict | None:
+    """How far the labels of ``table`` would survive re-measuring the grid: the labeller's
+    own resampling (each cell's pairs drawn with replacement, or its mean redrawn from its
+    std; ``label_grid``'s ``resampled_agreement``), ``draws`` times, each resample's labels
+    of every point against the table's. The ceiling on agreement with the full grid's
+    labels, as :func:`best_reproducibility` is on the best temperature. None when the
+    table has neither per-pair values nor stds (nothing to resample)."""
+    from tracking.tables import PAIR_METRICS
+
+    if PAIR_METRICS not in table.columns and keys.LMC_BARRIER_STD not in table.columns:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RegimeWarning)
+        _, info = regimes.label_grid(table, eps, tau, n_resamples=draws, seed=seed)
+    return {**info["resampled_agreement"], "draws": int(draws),
+            "pair_source": info["pair_source"]}
 
 
 def best_reproducibility(table: pd.DataFrame, axes: GridAxes, *, copies: int | None = None,
@@ -995,7 +1020,8 @@ def replay(table: pd.DataFrame, *, seeds: Sequence[int] = range(20), knob: str |
         if progress is not None:
             progress(f"seed {seed} done")
     return ReplayCurves(total, agreement, found, within, stopped, reference,
-                        best_reproducibility(table, axes))
+                        best_reproducibility(table, axes),
+                        label_reproducibility(table, eps=eps, tau=tau))
 
 
 def _replay_order(strategy: str, axes: GridAxes, oracle: _Oracle, seed: int, total: int,
@@ -1050,7 +1076,9 @@ def replay_summary(curves: ReplayCurves, level: float = 0.95,
     ``cells_for_goal`` with each best found within ``BEST_TOLERANCE``. With the table's
     ``test_acc_std``, ``reference_best_reproducibility`` says how often a re-run of the whole
     grid would keep its own best temperatures (:func:`best_reproducibility`): the ceiling on
-    "found" when the best and the runner-up are closer than the seeds' noise.
+    "found" when the best and the runner-up are closer than the seeds' noise;
+    ``reference_label_reproducibility`` how far a re-measured grid's labels agree with the
+    table's (:func:`label_reproducibility`), the same for the agreement.
 
     The LAST-line JSON of ``python -m selection map --replay --json`` is this dict.
     """
@@ -1091,6 +1119,8 @@ def replay_summary(curves: ReplayCurves, level: float = 0.95,
            "baselines": {s: figures(s) for s in strategies if s != "active"}}
     if curves.best_reproducibility is not None:
         out["reference_best_reproducibility"] = curves.best_reproducibility
+    if curves.label_reproducibility is not None:
+        out["reference_label_reproducibility"] = curves.label_reproducibility
     stops = [s for s in curves.stopped_at if s is not None]
     out["stopped_at_median"] = float(np.median(stops)) if stops else None
     return out

@@ -681,7 +681,10 @@ def label_grid(df: pd.DataFrame, eps: float | None = None, tau: float | None = N
         density: its method, the number of Regime-I cells, the boundary = the coldest
         connected temperature, the hottest Regime-I temperature, the mean barrier on each
         side), ``clipped_points``, ``pair_source`` (``pairs``, ``mean_std``, ``mean_only`` or
-        ``mixed``), ``n_resamples``, ``seed``, ``pool_size`` (barriers of ``pool`` used) and
+        ``mixed``), ``n_resamples``, ``seed``, ``pool_size`` (barriers of ``pool`` used),
+        with resamples ``resampled_agreement`` (the fraction of points whose label a resample
+        keeps: ``median``, ``mean`` and ``at_least_95``, the share of resamples keeping >= 95%
+        of the labels: how far a re-measured grid's labels would agree with these) and
         ``warnings``.
 
     Raises:
@@ -708,8 +711,10 @@ def label_grid(df: pd.DataFrame, eps: float | None = None, tau: float | None = N
         count_i = np.zeros(len(regime))
         count_ii = np.zeros(len(regime))
         count_iib = np.zeros(len(regime))
+        agreement = np.empty(n_resamples)
         for r in range(n_resamples):
             labels, _, _ = _label_points(points, barriers[r], ckas[r], eps, tau, pool=pool)
+            agreement[r] = float(np.mean(labels == regime))
             count_i += labels == REGIME_I
             count_ii += labels != REGIME_I
             count_iib += labels == REGIME_II_B
@@ -727,6 +732,12 @@ def label_grid(df: pd.DataFrame, eps: float | None = None, tau: float | None = N
     out[LABEL_METHOD] = method[rp]
     info = _grid_info(points, regime, method, detail, eps, n_resamples, seed)
     info["pool_size"] = 0 if pool is None or eps is not None else len(pool)
+    if n_resamples:
+        # how well the labels would survive re-measuring the grid: each resample's labels
+        # (every point) against these
+        info["resampled_agreement"] = {
+            "median": float(np.median(agreement)), "mean": float(agreement.mean()),
+            "at_least_95": float(np.mean(agreement >= 0.95))}
     for note in info["warnings"]:
         warnings.warn(note, RegimeWarning, stacklevel=2)
     return out, info

@@ -30,6 +30,7 @@ from selection.mapping import (
     expected_map_change,
     initial_design,
     label_points,
+    label_reproducibility,
     predict_map,
     relabel_flips,
     replay,
@@ -97,6 +98,8 @@ def test_replay_is_deterministic_given_a_seed_and_summarises_to_the_json_keys():
         assert {"cells_for_95", "best_found_at_budget", "cells_for_goal",
                 "cells_for_goal_within"} <= set(figures)
     assert 0 <= summary["reference_best_reproducibility"]["every_density"] <= 1
+    labels = summary["reference_label_reproducibility"]
+    assert 0 <= labels["at_least_95"] <= 1 and labels["draws"] == 400
     json.dumps(summary, allow_nan=False)
 
 
@@ -441,3 +444,19 @@ def test_unfinished_cells_enter_the_labellers_thresholds_with_predicted_barriers
     # the whole grid has nothing to predict: the same labels with or without the axes
     pd.testing.assert_frame_equal(label_points(table, n_resamples=0, axes=axes),
                                   label_points(table, n_resamples=0))
+
+
+def test_label_reproducibility_is_the_agreement_a_re_measured_grid_keeps():
+    # the measured 10 x 7 grid (pairs per cell): its 5% / 7% columns sit near the labeller's
+    # decisions, so some resamples relabel them; a clean synthetic grid keeps every label
+    fine = pd.read_csv(Path(__file__).resolve().parent.parent / "bench" / "data"
+                       / "demo_fine_grid.csv")
+    noisy = label_reproducibility(fine, draws=100)
+    assert noisy["pair_source"] == "pairs"
+    assert 0.5 < noisy["at_least_95"] < 1.0 and noisy["mean"] < noisy["median"] <= 1.0
+    clean = label_reproducibility(synthetic_table(seed=3), draws=100)
+    assert clean is not None and clean["median"] == 1.0
+    assert label_reproducibility(fine, draws=100) == noisy          # seeded
+    # nothing to resample without per-pair values or stds
+    bare = fine.drop(columns=["pair_metrics", keys.LMC_BARRIER_STD])
+    assert label_reproducibility(bare) is None

@@ -230,6 +230,13 @@ def format_summary(summary: dict, curves) -> list[str]:
             "how often re-running the WHOLE grid with new fine-tune seeds keeps its best "
             f"temperature ({copies}; test_acc_std as the seed noise): every density at once "
             f"{repro['every_density']:.2f}; per density {per}")
+    labels = summary.get("reference_label_reproducibility")
+    if labels is not None:
+        lines.append(
+            "how far re-measuring the grid keeps its labels (the labeller's resampling of each "
+            f"cell's {'pairs' if labels['pair_source'] == 'pairs' else 'mean and std'}, "
+            f"{labels['draws']} draws): median agreement {100 * labels['median']:.1f}%, "
+            f"{100 * labels['at_least_95']:.0f}% of the draws keep >= 95% of the labels")
     if summary.get("stopped_at_median") is not None:
         lines.append(f"the stopping rule stops the active loop at {summary['stopped_at_median']:g} "
                      "cells (median)")
