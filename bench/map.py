@@ -20,7 +20,8 @@ each order, and the goal (>= 95 % agreement and the best temperature at every de
 <= 40 % of the cells) met or not, the same with each best within 0.2 points of the best
 accuracy, and how often a re-run of the WHOLE grid with new fine-tune seeds would keep its own
 best temperatures (``selection.mapping.best_reproducibility``: the ceiling on "the exact best
-found" when best and runner-up are closer than the seeds' noise). The curve (agreement vs
+found" when best and runner-up are closer than the seeds' noise), and how many of the full
+grid's labels a re-measured grid keeps (``label_reproducibility``). The curve (agreement vs
 cells run) goes to ``--out``. The LAST line printed is one JSON object: per table the
 ``--replay --json`` summary (the same figures as
 ``python -m selection map --table CSV --replay --json --seeds N``).
