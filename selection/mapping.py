@@ -280,10 +280,8 @@ def label_points(table: pd.DataFrame, eps: float | None = None, tau: float | Non
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RegimeWarning)
         if label_grid is not None:
-            pool = None if axes is None or eps is not None else _unfinished_barriers(table, axes)
-            extra = {} if pool is None else {"pool": pool}
             labelled, _ = label_grid(table, eps, tau, n_resamples=n_resamples, seed=seed,
-                                     **extra)
+                                     pool=_unfinished_barriers(table, axes, eps))
             if LABEL_METHOD not in labelled.columns:
                 labelled[LABEL_METHOD] = "label_grid"
         else:
@@ -315,10 +313,13 @@ def predicted_barriers(axes: GridAxes, run_idx: np.ndarray, barrier: np.ndarray)
     return out
 
 
-def _unfinished_barriers(table: pd.DataFrame, axes: GridAxes) -> np.ndarray | None:
-    """Predicted barriers of the points of ``axes`` that ``table`` has no row of (None with
-    fewer than 3 finished points or a barrier missing: too little to predict from)."""
-    if keys.LMC_BARRIER not in table.columns:
+def _unfinished_barriers(table: pd.DataFrame, axes: GridAxes | None, eps: float | None
+                         ) -> np.ndarray | None:
+    """The labeller's ``pool``: predicted barriers of the points of ``axes`` that ``table``
+    has no row of. None without ``axes``, with ``eps`` given (the labeller has no pooled eps
+    to estimate), with fewer than 3 finished points or a barrier missing (too little to
+    predict from)."""
+    if axes is None or eps is not None or keys.LMC_BARRIER not in table.columns:
         return None
     means = table.groupby([keys.TEMPERATURE, keys.DENSITY])[keys.LMC_BARRIER].mean()
     if len(means) < 3 or not np.isfinite(means.to_numpy(dtype=float)).all():
@@ -663,10 +664,9 @@ def relabel_flips(pred: MapPrediction, candidates: np.ndarray) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RegimeWarning)
             if label_grid is not None:
-                # the unfinished points in the grid-wide thresholds, as label_points(axes=)
-                pool = None if pred.eps is not None else _unfinished_barriers(table, axes)
-                extra = {} if pool is None else {"pool": pool}
-                return label_grid(table, pred.eps, pred.tau, n_resamples=0, **extra)[0][
+                # the unfinished points in the pooled eps, as label_points(axes=) has them
+                return label_grid(table, pred.eps, pred.tau, n_resamples=0,
+                                  pool=_unfinished_barriers(table, axes, pred.eps))[0][
                     keys.REGIME].to_numpy(dtype=object)
             return regimes.label_regimes(table, pred.eps, pred.tau)[0][
                 keys.REGIME].to_numpy(dtype=object)
@@ -1170,16 +1170,15 @@ class MapResult:
             out.append(f"agreement with the full grid's labels ({self.reference_source}): "
                        f"{100 * self.agreement:.1f}%")
         best = self.best_frame()
-        if best is not None:
-            if best[keys.TEMPERATURE].notna().any():
-                out.append("predicted best temperature per density (p = probability it is the "
-                           "best; run = its cell was run):")
-                for _, row in best.iterrows():
-                    out.append(f"  density {row[keys.DENSITY]:g}: {self.axes.knob} "
-                               f"{row[keys.TEMPERATURE]:g}, p {row['p_best']:.2f}, "
-                               f"{'run' if row['best_run'] else 'predicted'}, "
-                               f"{row['cells_run_at_density']} cell(s) run at this density: "
-                               f"{row['status']}")
+        if best is not None and best[keys.TEMPERATURE].notna().any():
+            out.append("predicted best temperature per density (p = probability it is the "
+                       "best; run = its cell was run):")
+            for _, row in best.iterrows():
+                out.append(f"  density {row[keys.DENSITY]:g}: {self.axes.knob} "
+                           f"{row[keys.TEMPERATURE]:g}, p {row['p_best']:.2f}, "
+                           f"{'run' if row['best_run'] else 'predicted'}, "
+                           f"{row['cells_run_at_density']} cell(s) run at this density: "
+                           f"{row['status']}")
         out += [f"  FAILED {name}: {reason}" for name, reason in self.failed]
         return out
 
