@@ -814,7 +814,7 @@ class ReplayCurves:
     (``seeds`` x ``total_cells`` arrays, column k = k + 1 cells), and where the stopping rule
     would have stopped the active loop."""
 
-    total_cells: int
+    total_cells: int                          # the grid's points (replayed or not)
     agreement: dict[str, np.ndarray]
     best_found: dict[str, np.ndarray]
     best_within: dict[str, np.ndarray]       # found within BEST_TOLERANCE of the best
@@ -824,6 +824,12 @@ class ReplayCurves:
     best_reproducibility: dict | None = None
     # how far a re-measured grid's labels agree with the reference's (label_reproducibility)
     label_reproducibility: dict | None = None
+
+    @property
+    def cells_replayed(self) -> int:
+        """Cells each replay ran (the arrays' columns): ``total_cells`` unless ``max_cells``
+        cut it short."""
+        return int(next(iter(self.agreement.values())).shape[1])
 
 
 class _Oracle:
@@ -1019,7 +1025,7 @@ def replay(table: pd.DataFrame, *, seeds: Sequence[int] = range(20), knob: str |
                  within[strategy][r, k - 1]) = _score(pred, ref, true_best, true_acc)
         if progress is not None:
             progress(f"seed {seed} done")
-    return ReplayCurves(total, agreement, found, within, stopped, reference,
+    return ReplayCurves(axes.n, agreement, found, within, stopped, reference,
                         best_reproducibility(table, axes),
                         label_reproducibility(table, eps=eps, tau=tau))
 
@@ -1091,14 +1097,20 @@ def replay_summary(curves: ReplayCurves, level: float = 0.95,
         within = curves.best_within[strategy]
         cells = [_cells_for(row, level) for row in agree]
         reached = [c for c in cells if c is not None]
-        at_cells = [best[r, (c or curves.total_cells) - 1] for r, c in enumerate(cells)]
-        within_at = [within[r, (c or curves.total_cells) - 1] for r, c in enumerate(cells)]
+        last = curves.cells_replayed
+        at_cells = [best[r, (c or last) - 1] for r, c in enumerate(cells)]
+        within_at = [within[r, (c or last) - 1] for r, c in enumerate(cells)]
         # the goal: >= level agreement AND the best temperature at every density, staying so
         goal = np.where((agree >= level - 1e-12) & (best >= 1 - 1e-12), 1.0, 0.0)
         # the same with every density's best within BEST_TOLERANCE of the best accuracy
         goal_within = np.where((agree >= level - 1e-12) & (within >= 1 - 1e-12), 1.0, 0.0)
+        # the budget is a fraction of the whole grid; None when the replay stopped before it
         k = max(1, min(curves.total_cells, math.floor(budget_fraction * curves.total_cells)))
         pct = round(100 * budget_fraction)
+
+        def at_budget(values: np.ndarray) -> float | None:
+            return float(np.median(values[:, k - 1])) if k <= last else None
+
         return {
             "cells_for_95": median_cells(cells),
             "best_found_at_budget": float(np.median(at_cells)),
@@ -1106,15 +1118,15 @@ def replay_summary(curves: ReplayCurves, level: float = 0.95,
             "cells_for_goal": median_cells([_cells_for(row, 1.0) for row in goal]),
             "cells_for_goal_within": median_cells([_cells_for(row, 1.0)
                                                    for row in goal_within]),
-            f"agreement_at_{pct}pct": float(np.median(agree[:, k - 1])),
-            f"best_found_at_{pct}pct": float(np.median(best[:, k - 1])),
-            f"best_within_at_{pct}pct": float(np.median(within[:, k - 1])),
+            f"agreement_at_{pct}pct": at_budget(agree),
+            f"best_found_at_{pct}pct": at_budget(best),
+            f"best_within_at_{pct}pct": at_budget(within),
             "fraction_of_seeds_reaching_95": len(reached) / len(cells),
         }
 
     strategies = list(curves.agreement)
     main = figures("active") if "active" in strategies else {}
-    out = {"total_cells": curves.total_cells, **main,
+    out = {"total_cells": curves.total_cells, "cells_replayed": curves.cells_replayed, **main,
            "seeds": int(next(iter(curves.agreement.values())).shape[0]),
            "baselines": {s: figures(s) for s in strategies if s != "active"}}
     if curves.best_reproducibility is not None:
@@ -1516,16 +1528,19 @@ def plot_replay(curves: dict[str, ReplayCurves], path, level: float = 0.95):
     colours = {"active": "#1f77b4", "random": "#7f7f7f", "coarse_to_fine": "#ff7f0e"}
     for i, (name, c) in enumerate(curves.items()):
         ax = fig.add_subplot(1, len(curves), i + 1)
-        x = np.arange(1, c.total_cells + 1)
+        x = np.arange(1, c.cells_replayed + 1)
         for strategy, values in c.agreement.items():
             q25, med, q75 = np.nanpercentile(values, [25, 50, 75], axis=0)
             ax.plot(x, 100 * med, color=colours.get(strategy), label=strategy.replace("_", " "))
             ax.fill_between(x, 100 * q25, 100 * q75, color=colours.get(strategy), alpha=0.15)
         ax.axhline(100 * level, color="black", linestyle=":", linewidth=1)
-        ax.axvline(0.4 * c.total_cells, color="black", linestyle="--", linewidth=0.8)
+        if 0.4 * c.total_cells <= c.cells_replayed:
+            ax.axvline(0.4 * c.total_cells, color="black", linestyle="--", linewidth=0.8)
         ax.set_xlabel("cells run")
         ax.set_ylabel("agreement with the full grid's map (%)")
-        ax.set_title(f"{name} ({c.total_cells} cells, {c.agreement['active'].shape[0]} seeds)",
+        replayed = "" if c.cells_replayed == c.total_cells else f", {c.cells_replayed} replayed"
+        ax.set_title(f"{name} ({c.total_cells} cells{replayed}, "
+                     f"{c.agreement['active'].shape[0]} seeds)",
                      fontsize=10)
         ax.set_ylim(0, 101)
         ax.legend(fontsize=8, loc="lower right")

@@ -92,7 +92,9 @@ def test_replay_is_deterministic_given_a_seed_and_summarises_to_the_json_keys():
     assert not np.array_equal(other.agreement["random"][0], first.agreement["random"][0]) or \
         not np.array_equal(other.best_found["random"][0], first.best_found["random"][0])
     summary = replay_summary(first)
-    assert summary["total_cells"] == 10
+    # the grid's cells, of which the first 10 replayed; the 40% budget (12) is beyond them
+    assert summary["total_cells"] == 30 and summary["cells_replayed"] == 10
+    assert summary["agreement_at_40pct"] is None
     assert set(summary["baselines"]) == {"random", "coarse_to_fine"}
     for figures in (summary, *summary["baselines"].values()):
         assert {"cells_for_95", "best_found_at_budget", "cells_for_goal",
@@ -330,7 +332,7 @@ def test_map_replay_command_prints_the_json_figures_last(tmp_path, capsys):
     assert main(["map", "--table", str(path), "--replay", "--json", "--seeds", "1",
                  "--max-cells", "8"]) == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert last["total_cells"] == 8
+    assert last["total_cells"] == 30 and last["cells_replayed"] == 8
     for figures in (last, last["baselines"]["random"], last["baselines"]["coarse_to_fine"]):
         assert "cells_for_95" in figures and "best_found_at_budget" in figures
 

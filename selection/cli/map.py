@@ -185,10 +185,12 @@ def format_summary(summary: dict, curves) -> list[str]:
     """Lines of a replay summary: per strategy, agreement and best found at budgets."""
     import numpy as np
 
-    total = curves.total_cells
-    budgets = sorted({max(1, round(f * total)) for f in (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)})
-    lines = [f"replay over {summary['seeds']} seeds, {total} cells; median agreement with the "
-             "full grid's map / fraction of densities whose best temperature is found:"]
+    total, replayed = curves.total_cells, curves.cells_replayed
+    budgets = sorted({max(1, round(f * total)) for f in (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
+                      if round(f * total) <= replayed} | {replayed})
+    cut = "" if replayed == total else f" (the first {replayed} replayed: --max-cells)"
+    lines = [f"replay over {summary['seeds']} seeds, {total} cells{cut}; median agreement with "
+             "the full grid's map / fraction of densities whose best temperature is found:"]
     header = "cells run".ljust(16) + "".join(f"{b:>12}" for b in budgets)
     lines.append(header)
     for strategy in curves.agreement:
