@@ -902,15 +902,14 @@ def label_reproducibility(table: pd.DataFrame, *, eps: float | None = None,
     own resampling (each cell's pairs drawn with replacement, or its mean redrawn from its
     std; ``label_grid``'s ``resampled_agreement``), ``draws`` times, each resample's labels
     of every point against the table's. The ceiling on agreement with the full grid's
-    labels, as :func:`best_reproducibility` is on the best temperature. None when the
-    table has neither per-pair values nor stds (nothing to resample)."""
-    from tracking.tables import PAIR_METRICS
-
-    if PAIR_METRICS not in table.columns and keys.LMC_BARRIER_STD not in table.columns:
-        return None
+    labels, as :func:`best_reproducibility` is on the best temperature. None when no cell
+    has per-pair values or a std (the labeller's ``pair_source`` is ``mean_only``: nothing
+    to resample)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RegimeWarning)
         _, info = regimes.label_grid(table, eps, tau, n_resamples=draws, seed=seed)
+    if info["pair_source"] == "mean_only":
+        return None
     return {**info["resampled_agreement"], "draws": int(draws),
             "pair_source": info["pair_source"]}
 

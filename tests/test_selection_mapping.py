@@ -462,3 +462,6 @@ def test_label_reproducibility_is_the_agreement_a_re_measured_grid_keeps():
     # nothing to resample without per-pair values or stds
     bare = fine.drop(columns=["pair_metrics", keys.LMC_BARRIER_STD])
     assert label_reproducibility(bare) is None
+    # nor with the columns there but empty (a table from elsewhere): not a meaningless 100%
+    empty = fine.assign(pair_metrics=None, **{keys.LMC_BARRIER_STD: np.nan})
+    assert label_reproducibility(empty, draws=20) is None
