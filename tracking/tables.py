@@ -87,14 +87,23 @@ def _ended(run: Run) -> tuple[int, int]:
     return run.info.end_time or 0, run.info.start_time or 0
 
 
+class MissingColumnsError(ValueError):
+    """A results table lacks columns a command needs; ``missing`` names them."""
+
+    def __init__(self, message: str, missing: Sequence[str]):
+        super().__init__(message)
+        self.missing = list(missing)
+
+
 def require_columns(df: pd.DataFrame, required: Sequence[str]) -> None:
-    """The table is a non-empty DataFrame with the ``required`` columns (ValueError naming them)."""
+    """The table is a non-empty DataFrame with the ``required`` columns
+    (:class:`MissingColumnsError`, a ValueError, naming them)."""
     if not isinstance(df, pd.DataFrame):
         raise ValueError(f"a results table must be a pandas DataFrame, got {type(df).__name__}")
     missing = [c for c in required if c not in df.columns]
     if missing:
-        raise ValueError(f"results table lacks required columns {missing}; "
-                         f"it has {list(df.columns)}")
+        raise MissingColumnsError(f"results table lacks required columns {missing}; "
+                                  f"it has {list(df.columns)}", missing)
     if df.empty:
         raise ValueError("results table is empty: it has no cells (rows)")
 
@@ -206,7 +215,10 @@ def read_table(path: str | Path, required: Sequence[str] = _REQUIRED,
     except ValueError as e:
         hint = ("; for a table without a 'knob' column name its temperature knob with --knob "
                 "(e.g. --knob epochs)" if keys.KNOB in required and keys.KNOB not in df else "")
-        raise ValueError(f"{path}: {e}{hint}{_conversion_hint(df, required)}") from e
+        message = f"{path}: {e}{hint}{_conversion_hint(df, required)}"
+        if isinstance(e, MissingColumnsError):     # keeps its type: callers add their hints
+            raise MissingColumnsError(message, e.missing) from e
+        raise ValueError(message) from e
     return df
 
 

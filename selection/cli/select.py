@@ -25,6 +25,7 @@ from selection.model_selection import (
     select_models,
 )
 from tracking import keys
+from tracking.tables import MissingColumnsError
 
 __all__ = ["add_parser", "format_selection", "parse_densities", "run_select"]
 
@@ -93,7 +94,7 @@ def run_select(args: argparse.Namespace) -> int:
         experiment, grid_run_id = log_target(args)
         run_id = log_selection(result, experiment, grid_run_id) if experiment else None
     except (ValueError, FileNotFoundError) as e:
-        if "lacks required columns" in str(e) and f"'{keys.VAL_ACC}'" in str(e):
+        if isinstance(e, MissingColumnsError) and keys.VAL_ACC in e.missing:
             e = ValueError(f"{e}. select needs {keys.VAL_ACC} (Algorithm 2 chooses by "
                            "validation accuracy, never by test); a table with test_acc only "
                            "can still be labelled (classify) and mapped (map --replay)")
