@@ -221,11 +221,23 @@ def default_batch_size(n: int) -> int:
     return max(1, round(math.sqrt(n) / 2))
 
 
+def _round_sizes(axes: GridAxes, batch_size: int | None, n_init: int | None
+                 ) -> tuple[int, int]:
+    """(points per round, points of the initial design): the defaults for None, else checked
+    (ValueError naming the option and its range)."""
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: must be >= 1 (points per round)")
+    if n_init is not None and not 1 <= n_init <= axes.n:
+        raise ValueError(f"n_init={n_init}: must be in [1, {axes.n}] (the grid's points)")
+    return (int(batch_size or default_batch_size(axes.n)),
+            default_n_init(axes.n) if n_init is None else int(n_init))
+
+
 def initial_design(axes: GridAxes, n_init: int | None = None, seed: int = 0) -> list[int]:
     """The four corners, then max-min spread points (ties broken at random by ``seed``)."""
     n_init = default_n_init(axes.n) if n_init is None else int(n_init)
     if not 1 <= n_init <= axes.n:
-        raise ValueError(f"n_init must be in [1, {axes.n}], got {n_init}")
+        raise ValueError(f"n_init={n_init}: must be in [1, {axes.n}] (the grid's points)")
     nt, nd = axes.shape
     corners = [0, nd - 1, (nt - 1) * nd, nt * nd - 1]
     chosen = list(dict.fromkeys(corners))[:n_init]
@@ -994,10 +1006,7 @@ def replay(table: pd.DataFrame, *, seeds: Sequence[int] = range(20), knob: str |
                          f"({axes.shape[0]} temperatures x {axes.shape[1]} densities), "
                          f"{len(missing)} missing (temperature, density): {named}"
                          + (", ..." if len(missing) > 5 else ""))
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if n_init is not None and not 1 <= n_init <= axes.n:
-        raise ValueError(f"n_init must be in [1, {axes.n}], got {n_init}")
+    batch_size, n_init = _round_sizes(axes, batch_size, n_init)
     oracle = _Oracle(table, axes, eps, tau, n_resamples)
     reference = oracle.labels(range(axes.n))
     ref = np.empty(axes.n, dtype=object)
@@ -1006,8 +1015,6 @@ def replay(table: pd.DataFrame, *, seeds: Sequence[int] = range(20), knob: str |
         ref[axes.index(t, d)] = r
     true_best, true_acc = _true_best(reference, axes)
     total = axes.n if max_cells is None else min(axes.n, int(max_cells))
-    batch_size = batch_size or default_batch_size(axes.n)
-    n_init = default_n_init(axes.n) if n_init is None else n_init
     agreement = {s: np.full((len(seeds), total), np.nan) for s in strategies}
     found = {s: np.full((len(seeds), total), np.nan) for s in strategies}
     within = {s: np.full((len(seeds), total), np.nan) for s in strategies}
@@ -1236,12 +1243,7 @@ def run_map(cfg, budget: int, *, experiment: str | None = None, batch_size: int 
 
     started = time.perf_counter()
     axes = GridAxes.of(cfg.knob, cfg.temperatures, cfg.densities)
-    n_init = default_n_init(axes.n) if n_init is None else int(n_init)
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: must be >= 1 (points per round)")
-    batch_size = batch_size or default_batch_size(axes.n)
-    if n_init < 1 or n_init > axes.n:
-        raise ValueError(f"n_init={n_init}: must be in [1, {axes.n}] (the grid's points)")
+    batch_size, n_init = _round_sizes(axes, batch_size, n_init)
     if budget < n_init:
         raise ValueError(f"budget {budget} is smaller than the initial design ({n_init} points: "
                          f"the 4 corners and {max(n_init - 4, 0)} spread points of the "

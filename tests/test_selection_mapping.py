@@ -413,9 +413,9 @@ def test_a_table_with_two_knobs_needs_the_knob_named():
 
 def test_replay_options_out_of_range_and_a_hole_are_named():
     table = synthetic_table(seed=0).drop(columns="true_regime")
-    with pytest.raises(ValueError, match=r"n_init must be in \[1, 30\], got 100"):
+    with pytest.raises(ValueError, match=r"n_init=100: must be in \[1, 30\]"):
         replay(table, seeds=[0], n_init=100, max_cells=8)
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+    with pytest.raises(ValueError, match="batch_size=0: must be >= 1"):
         replay(table, seeds=[0], batch_size=0, max_cells=8)
     t, d = table[keys.TEMPERATURE].iloc[3], table[keys.DENSITY].iloc[3]
     holed = table.drop(index=3)
