@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from selection._validate import one_knob
 from tracking import keys
 from tracking.cli import add_store_options, open_store
 
@@ -61,10 +62,9 @@ def load_table(args: argparse.Namespace, required: Sequence[str]) -> pd.DataFram
         _configure(args)       # the store is needed: it answers, or one clear error, first
     if args.table:
         df = read_table(args.table, required, knob=getattr(args, "knob", None))
-        knobs = sorted(df[keys.KNOB].dropna().astype(str).unique()) if keys.KNOB in df else []
-        if len(knobs) > 1:   # the commands compare temperatures of one knob
-            raise ValueError(f"{args.table}: the table has knobs {knobs}; pick one with --knob "
-                             "NAME")
+        if keys.KNOB in df and df[keys.KNOB].nunique() > 1:
+            # the commands compare the temperatures of one knob
+            one_knob(df, f"{args.table}: this command", "pick one with --knob NAME")
         return df
     if getattr(args, "knob", None):
         raise ValueError("--knob goes with --table (an experiment's cell runs name their knob)")
