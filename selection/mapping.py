@@ -982,14 +982,15 @@ def replay(table: pd.DataFrame, *, seeds: Sequence[int] = range(20), knob: str |
            eps: float | None = None, tau: float | None = None, batch_size: int | None = None,
            n_init: int | None = None, max_cells: int | None = None, n_resamples: int = 0,
            strategies: Sequence[str] = STRATEGIES, stop_rule: StopRule = StopRule(),
-           progress: Callable[[str], None] | None = None) -> ReplayCurves:
+           progress: Callable[[str], None] | None = None, jobs: int = 1) -> ReplayCurves:
     """Replay the mapping loop and the baselines on finished ``table`` (see the module doc).
 
     The reference map is the labeller's labels of the WHOLE table; each prefix of cells is
     labelled by the same labeller on those cells only, and the map predicted from them.
     ``n_resamples``: the labeller's resamples for the label probabilities (default 0:
     probabilities 0/1; the labels themselves do not depend on it, and the live default of
-    200 costs 200 relabellings per prefix).
+    200 costs 200 relabellings per prefix). ``jobs``: seeds replayed in that many processes
+    at once (one thread each; the same curves as ``jobs=1``).
     """
     from selection._validate import check_table
 
@@ -1007,6 +1008,8 @@ def replay(table: pd.DataFrame, *, seeds: Sequence[int] = range(20), knob: str |
                          f"{len(missing)} missing (temperature, density): {named}"
                          + (", ..." if len(missing) > 5 else ""))
     batch_size, n_init = _round_sizes(axes, batch_size, n_init)
+    if int(jobs) < 1:
+        raise ValueError(f"jobs={jobs}: must be >= 1 (processes replaying seeds at once)")
     oracle = _Oracle(table, axes, eps, tau, n_resamples)
     reference = oracle.labels(range(axes.n))
     ref = np.empty(axes.n, dtype=object)
@@ -1018,22 +1021,69 @@ def replay(table: pd.DataFrame, *, seeds: Sequence[int] = range(20), knob: str |
     agreement = {s: np.full((len(seeds), total), np.nan) for s in strategies}
     found = {s: np.full((len(seeds), total), np.nan) for s in strategies}
     within = {s: np.full((len(seeds), total), np.nan) for s in strategies}
-    stopped: list[int | None] = []
-    for r, seed in enumerate(seeds):
-        for strategy in strategies:
-            order, stop = _replay_order(strategy, axes, oracle, seed, total, batch_size, n_init,
-                                        stop_rule)
+    stops: dict[int, int | None] = {}
+    settings = (tuple(strategies), total, batch_size, n_init, stop_rule, ref, true_best,
+                true_acc)
+
+    def collect(r: int, result: dict) -> None:
+        for strategy, (a, f, w, stop) in result.items():
+            agreement[strategy][r], found[strategy][r], within[strategy][r] = a, f, w
             if strategy == "active":
-                stopped.append(stop)
-            for k in range(1, total + 1):
-                pred = predict_map(axes, oracle.labels(order[:k]), seed=seed, eps=eps, tau=tau)
-                (agreement[strategy][r, k - 1], found[strategy][r, k - 1],
-                 within[strategy][r, k - 1]) = _score(pred, ref, true_best, true_acc)
+                stops[r] = stop
         if progress is not None:
-            progress(f"seed {seed} done")
+            progress(f"seed {seeds[r]} done")
+
+    jobs = max(1, min(int(jobs), len(seeds)))
+    if jobs == 1:
+        for r, seed in enumerate(seeds):
+            collect(r, _replay_seed(oracle, seed, *settings))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # fresh interpreters (no inherited thread pools), one BLAS/OpenMP thread each: the
+        # seeds are independent, so `jobs` processes share the cores without oversubscribing
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_one_thread) as pool:
+            futures = {pool.submit(_replay_seed_job, (table, axes, eps, tau, n_resamples),
+                                   seed, *settings): r for r, seed in enumerate(seeds)}
+            for future in as_completed(futures):
+                collect(futures[future], future.result())
+    stopped = [stops[r] for r in range(len(seeds))] if "active" in strategies else []
     return ReplayCurves(axes.n, agreement, found, within, stopped, reference,
                         best_reproducibility(table, axes),
                         label_reproducibility(table, eps=eps, tau=tau))
+
+
+def _replay_seed(oracle: _Oracle, seed: int, strategies: tuple[str, ...], total: int,
+                 batch_size: int, n_init: int, stop_rule: StopRule, ref: np.ndarray,
+                 true_best: dict[float, int], true_acc: np.ndarray
+                 ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, int | None]]:
+    """One seed of the replay: per strategy, the agreement, best-found and best-within
+    curves over the first ``total`` cells, and where the stop rule stopped (active only)."""
+    axes = oracle.axes
+    out = {}
+    for strategy in strategies:
+        order, stop = _replay_order(strategy, axes, oracle, seed, total, batch_size, n_init,
+                                    stop_rule)
+        curves = np.full((3, total), np.nan)
+        for k in range(1, total + 1):
+            pred = predict_map(axes, oracle.labels(order[:k]), seed=seed, eps=oracle.eps,
+                               tau=oracle.tau)
+            curves[:, k - 1] = _score(pred, ref, true_best, true_acc)
+        out[strategy] = (curves[0], curves[1], curves[2], stop)
+    return out
+
+
+def _replay_seed_job(oracle_args: tuple, seed: int, *settings):
+    # in a worker process: its own oracle (the label cache is per process)
+    return _replay_seed(_Oracle(*oracle_args), seed, *settings)
+
+
+def _one_thread() -> None:
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
 
 
 def _replay_order(strategy: str, axes: GridAxes, oracle: _Oracle, seed: int, total: int,

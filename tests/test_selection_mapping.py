@@ -411,6 +411,21 @@ def test_a_table_with_two_knobs_needs_the_knob_named():
     assert GridAxes.of_table(both, "batch_size").knob == "batch_size"
 
 
+def test_replay_in_several_processes_gives_the_same_curves():
+    table = synthetic_table(seed=3).drop(columns="true_regime")
+    serial = replay(table, seeds=[4, 5, 6], max_cells=9)
+    done = []
+    parallel = replay(table, seeds=[4, 5, 6], max_cells=9, jobs=2, progress=done.append)
+    for strategy in serial.agreement:
+        np.testing.assert_array_equal(serial.agreement[strategy], parallel.agreement[strategy])
+        np.testing.assert_array_equal(serial.best_found[strategy], parallel.best_found[strategy])
+        np.testing.assert_array_equal(serial.best_within[strategy],
+                                      parallel.best_within[strategy])
+    assert serial.stopped_at == parallel.stopped_at and len(done) == 3
+    with pytest.raises(ValueError, match="jobs=0: must be >= 1"):
+        replay(table, seeds=[0], max_cells=8, jobs=0)
+
+
 def test_replay_options_out_of_range_and_a_hole_are_named():
     table = synthetic_table(seed=0).drop(columns="true_regime")
     with pytest.raises(ValueError, match=r"n_init=100: must be in \[1, 30\]"):

@@ -60,6 +60,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--replay", action="store_true", help="replay the loop and the baselines on "
                    "--table instead of running cells")
     p.add_argument("--seeds", type=int, default=20, help="replay seeds (default 20)")
+    p.add_argument("--jobs", type=int, default=1, help="replay: seeds replayed in this many "
+                   "processes at once, one thread each (default 1; the same figures)")
     p.add_argument("--max-cells", type=int, help="replay: stop each replay after this many "
                    "cells (default: the whole grid)")
     p.add_argument("--knob", help="replay: the knob, when the table has several, or of a table "
@@ -166,7 +168,7 @@ def _replay(args: argparse.Namespace) -> int:
         stop_rule = _stop_rule(args)
         curves = replay(table, seeds=range(args.seed, args.seed + args.seeds), knob=args.knob,
                         eps=args.eps, tau=args.tau, batch_size=args.batch, n_init=args.n_init,
-                        max_cells=args.max_cells, stop_rule=stop_rule)
+                        max_cells=args.max_cells, stop_rule=stop_rule, jobs=args.jobs)
     except (ValueError, FileNotFoundError) as e:
         return fail(e)
     summary = replay_summary(curves)
