@@ -413,15 +413,15 @@ def test_a_table_with_two_knobs_needs_the_knob_named():
 
 def test_replay_in_several_processes_gives_the_same_curves():
     table = synthetic_table(seed=3).drop(columns="true_regime")
-    serial = replay(table, seeds=[4, 5, 6], max_cells=9)
+    serial = replay(table, seeds=[4, 5], max_cells=7)
     done = []
-    parallel = replay(table, seeds=[4, 5, 6], max_cells=9, jobs=2, progress=done.append)
+    parallel = replay(table, seeds=[4, 5], max_cells=7, jobs=2, progress=done.append)
     for strategy in serial.agreement:
         np.testing.assert_array_equal(serial.agreement[strategy], parallel.agreement[strategy])
         np.testing.assert_array_equal(serial.best_found[strategy], parallel.best_found[strategy])
         np.testing.assert_array_equal(serial.best_within[strategy],
                                       parallel.best_within[strategy])
-    assert serial.stopped_at == parallel.stopped_at and len(done) == 3
+    assert serial.stopped_at == parallel.stopped_at and len(done) == 2
     with pytest.raises(ValueError, match="jobs=0: must be >= 1"):
         replay(table, seeds=[0], max_cells=8, jobs=0)
 
