@@ -641,6 +641,18 @@ def expected_map_change(pred: MapPrediction, candidates: np.ndarray,
     return out
 
 
+def _checked_labels(table: pd.DataFrame, eps, tau, *, pool=None) -> np.ndarray:
+    """The same labels through the public label_grid (checks and info included): what the
+    look-ahead called before; bench/lookahead.py times the two side by side."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RegimeWarning)
+        return regimes.label_grid(table, eps, tau, n_resamples=0, pool=pool)[0][
+            keys.REGIME].to_numpy(dtype=object)
+
+
+LOOKAHEAD_LABELS = regimes._labels_only     # the look-ahead's labeller (see relabel_flips)
+
+
 def relabel_flips(pred: MapPrediction, candidates: np.ndarray) -> np.ndarray:
     """For each candidate point: the mean number of FINISHED points whose label changes when
     the labeller sees the candidate's cells too, in expectation over its predicted barrier (a
@@ -670,18 +682,11 @@ def relabel_flips(pred: MapPrediction, candidates: np.ndarray) -> np.ndarray:
     base = pd.DataFrame({keys.KNOB: axes.knob, keys.TEMPERATURE: m[keys.TEMPERATURE],
                          keys.DENSITY: m[keys.DENSITY], keys.LMC_BARRIER: barrier,
                          keys.CKA: cka})
-    label_grid = getattr(regimes, "label_grid", None)
-
     def labels_of(table: pd.DataFrame) -> np.ndarray:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RegimeWarning)
-            if label_grid is not None:
-                # the unfinished points in the pooled eps, as label_points(axes=) has them
-                return label_grid(table, pred.eps, pred.tau, n_resamples=0,
-                                  pool=_unfinished_barriers(table, axes, pred.eps))[0][
-                    keys.REGIME].to_numpy(dtype=object)
-            return regimes.label_regimes(table, pred.eps, pred.tau)[0][
-                keys.REGIME].to_numpy(dtype=object)
+        # label_grid's labels (the unfinished points in the pooled eps, as label_points(axes=)
+        # has them), without its checks and info: the table is built here from checked values
+        return LOOKAHEAD_LABELS(table, pred.eps, pred.tau,
+                                pool=_unfinished_barriers(table, axes, pred.eps))
 
     now = labels_of(base)
     for k, c in enumerate(candidates):

@@ -743,6 +743,16 @@ def label_grid(df: pd.DataFrame, eps: float | None = None, tau: float | None = N
     return out, info
 
 
+def _labels_only(df: pd.DataFrame, eps: float | None = None, tau: float | None = None, *,
+                 pool: np.ndarray | None = None) -> np.ndarray:
+    """:func:`label_grid`'s regime of every row of ``df``, alone: no checks of the table or
+    the thresholds, no resampling, no info, no warnings. For a caller that builds the table
+    from checked values and labels it many times (the map's look-ahead)."""
+    points = _points(df)
+    regime, _, _ = _label_points(points, points.barrier, points.cka, eps, tau, pool=pool)
+    return regime[points.row_point]
+
+
 def _grid_info(points: _Points, regime: np.ndarray, method: np.ndarray, detail: dict,
                eps: float | None, n_resamples: int, seed: int) -> dict:
     notes = list(detail.get("tau_notes", []))

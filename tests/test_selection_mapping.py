@@ -480,3 +480,28 @@ def test_label_reproducibility_is_the_agreement_a_re_measured_grid_keeps():
     # nor with the columns there but empty (a table from elsewhere): not a meaningless 100%
     empty = fine.assign(pair_metrics=None, **{keys.LMC_BARRIER_STD: np.nan})
     assert label_reproducibility(empty, draws=20) is None
+
+
+def test_the_lookaheads_labeller_gives_label_grids_labels():
+    # relabel_flips labels through regimes._labels_only (no checks, no info): the same
+    # labels as label_grid, with and without the unfinished cells' pool and with eps given
+    from selection import mapping, regimes
+
+    fine = pd.read_csv(Path(__file__).resolve().parent.parent / "bench" / "data"
+                       / "demo_fine_grid.csv")
+    synthetic = synthetic_table(seed=3).drop(columns="true_regime")
+    cases = [(fine, None, None), (synthetic, None, None)]
+    for full in (fine, synthetic):
+        axes = mapping.GridAxes.of_table(full)
+        part = full[full[keys.DENSITY] <= 0.1].iloc[::2]     # sparse corner, every other row
+        cases += [(part, axes, None), (part, axes, -0.01)]
+    pooled = 0
+    for table, axes, eps in cases:
+        pool = mapping._unfinished_barriers(table, axes, eps)
+        pooled += pool is not None
+        inner = regimes._labels_only(table, eps, None, pool=pool)
+        public = mapping._checked_labels(table, eps, None, pool=pool)
+        assert len(inner) == len(table)
+        np.testing.assert_array_equal(inner, public)
+    assert pooled == 2                 # the two partial tables without eps have a pool
+    assert mapping.LOOKAHEAD_LABELS is regimes._labels_only
