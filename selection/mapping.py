@@ -221,23 +221,26 @@ def default_batch_size(n: int) -> int:
     return max(1, round(math.sqrt(n) / 2))
 
 
+def _initial_size(axes: GridAxes, n_init: int | None) -> int:
+    """Points of the initial design: the default for None, else checked (ValueError)."""
+    n_init = default_n_init(axes.n) if n_init is None else int(n_init)
+    if not 1 <= n_init <= axes.n:
+        raise ValueError(f"n_init={n_init}: must be in [1, {axes.n}] (the grid's points)")
+    return n_init
+
+
 def _round_sizes(axes: GridAxes, batch_size: int | None, n_init: int | None
                  ) -> tuple[int, int]:
     """(points per round, points of the initial design): the defaults for None, else checked
     (ValueError naming the option and its range)."""
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1 (points per round)")
-    if n_init is not None and not 1 <= n_init <= axes.n:
-        raise ValueError(f"n_init={n_init}: must be in [1, {axes.n}] (the grid's points)")
-    return (int(batch_size or default_batch_size(axes.n)),
-            default_n_init(axes.n) if n_init is None else int(n_init))
+    return int(batch_size or default_batch_size(axes.n)), _initial_size(axes, n_init)
 
 
 def initial_design(axes: GridAxes, n_init: int | None = None, seed: int = 0) -> list[int]:
     """The four corners, then max-min spread points (ties broken at random by ``seed``)."""
-    n_init = default_n_init(axes.n) if n_init is None else int(n_init)
-    if not 1 <= n_init <= axes.n:
-        raise ValueError(f"n_init={n_init}: must be in [1, {axes.n}] (the grid's points)")
+    n_init = _initial_size(axes, n_init)
     nt, nd = axes.shape
     corners = [0, nd - 1, (nt - 1) * nd, nt * nd - 1]
     chosen = list(dict.fromkeys(corners))[:n_init]
@@ -1026,7 +1029,7 @@ def replay(table: pd.DataFrame, *, seeds: Sequence[int] = range(20), knob: str |
     agreement = {s: np.full((len(seeds), total), np.nan) for s in strategies}
     found = {s: np.full((len(seeds), total), np.nan) for s in strategies}
     within = {s: np.full((len(seeds), total), np.nan) for s in strategies}
-    stops: dict[int, int | None] = {}
+    stopped: list[int | None] = [None] * len(seeds)
     settings = (tuple(strategies), total, batch_size, n_init, stop_rule, ref, true_best,
                 true_acc)
 
@@ -1034,7 +1037,7 @@ def replay(table: pd.DataFrame, *, seeds: Sequence[int] = range(20), knob: str |
         for strategy, (a, f, w, stop) in result.items():
             agreement[strategy][r], found[strategy][r], within[strategy][r] = a, f, w
             if strategy == "active":
-                stops[r] = stop
+                stopped[r] = stop
         if progress is not None:
             progress(f"seed {seeds[r]} done")
 
@@ -1054,8 +1057,8 @@ def replay(table: pd.DataFrame, *, seeds: Sequence[int] = range(20), knob: str |
                                    seed, *settings): r for r, seed in enumerate(seeds)}
             for future in as_completed(futures):
                 collect(futures[future], future.result())
-    stopped = [stops[r] for r in range(len(seeds))] if "active" in strategies else []
-    return ReplayCurves(axes.n, agreement, found, within, stopped, reference,
+    return ReplayCurves(axes.n, agreement, found, within,
+                        stopped if "active" in strategies else [], reference,
                         best_reproducibility(table, axes),
                         label_reproducibility(table, eps=eps, tau=tau))
 

@@ -730,14 +730,9 @@ def label_grid(df: pd.DataFrame, eps: float | None = None, tau: float | None = N
     out[P_REGIME_I] = p_i[rp]
     out[P_REGIME_IIB] = p_iib[rp]
     out[LABEL_METHOD] = method[rp]
-    info = _grid_info(points, regime, method, detail, eps, n_resamples, seed)
-    info["pool_size"] = 0 if pool is None or eps is not None else len(pool)
-    if n_resamples:
-        # how well the labels would survive re-measuring the grid: each resample's labels
-        # (every point) against these
-        info["resampled_agreement"] = {
-            "median": float(np.median(agreement)), "mean": float(agreement.mean()),
-            "at_least_95": float(np.mean(agreement >= 0.95))}
+    info = _grid_info(points, regime, method, detail, eps, n_resamples, seed,
+                      pool_size=0 if pool is None or eps is not None else len(pool),
+                      agreement=agreement if n_resamples else None)
     for note in info["warnings"]:
         warnings.warn(note, RegimeWarning, stacklevel=2)
     return out, info
@@ -754,7 +749,10 @@ def _labels_only(df: pd.DataFrame, eps: float | None = None, tau: float | None =
 
 
 def _grid_info(points: _Points, regime: np.ndarray, method: np.ndarray, detail: dict,
-               eps: float | None, n_resamples: int, seed: int) -> dict:
+               eps: float | None, n_resamples: int, seed: int, *, pool_size: int = 0,
+               agreement: np.ndarray | None = None) -> dict:
+    """label_grid's info (see there); ``agreement``: each resample's fraction of the labels
+    kept."""
     notes = list(detail.get("tau_notes", []))
     densities = []
     for key in sorted({(k, d) for k, d in zip(points.knob, points.density, strict=True)}):
@@ -786,7 +784,7 @@ def _grid_info(points: _Points, regime: np.ndarray, method: np.ndarray, detail: 
                      "from the pooled barriers")
     level = detail.get("level")
     tau = detail["tau"]
-    return {
+    info = {
         "method": THRESHOLDS if eps is not None else JUMP,
         "eps": eps, "eps_source": GIVEN if eps is not None else None,
         "level": None if level is None else float(level),
@@ -801,8 +799,15 @@ def _grid_info(points: _Points, regime: np.ndarray, method: np.ndarray, detail: 
                             keys.TEMPERATURE: float(points.temperature[p])}
                            for p in detail.get("clipped_points", [])],
         "pair_source": pair_source, "n_resamples": int(n_resamples), "seed": int(seed),
-        "warnings": notes,
+        "pool_size": int(pool_size), "warnings": notes,
     }
+    if agreement is not None:
+        # how well the labels would survive re-measuring the grid: each resample's labels
+        # (every point) against these
+        info["resampled_agreement"] = {
+            "median": float(np.median(agreement)), "mean": float(agreement.mean()),
+            "at_least_95": float(np.mean(agreement >= 0.95))}
+    return info
 
 
 def uncertain(p: np.ndarray | pd.Series | float) -> np.ndarray:
