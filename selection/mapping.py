@@ -53,6 +53,11 @@ seed of the config. The loop (ours; the paper runs every cell):
    unfinished point's label has probability >= ``1 - max_uncertainty``, and every density's
    best temperature has probability >= ``best_confidence``.
 
+A point whose cells fail (a diverging fine-tune) is a *failed* point
+(:attr:`MapPrediction.failed`): the loop goes on without it (never chosen again in that
+process, never a best, not waited on by the stop rule; its label is predicted); running the
+same map again retries it once. A replayed table's holes are failed points from the start.
+
 The replay (:func:`replay`) runs the same loop on a finished table, one cell at a time
 revealed from the table, against two orders of the same cells through the same models:
 random, and coarse to fine (every other temperature and density first).
@@ -238,17 +243,24 @@ def _round_sizes(axes: GridAxes, batch_size: int | None, n_init: int | None
     return int(batch_size or default_batch_size(axes.n)), _initial_size(axes, n_init)
 
 
-def initial_design(axes: GridAxes, n_init: int | None = None, seed: int = 0) -> list[int]:
-    """The four corners, then max-min spread points (ties broken at random by ``seed``)."""
+def initial_design(axes: GridAxes, n_init: int | None = None, seed: int = 0,
+                   exclude: Sequence[int] = ()) -> list[int]:
+    """The four corners, then max-min spread points (ties broken at random by ``seed``).
+    ``exclude``: points that cannot be run (a replayed table's holes): never chosen; a
+    corner among them is left out (the spread points start from the others)."""
     n_init = _initial_size(axes, n_init)
+    excluded = {int(p) for p in exclude}
+    n_init = min(n_init, axes.n - len(excluded))
     nt, nd = axes.shape
     corners = [0, nd - 1, (nt - 1) * nd, nt * nd - 1]
-    chosen = list(dict.fromkeys(corners))[:n_init]
+    chosen = [p for p in dict.fromkeys(corners) if p not in excluded][:n_init]
     rng = np.random.default_rng(seed)
     x = axes.coords()
     while len(chosen) < n_init:
-        dist = np.min(np.linalg.norm(x[:, None, :] - x[None, chosen, :], axis=2), axis=1)
+        dist = (np.min(np.linalg.norm(x[:, None, :] - x[None, chosen, :], axis=2), axis=1)
+                if chosen else np.zeros(axes.n))
         dist[chosen] = -1
+        dist[list(excluded)] = -1
         best = np.flatnonzero(np.isclose(dist, dist.max()))
         chosen.append(int(rng.choice(best)))
     return chosen
@@ -410,14 +422,25 @@ class MapPrediction:
     measured: pd.DataFrame | None = None
     eps: float | None = None
     tau: float | None = None
+    # bool by point: tried and gave no result (its cells failed, e.g. a diverged fine-tune),
+    # or absent from a replayed table: never chosen again and never a best; its label is
+    # the map's prediction. None: no such point.
+    failed: np.ndarray | None = None
+
+    @property
+    def open(self) -> np.ndarray:
+        """bool by point: not run and not failed (the points a next round can choose)."""
+        return ~self.run if self.failed is None else ~self.run & ~self.failed
 
     def frame(self) -> pd.DataFrame:
-        """One row per point: temperature, density, regime, probabilities, run flag, and the
-        predicted test accuracy and probability of being its density's best."""
+        """One row per point: temperature, density, regime, probabilities, run and failed
+        flags, and the predicted test accuracy and probability of being its density's best."""
         t, d = zip(*self.axes.points(), strict=True)
+        failed = np.zeros(self.axes.n, dtype=bool) if self.failed is None else self.failed
         out = pd.DataFrame({keys.KNOB: self.axes.knob, keys.TEMPERATURE: t, keys.DENSITY: d,
                             keys.REGIME: self.label, P_REGIME_I: self.p_i,
-                            P_REGIME_IIB: self.p_iib, P_LABEL: self.p_label, "run": self.run})
+                            P_REGIME_IIB: self.p_iib, P_LABEL: self.p_label, "run": self.run,
+                            "failed": failed})
         if self.acc_mean is not None:
             out["test_acc_predicted"] = self.acc_mean
             out["p_best"] = self.p_best
@@ -460,7 +483,7 @@ class MapPrediction:
             return "not settled"
         # a maximum is not claimed before both neighbouring temperatures were measured: the
         # accuracy model is smooth and can rule out a spike it has never seen
-        missing = [q for q in self.axes.temperature_neighbours(p) if not self.run[q]]
+        missing = [q for q in self.axes.temperature_neighbours(p) if self.open[q]]
         if missing:
             temps = ", ".join(f"{self.axes.point(q)[0]:g}" for q in missing)
             return f"not settled: neighbour {temps} not run"
@@ -474,10 +497,11 @@ class MapPrediction:
 
 
 def predict_map(axes: GridAxes, labels: pd.DataFrame, *, seed: int = 0,
-                with_best: bool = True, eps: float | None = None, tau: float | None = None
-                ) -> MapPrediction:
+                with_best: bool = True, eps: float | None = None, tau: float | None = None,
+                failed: Sequence[int] = ()) -> MapPrediction:
     """Fit the regime and accuracy models to the labelled points ``labels`` (one row per
-    finished point, as :func:`label_points` returns) and predict every point of ``axes``."""
+    finished point, as :func:`label_points` returns) and predict every point of ``axes``.
+    ``failed``: points that gave no result (see :attr:`MapPrediction.failed`)."""
     x = axes.coords()
     run_idx = np.array([axes.index(t, d) for t, d in
                         zip(labels[keys.TEMPERATURE], labels[keys.DENSITY], strict=True)],
@@ -500,6 +524,10 @@ def predict_map(axes: GridAxes, labels: pd.DataFrame, *, seed: int = 0,
                          mean_i, cov_i, _full_noise(axes.n, run_idx, noise_i),
                          mean_b, cov_b, _full_noise(axes.n, run_idx, noise_b),
                          measured=labels, eps=eps, tau=tau)
+    if len(failed):
+        pred.failed = np.zeros(axes.n, dtype=bool)
+        pred.failed[np.asarray(failed, dtype=int)] = True
+        pred.failed[run_idx] = False        # a point with a result is not failed
     if with_best and keys.TEST_ACC in labels.columns and labels[keys.TEST_ACC].notna().any():
         _predict_best(pred, run_idx, labels[keys.TEST_ACC].to_numpy(dtype=float), seed)
     return pred
@@ -594,6 +622,10 @@ def _predict_best(pred: MapPrediction, run_idx: np.ndarray, acc: np.ndarray, see
     best = {}
     for di, density in enumerate(axes.densities):
         row = axes.density_points(di)
+        if pred.failed is not None:     # a failed point has no accuracy: never a best
+            row = row[~pred.failed[row]]
+            if len(row) == 0:
+                continue
         winners = row[np.argmax(samples[:, row], axis=1)]
         counts = np.bincount(winners, minlength=axes.n)[row] / BEST_SAMPLES
         p_best[row] = counts
@@ -743,17 +775,18 @@ def choose_batch(pred: MapPrediction, size: int, seed: int = 0
                  ) -> tuple[list[int], list[str]]:
     """The next ``size`` points to run and why each was chosen (see the module doc)."""
     rng = np.random.default_rng(seed)
-    everything = np.ones(pred.axes.n, dtype=bool)
+    open_ = pred.open
     relabel = np.zeros(pred.axes.n)
-    unrun = np.flatnonzero(~pred.run)
+    unrun = np.flatnonzero(open_)
     relabel[unrun] = relabel_flips(pred, unrun)
-    chosen, scores, why = _greedy(pred, everything, size, rng, relabel)
+    chosen, scores, why = _greedy(pred, open_, size, rng, relabel)
     if pred.axes.knob == "epochs" or not chosen:
         return chosen, why
-    groups = {pred.axes.dense_group(p) for p in range(pred.axes.n) if not pred.run[p]}
+    groups = {pred.axes.dense_group(p) for p in unrun}
     best_group = None
     for group in sorted(groups):
-        allowed = np.array([pred.axes.dense_group(p) == group for p in range(pred.axes.n)])
+        allowed = open_ & np.array([pred.axes.dense_group(p) == group
+                                    for p in range(pred.axes.n)])
         g_chosen, g_scores, g_why = _greedy(pred, allowed, size, np.random.default_rng(seed),
                                           relabel)
         if len(g_chosen) == len(chosen) and (best_group is None or sum(g_scores) > best_group[0]):
@@ -791,7 +824,7 @@ class StopRule:
             bests = best_history[-(self.patience + 1):]
             moved = sum(sum(a.get(d) != b.get(d) for d in set(a) | set(b))
                         for a, b in zip(bests, bests[1:], strict=False))
-        unrun = ~pred.run
+        unrun = pred.open      # a failed point's label stays a prediction: not waited on
         uncertainty = float((1 - pred.p_label[unrun]).max()) if unrun.any() else 0.0
         weakest = min((pred.p_best[p] for p in pred.best.values()), default=1.0) \
             if pred.p_best is not None else 1.0
@@ -834,7 +867,7 @@ class ReplayCurves:
     (``seeds`` x ``total_cells`` arrays, column k = k + 1 cells), and where the stopping rule
     would have stopped the active loop."""
 
-    total_cells: int                          # the grid's points (replayed or not)
+    total_cells: int          # the grid's points with a result (replayed or not; holes not)
     agreement: dict[str, np.ndarray]
     best_found: dict[str, np.ndarray]
     best_within: dict[str, np.ndarray]       # found within BEST_TOLERANCE of the best
@@ -844,6 +877,8 @@ class ReplayCurves:
     best_reproducibility: dict | None = None
     # how far a re-measured grid's labels agree with the reference's (label_reproducibility)
     label_reproducibility: dict | None = None
+    # the grid's holes: (temperature, density) of the points without a result in the table
+    missing: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def cells_replayed(self) -> int:
@@ -955,16 +990,20 @@ def best_reproducibility(table: pd.DataFrame, axes: GridAxes, *, copies: int | N
         mean[p] += a
         var[p] += 0.0 if not np.isfinite(s) else s ** 2
         rows[p] += 1
-    mean, se = mean / rows, np.sqrt(var / rows / (n_copies * rows))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean, se = mean / rows, np.sqrt(var / rows / (n_copies * rows))
     t, d = zip(*axes.points(), strict=True)
     true_best, _ = _true_best(pd.DataFrame({keys.TEMPERATURE: t, keys.DENSITY: d,
-                                            keys.TEST_ACC: mean}), axes)
+                                            keys.TEST_ACC: mean})[rows > 0], axes)
     rng = np.random.default_rng(seed)
     redrawn = mean + rng.standard_normal((draws, axes.n)) * se
     kept = np.ones(draws, dtype=bool)
     per_density = {}
     for di, density in enumerate(axes.densities):
         row = axes.density_points(di)
+        row = row[rows[row] > 0]        # a grid's holes have no accuracy
+        if len(row) == 0:
+            continue
         same = row[np.argmax(redrawn[:, row], axis=1)] == true_best[density]
         per_density[density] = float(same.mean())
         kept &= same
@@ -976,7 +1015,8 @@ def _score(pred: MapPrediction, reference_labels: np.ndarray, true_best: dict[fl
            true_acc: np.ndarray) -> tuple[float, float, float]:
     """Agreement of the map; fraction of densities whose reported best temperature is the
     true best (and was run); the same within BEST_TOLERANCE of the true best accuracy."""
-    agreement = float((pred.label == reference_labels).mean())
+    known = np.array([r is not None for r in reference_labels])   # holes have no label
+    agreement = float((pred.label[known] == reference_labels[known]).mean())
     found, within = [], []
     for d, p in true_best.items():
         q = pred.best.get(d)
@@ -995,6 +1035,10 @@ def replay(table: pd.DataFrame, *, seeds: Sequence[int] = range(20), knob: str |
 
     The reference map is the labeller's labels of the WHOLE table; each prefix of cells is
     labelled by the same labeller on those cells only, and the map predicted from them.
+    A grid with holes (points without a row, or whose barrier, CKA or test accuracy is
+    missing: a failed or diverged cell) is replayed on the points it has: every order skips
+    the holes, the active loop knows them from the start as failed points, and agreement and
+    best temperatures are judged on the points with a result (``ReplayCurves.missing``).
     ``n_resamples``: the labeller's resamples for the label probabilities (default 0:
     probabilities 0/1; the labels themselves do not depend on it, and the live default of
     200 costs 200 relabellings per prefix). ``jobs``: seeds replayed in that many processes
@@ -1002,20 +1046,25 @@ def replay(table: pd.DataFrame, *, seeds: Sequence[int] = range(20), knob: str |
     """
     from selection._validate import check_table
 
-    check_table(table, (keys.KNOB, keys.TEMPERATURE, keys.DENSITY, keys.LMC_BARRIER, keys.CKA,
-                        keys.TEST_ACC))
+    measured = [keys.LMC_BARRIER, keys.CKA, keys.TEST_ACC]
+    check_table(table, (keys.KNOB, keys.TEMPERATURE, keys.DENSITY))
     axes = GridAxes.of_table(table, knob)
     table = table[table[keys.KNOB].astype(str) == axes.knob]
+    absent = [c for c in measured if c not in table.columns]
+    if absent:
+        check_table(table, measured)        # its error names the missing columns
+    # a row without a result (a failed or diverged cell) is a hole like a missing row
+    values = table[measured].apply(pd.to_numeric, errors="coerce")
+    table = table[np.isfinite(values.to_numpy(dtype=float)).all(axis=1)]
+    check_table(table, (keys.KNOB, keys.TEMPERATURE, keys.DENSITY, *measured))
     present = {axes.index(t, d) for t, d in zip(table[keys.TEMPERATURE], table[keys.DENSITY],
                                                  strict=True)}
-    if len(present) != axes.n:
-        missing = [axes.point(p) for p in range(axes.n) if p not in present]
-        named = ", ".join(f"({t:g}, {d:g})" for t, d in missing[:5])
-        raise ValueError(f"the table is not a full grid: {axes.n} points expected "
-                         f"({axes.shape[0]} temperatures x {axes.shape[1]} densities), "
-                         f"{len(missing)} missing (temperature, density): {named}"
-                         + (", ..." if len(missing) > 5 else ""))
+    holes = [p for p in range(axes.n) if p not in present]
     batch_size, n_init = _round_sizes(axes, batch_size, n_init)
+    if len(present) < max(n_init, 4):
+        raise ValueError(f"the table has a result at {len(present)} of the grid's {axes.n} "
+                         f"points ({axes.shape[0]} temperatures x {axes.shape[1]} densities); "
+                         f"a replay needs at least {max(n_init, 4)} (the initial design)")
     if int(jobs) < 1:
         raise ValueError(f"jobs={jobs}: must be >= 1 (processes replaying seeds at once)")
     oracle = _Oracle(table, axes, eps, tau, n_resamples)
@@ -1025,13 +1074,14 @@ def replay(table: pd.DataFrame, *, seeds: Sequence[int] = range(20), knob: str |
                        reference[keys.REGIME], strict=True):
         ref[axes.index(t, d)] = r
     true_best, true_acc = _true_best(reference, axes)
-    total = axes.n if max_cells is None else min(axes.n, int(max_cells))
+    n_present = len(present)
+    total = n_present if max_cells is None else min(n_present, int(max_cells))
     agreement = {s: np.full((len(seeds), total), np.nan) for s in strategies}
     found = {s: np.full((len(seeds), total), np.nan) for s in strategies}
     within = {s: np.full((len(seeds), total), np.nan) for s in strategies}
     stopped: list[int | None] = [None] * len(seeds)
     settings = (tuple(strategies), total, batch_size, n_init, stop_rule, ref, true_best,
-                true_acc)
+                true_acc, tuple(holes))
 
     def collect(r: int, result: dict) -> None:
         for strategy, (a, f, w, stop) in result.items():
@@ -1057,15 +1107,16 @@ def replay(table: pd.DataFrame, *, seeds: Sequence[int] = range(20), knob: str |
                                    seed, *settings): r for r, seed in enumerate(seeds)}
             for future in as_completed(futures):
                 collect(futures[future], future.result())
-    return ReplayCurves(axes.n, agreement, found, within,
+    return ReplayCurves(n_present, agreement, found, within,
                         stopped if "active" in strategies else [], reference,
                         best_reproducibility(table, axes),
-                        label_reproducibility(table, eps=eps, tau=tau))
+                        label_reproducibility(table, eps=eps, tau=tau),
+                        missing=[axes.point(p) for p in holes])
 
 
 def _replay_seed(oracle: _Oracle, seed: int, strategies: tuple[str, ...], total: int,
                  batch_size: int, n_init: int, stop_rule: StopRule, ref: np.ndarray,
-                 true_best: dict[float, int], true_acc: np.ndarray
+                 true_best: dict[float, int], true_acc: np.ndarray, holes: tuple[int, ...]
                  ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, int | None]]:
     """One seed of the replay: per strategy, the agreement, best-found and best-within
     curves over the first ``total`` cells, and where the stop rule stopped (active only)."""
@@ -1073,11 +1124,11 @@ def _replay_seed(oracle: _Oracle, seed: int, strategies: tuple[str, ...], total:
     out = {}
     for strategy in strategies:
         order, stop = _replay_order(strategy, axes, oracle, seed, total, batch_size, n_init,
-                                    stop_rule)
+                                    stop_rule, holes)
         curves = np.full((3, total), np.nan)
         for k in range(1, total + 1):
             pred = predict_map(axes, oracle.labels(order[:k]), seed=seed, eps=oracle.eps,
-                               tau=oracle.tau)
+                               tau=oracle.tau, failed=holes)
             curves[:, k - 1] = _score(pred, ref, true_best, true_acc)
         out[strategy] = (curves[0], curves[1], curves[2], stop)
     return out
@@ -1095,23 +1146,24 @@ def _one_thread() -> None:
 
 
 def _replay_order(strategy: str, axes: GridAxes, oracle: _Oracle, seed: int, total: int,
-                  batch_size: int, n_init: int, stop_rule: StopRule
+                  batch_size: int, n_init: int, stop_rule: StopRule, holes: tuple[int, ...] = ()
                   ) -> tuple[list[int], int | None]:
     rng = np.random.default_rng(seed)
+    hole = set(holes)
     if strategy == "random":
-        return [int(p) for p in rng.permutation(axes.n)[:total]], None
+        return [int(p) for p in rng.permutation(axes.n) if p not in hole][:total], None
     if strategy == "coarse_to_fine":
-        return coarse_to_fine_order(axes, seed)[:total], None
+        return [p for p in coarse_to_fine_order(axes, seed) if p not in hole][:total], None
     if strategy != "active":
         raise ValueError(f"unknown strategy {strategy!r}; allowed: {', '.join(STRATEGIES)}")
-    order = initial_design(axes, min(n_init, total), seed)
+    order = initial_design(axes, min(n_init, total), seed, exclude=holes)
     history: list[np.ndarray] = []
     best_history: list[dict[float, int]] = []
     stop = None
     round_number = 0
     while len(order) < total:
         pred = predict_map(axes, oracle.labels(order), seed=seed, eps=oracle.eps,
-                           tau=oracle.tau)
+                           tau=oracle.tau, failed=holes)
         history.append(pred.label.copy())
         best_history.append(dict(pred.best))
         if stop is None and stop_rule.settled(history, pred, best_history)[0]:
@@ -1199,6 +1251,8 @@ def replay_summary(curves: ReplayCurves, level: float = 0.95,
         out["reference_label_reproducibility"] = curves.label_reproducibility
     stops = [s for s in curves.stopped_at if s is not None]
     out["stopped_at_median"] = float(np.median(stops)) if stops else None
+    if curves.missing:
+        out["missing"] = [[float(t), float(d)] for t, d in curves.missing]
     return out
 
 
@@ -1223,6 +1277,9 @@ class MapResult:
     failed: list[tuple[str, str]] = field(default_factory=list)
     # the probability at which a best temperature counts as found (the stop rule's)
     best_confidence: float = BEST_CONFIDENCE
+    # points whose cells failed in this process (not retried in it; left out of the rounds
+    # that follow, their labels predicted)
+    failed_points: list[int] = field(default_factory=list)
 
     def best_frame(self) -> pd.DataFrame | None:
         """The predicted best temperature per density with its status at this run's
@@ -1255,6 +1312,12 @@ class MapResult:
                            f"{'run' if row['best_run'] else 'predicted'}, "
                            f"{row['cells_run_at_density']} cell(s) run at this density: "
                            f"{row['status']}")
+        if self.failed_points:
+            named = ", ".join(f"{self.axes.knob}={t:g} d={d:g}"
+                              for t, d in map(self.axes.point, self.failed_points))
+            out.append(f"{len(self.failed_points)} point(s) failed and were left out of the "
+                       f"map's later rounds (their labels are predicted): {named}; run the "
+                       "same command again to retry them")
         out += [f"  FAILED {name}: {reason}" for name, reason in self.failed]
         return out
 
@@ -1376,33 +1439,40 @@ def run_map(cfg, budget: int, *, experiment: str | None = None, batch_size: int 
     history: list[np.ndarray] = []
     best_history: list[dict[float, int]] = []
     pred: MapPrediction | None = None
+    # points whose cells failed in this process: not retried here (a diverging fine-tune
+    # fails again), left out of the next rounds; a new process retries them once
+    failed_points: set[int] = set()
     try:
         with cache.computing(map_run):
             while True:
                 chosen = [axes.index(t, d) for r in rounds for t, d in r.points]
                 table = finished_table()
-                pending = [p for p in chosen if not _finished(p, cells_of, table)]
+                pending = [p for p in chosen if p not in failed_points
+                           and not _finished(p, cells_of, table)]
                 if pending:     # this round's points, or those a killed run left unfinished
                     run_points(pending)
                     table = finished_table()
                 done_points = [p for p in chosen if _finished(p, cells_of, table)]
+                failed_points.update(set(pending) - set(done_points))
                 result.points_run = done_points
+                result.failed_points = sorted(failed_points)
                 if done_points:
                     rows = table[table[keys.SPEC_HASH].map(hash_to_point).isin(done_points)]
                     labels = label_points(rows, eps, tau, seed=seed, axes=axes)
-                    pred = predict_map(axes, labels, seed=seed, eps=eps, tau=tau)
+                    pred = predict_map(axes, labels, seed=seed, eps=eps, tau=tau,
+                                       failed=sorted(failed_points))
                     history.append(pred.label.copy())
                     best_history.append(dict(pred.best))
                 if rounds:
                     last = rounds[-1]
                     if len(history) >= 2:
                         last.labels_changed = int((history[-1] != history[-2]).sum())
-                    if pred is not None and (~pred.run).any():
-                        last.max_uncertainty = float((1 - pred.p_label[~pred.run]).max())
+                    if pred is not None and pred.open.any():
+                        last.max_uncertainty = float((1 - pred.p_label[pred.open]).max())
                     _log_round(cache, map_run, last, len(done_points))
-                missing = len(chosen) - len(done_points)
-                if missing and result.failed:
-                    result.stop_reason = f"{missing} point(s) failed; run again to retry them"
+                if rounds and pred is None:
+                    result.stop_reason = (f"no point has a result: all {len(chosen)} run so far "
+                                          "failed")
                     break
                 if len(chosen) >= budget:
                     result.stop_reason = f"budget of {budget} points reached"
@@ -1421,7 +1491,8 @@ def run_map(cfg, budget: int, *, experiment: str | None = None, batch_size: int 
                     size = min(batch_size, budget - len(chosen))
                     points, reasons = choose_batch(pred, size, seed=seed * 1000 + len(rounds))
                     if not points:
-                        result.stop_reason = "every point of the grid has been run"
+                        result.stop_reason = "every point of the grid has been run" + (
+                            f" ({len(failed_points)} failed)" if failed_points else "")
                         break
                 rounds.append(Round(len(rounds), [axes.point(p) for p in points], reasons,
                                     len(done_points),
@@ -1553,8 +1624,13 @@ def plot_map(pred: MapPrediction, path, title: str | None = None):
                                edgecolor="black" if pred.run[p] else "0.6",
                                linewidth=2.0 if pred.run[p] else 0.8,
                                linestyle="solid" if pred.run[p] else "dashed"))
+        failed = pred.failed is not None and bool(pred.failed[p])
+        if failed:          # tried, no result: crossed out, its label only a prediction
+            ax.plot([col - 0.45, col + 0.45], [row - 0.45, row + 0.45], color="0.3",
+                    linewidth=0.8)
         text = f"{pred.label[p]}\n{pred.p_label[p]:.2f}" + (" *" if p in best else "")
-        ax.text(col, row, text, ha="center", va="center", fontsize=7)
+        ax.text(col, row, text + ("\nfailed" if failed else ""), ha="center", va="center",
+                fontsize=7)
     ax.set_xlim(-0.5, nt - 0.5)
     ax.set_ylim(-0.5, nd - 0.5)
     ax.set_xticks(range(nt), labels=[f"{t:g}" for t in temps])
@@ -1566,6 +1642,9 @@ def plot_map(pred: MapPrediction, path, title: str | None = None):
     handles += [Patch(facecolor="white", edgecolor="black", linewidth=2, label="cell run"),
                 Patch(facecolor="white", edgecolor="0.6", linestyle="dashed",
                       label="predicted, not run"),
+                *([Patch(facecolor="white", edgecolor="0.6", linestyle="dashed",
+                         hatch="\\", label="failed: no result, predicted")]
+                  if pred.failed is not None and pred.failed.any() else []),
                 Patch(facecolor="white", edgecolor="none",
                       label="number: p(label); faded: uncertain; *: best temperature")]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7,

@@ -403,6 +403,45 @@ def test_a_killed_map_run_resumes_without_recomputing_finished_cells(tracking_ur
     assert frame[keys.REGIME].isin(["I", "II-A", "II-B"]).all()
 
 
+def test_a_map_goes_on_past_a_point_whose_cells_fail_and_retries_it_when_run_again(
+        tracking_uri, monkeypatch):
+    import pipeline.grid as grid_mod
+    from pipeline.config import parse_config
+    from pipeline.train import DivergedError
+    from selection.mapping import run_map
+
+    real_cells = grid_mod.run_cells
+    failing = (3.0, 0.6)        # a corner of the initial design
+
+    def diverging(jobs, *a, **kw):
+        if any((float(c.temperature), float(c.prune.density)) == failing for c, _, _ in jobs):
+            raise DivergedError("non-finite training loss at epoch 0: [nan]")
+        return real_cells(jobs, *a, **kw)
+
+    cfg = parse_config(TINY_MAP)
+    monkeypatch.setattr(grid_mod, "run_cells", diverging)
+    result = run_map(cfg, 6, batch_size=1, progress=False, log=lambda _: None)
+    axes = result.axes
+    bad = axes.index(*failing)
+    assert result.failed_points == [bad] and len(result.failed) == 1
+    assert "DivergedError" in result.failed[0][1]
+    # the map went on: the sixth point ran in a second round, the failed one was not retried
+    assert [len(r.points) for r in result.rounds] == [5, 1]
+    assert len(result.points_run) == 5 and bad not in result.points_run
+    assert "budget of 6 points reached" in result.stop_reason
+    pred = result.prediction
+    assert pred.failed[bad] and not pred.run[bad] and pred.label[bad] in ("I", "II-A", "II-B")
+    assert bad not in pred.best.values()
+    assert any("1 point(s) failed" in line and "run the same command again" in line
+               for line in result.lines())
+    # run again, the cells no longer fail: only the failed point is computed
+    monkeypatch.setattr(grid_mod, "run_cells", real_cells)
+    again = run_map(cfg, 6, batch_size=1, progress=False, log=lambda _: None)
+    assert again.map_run_id == result.map_run_id and again.failed_points == []
+    assert again.cells_computed == 1 and len(again.points_run) == 6
+    assert again.prediction.failed is None and again.prediction.run.all()
+
+
 def test_a_table_with_two_knobs_needs_the_knob_named():
     table = synthetic_table(temperatures=FINE_T[:4], densities=FINE_D[:3], seed=0)
     both = pd.concat([table, table.assign(**{keys.KNOB: "batch_size"})])
@@ -426,16 +465,84 @@ def test_replay_in_several_processes_gives_the_same_curves():
         replay(table, seeds=[0], max_cells=8, jobs=0)
 
 
-def test_replay_options_out_of_range_and_a_hole_are_named():
+def test_replay_options_out_of_range_are_named():
     table = synthetic_table(seed=0).drop(columns="true_regime")
     with pytest.raises(ValueError, match=r"n_init=100: must be in \[1, 30\]"):
         replay(table, seeds=[0], n_init=100, max_cells=8)
     with pytest.raises(ValueError, match="batch_size=0: must be >= 1"):
         replay(table, seeds=[0], batch_size=0, max_cells=8)
-    t, d = table[keys.TEMPERATURE].iloc[3], table[keys.DENSITY].iloc[3]
+    with pytest.raises(ValueError, match="a result at 4 of the grid's 30 points.*at least 5"):
+        replay(table.assign(**{keys.LMC_BARRIER: table[keys.LMC_BARRIER].where(
+            table.index < 4)}), seeds=[0])
+
+
+def test_a_grid_with_holes_is_replayed_on_the_points_it_has():
+    from selection.mapping import _Oracle, _replay_order
+
+    table = synthetic_table(seed=0).drop(columns="true_regime")
+    axes = GridAxes.of_table(table)
+    # a missing row, a diverged cell (NaN barrier), a corner without accuracy
     holed = table.drop(index=3)
-    with pytest.raises(ValueError, match=rf"1 missing \(temperature, density\): \({t:g}, {d:g}\)"):
-        replay(holed, seeds=[0], max_cells=8)
+    holed.loc[7, keys.LMC_BARRIER] = np.nan
+    corner = axes.index(axes.temperatures[-1], axes.densities[-1])
+    at_corner = (holed[keys.TEMPERATURE] == axes.temperatures[-1]) \
+        & (holed[keys.DENSITY] == axes.densities[-1])
+    holed.loc[at_corner, keys.TEST_ACC] = np.nan
+    holes = {axes.index(*table.loc[i, [keys.TEMPERATURE, keys.DENSITY]]) for i in (3, 7)}
+    holes.add(corner)
+    curves = replay(holed, seeds=[0, 1], max_cells=9)
+    assert curves.total_cells == 27 and curves.cells_replayed == 9
+    assert {axes.index(t, d) for t, d in curves.missing} == holes
+    assert len(curves.reference) == 27
+    for strategy in curves.agreement:
+        assert np.isfinite(curves.agreement[strategy]).all()
+    summary = replay_summary(curves)
+    assert {axes.index(t, d) for t, d in summary["missing"]} == holes
+    json.dumps(summary, allow_nan=False)
+    # no order runs a hole; the full orders run every other point once
+    kept = holed.dropna(subset=[keys.LMC_BARRIER, keys.CKA, keys.TEST_ACC])
+    oracle = _Oracle(kept, axes, None, None, 0)
+    for strategy, total in (("random", 27), ("coarse_to_fine", 27), ("active", 10)):
+        order, _ = _replay_order(strategy, axes, oracle, 0, total, 3, 5, StopRule(),
+                                 tuple(sorted(holes)))
+        assert len(order) == len(set(order)) == total and not holes & set(order), strategy
+    assert corner not in initial_design(axes, 5, exclude=sorted(holes))
+    # the points with a result are what counts, not how the table marks the others: the
+    # table with its NaN rows dropped replays alike
+    dropped = replay(kept, seeds=[0, 1], max_cells=9)
+    for strategy in curves.agreement:
+        np.testing.assert_array_equal(curves.agreement[strategy], dropped.agreement[strategy])
+
+
+def test_failed_points_are_never_chosen_again_nor_a_best():
+    from selection.mapping import choose_batch
+
+    table = synthetic_table(seed=2)
+    axes = GridAxes.of_table(table)
+    first = initial_design(axes, 8, seed=0)
+    rows = table[[axes.index(t, d) in first for t, d in
+                  zip(table[keys.TEMPERATURE], table[keys.DENSITY], strict=True)]]
+    labels = label_points(rows, n_resamples=0, axes=axes)
+    before = predict_map(axes, labels)
+    wanted, _ = choose_batch(before, 3, seed=0)
+    # the best of each density as predicted, and the points the loop wanted next, failed
+    failed = sorted(set(wanted) | {p for p in before.best.values() if not before.run[p]})
+    pred = predict_map(axes, labels, failed=failed)
+    assert pred.failed[failed].all() and pred.failed.sum() == len(failed)
+    assert not (pred.open & pred.failed).any() and not (pred.run & pred.failed).any()
+    again, _ = choose_batch(pred, 3, seed=0)
+    assert len(again) == 3 and not set(again) & set(failed)
+    assert (pred.p_best[failed] == 0).all()
+    assert not set(pred.best.values()) & set(failed)
+    frame = pred.frame()
+    assert frame["failed"].sum() == len(failed) and not frame.loc[frame["failed"], "run"].any()
+    # the stop rule waits only on points a round can still run
+    state = StopRule().settled([pred.label] * 3, pred)[1]
+    uncertainty = float((1 - pred.p_label[pred.open]).max())
+    assert f"max label uncertainty {uncertainty:.3f}" in state
+    # a point with a result is not failed, whatever the caller says
+    run_one = int(np.flatnonzero(pred.run)[0])
+    assert not predict_map(axes, labels, failed=[run_one]).failed[run_one]
 
 
 def test_unfinished_cells_enter_the_labellers_thresholds_with_predicted_barriers():

@@ -193,6 +193,10 @@ def format_summary(summary: dict, curves) -> list[str]:
     cut = "" if replayed == total else f" (the first {replayed} replayed: --max-cells)"
     lines = [f"replay over {summary['seeds']} seeds, {total} cells{cut}; median agreement with "
              "the full grid's map / fraction of densities whose best temperature is found:"]
+    if curves.missing:
+        lines.append(f"{len(curves.missing)} point(s) of the grid have no result in the table "
+                     "(no row, or a NaN barrier, CKA or test accuracy) and are left out: "
+                     + ", ".join(f"({t:g}, {d:g})" for t, d in curves.missing))
     header = "cells run".ljust(16) + "".join(f"{b:>12}" for b in budgets)
     lines.append(header)
     for strategy in curves.agreement:
