@@ -3,6 +3,9 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# test processes side by side (pytest-xdist); each runs one torch thread (tests/conftest.py),
+# so 2 fill the 2 cores of CI without oversubscribing them. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test test-fast lint install clean
 
@@ -18,10 +21,10 @@ demo: $(STAMP)
 	$(BIN)/python -m selection demo --config configs/demo.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

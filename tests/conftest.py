@@ -14,8 +14,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 def pytest_configure(config):
     # One torch thread: the tests' models are tiny (a second thread buys little), and test
-    # subprocesses or other jobs sharing the 2 cores must not oversubscribe them, which
-    # slows small training loops 10-30x rather than 2x.
+    # subprocesses, the pytest-xdist workers of `make test` (two by default) or other jobs
+    # sharing the 2 cores must not oversubscribe them, which slows small training loops
+    # 10-30x rather than 2x.
     import torch
 
     torch.set_num_threads(int(os.environ.get("THREE_REGIME_TEST_THREADS", "1")))

@@ -177,11 +177,13 @@ def test_generic_ensemble_equals_separate_plain_loops(case):
 
 
 def test_generic_resnet18_one_step_equals_plain_modules():
-    """Train-mode logits, gradients and BatchNorm statistics of one step, float32."""
+    """Train-mode logits, gradients and BatchNorm statistics of one step, float32 (the
+    gradients through 18 layers differ by float32 summation order: up to 1e-5 of the largest
+    over 12 inputs, hence 3e-5; a wrong gradient is off by its own size)."""
     make, shape = MAKERS["resnet18"], SHAPES["resnet18"]
     model = build_generic(make, shape, K, 2, seed=5)
     plains = _plain_copies(make, 2, seed=5)
-    x = torch.randn(2, 8, *shape)
+    x = torch.randn(2, 8, *shape, generator=torch.Generator().manual_seed(0))
     model.train()
     out = model.logits(stack_inputs(x)).transpose(0, 1)
     out.square().sum().backward()
@@ -192,7 +194,7 @@ def test_generic_resnet18_one_step_equals_plain_modules():
         ref.square().sum().backward()
         assert _close(out[m], ref)
         for k, p in plain.named_parameters():
-            assert _close(grads[m][k], p.grad, 1e-5), (m, k)
+            assert _close(grads[m][k], p.grad, 3e-5), (m, k)
         for k, b in plain.named_buffers():
             assert _close(state[m][k], b), (m, k)
 

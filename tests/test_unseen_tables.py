@@ -4,6 +4,8 @@ fix, never a traceback. Every command runs in-process and off any tracking serve
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -197,12 +199,16 @@ def test_degenerate_grids(tmp_path, capsys, temperatures, densities):
 
 
 def test_a_hole_in_the_grid(tmp_path, capsys):
-    df = synthetic_table(seed=1).drop(index=[3, 10])
-    cmds = _commands(_write(tmp_path, df))
-    for name in ("classify", "select", "replay"):
+    df = synthetic_table(seed=1)
+    holes = {tuple(df.loc[i, ["temperature", "density"]]) for i in (3, 10)}
+    cmds = _commands(_write(tmp_path, df.drop(index=[3, 10])))
+    for name in ("classify", "select", "replay", "map"):
         rc, out, err = _run(capsys, cmds[name])
         assert rc == 0, (name, err)
-    _fails_with(capsys, cmds["map"], "not a full grid")
+    # the map replays the points the grid has and names its holes
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["total_cells"] == len(df) - 2
+    assert {tuple(p) for p in summary["missing"]} == holes
 
 
 @pytest.mark.parametrize("column", ["lmc_barrier", "cka", "temperature", "density"])
