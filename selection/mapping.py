@@ -72,6 +72,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from scipy.linalg import cho_factor, cho_solve
 from scipy.stats import norm
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
@@ -688,7 +689,8 @@ def _checked_labels(table: pd.DataFrame, eps, tau, *, pool=None) -> np.ndarray:
 LOOKAHEAD_LABELS = regimes._labels_only     # the look-ahead's labeller (see relabel_flips)
 
 
-def relabel_flips(pred: MapPrediction, candidates: np.ndarray) -> np.ndarray:
+def relabel_flips(pred: MapPrediction, candidates: np.ndarray, *, refit_pool: bool = False
+                  ) -> np.ndarray:
     """For each candidate point: the mean number of FINISHED points whose label changes when
     the labeller sees the candidate's cells too, in expectation over its predicted barrier (a
     GP of the signed log barrier over the finished points, predictive noise included; the
@@ -698,7 +700,13 @@ def relabel_flips(pred: MapPrediction, candidates: np.ndarray) -> np.ndarray:
     every hotter cell shallower) and pools its thresholds over the table, so one more cell
     can relabel finished ones far from it, which the map's GPs cannot foresee (on the 10 x 7
     demo_fine grid, a jump that the 7% cells run so far showed vanished only when its
-    hottest cells arrived). Zero without the barrier/CKA columns or with < 3 points."""
+    hottest cells arrived). Zero without the barrier/CKA columns or with < 3 points.
+
+    The labeller's pool (the other unfinished points' predicted barriers, as
+    :func:`label_points` with ``axes`` has them) is the barrier GP refitted with the
+    candidate's drawn value; that GP's mean is affine in the drawn value, so it is solved
+    once per candidate (:func:`_pool_given_candidate`) instead of refitted per node
+    (``refit_pool=True``: the refit, the reference it is checked against)."""
     out = np.zeros(len(candidates))
     m = pred.measured
     if RELABEL_WEIGHT == 0 or m is None or len(m) < 3 or len(candidates) == 0 \
@@ -717,24 +725,59 @@ def relabel_flips(pred: MapPrediction, candidates: np.ndarray) -> np.ndarray:
     base = pd.DataFrame({keys.KNOB: axes.knob, keys.TEMPERATURE: m[keys.TEMPERATURE],
                          keys.DENSITY: m[keys.DENSITY], keys.LMC_BARRIER: barrier,
                          keys.CKA: cka})
-    def labels_of(table: pd.DataFrame) -> np.ndarray:
+
+    def labels_of(table: pd.DataFrame, pool: np.ndarray | None) -> np.ndarray:
         # label_grid's labels (the unfinished points in the pooled eps, as label_points(axes=)
         # has them), without its checks and info: the table is built here from checked values
-        return LOOKAHEAD_LABELS(table, pred.eps, pred.tau,
-                                pool=_unfinished_barriers(table, axes, pred.eps))
+        return LOOKAHEAD_LABELS(table, pred.eps, pred.tau, pool=pool)
 
-    now = labels_of(base)
+    now = labels_of(base, _unfinished_barriers(base, axes, pred.eps))
+    # the base table and one more row, the candidate's (its values set below)
+    table = pd.concat([base, base.iloc[:1]], ignore_index=True)
+    last = len(base)
+    col = {c: table.columns.get_loc(c) for c in (keys.TEMPERATURE, keys.DENSITY,
+                                                   keys.LMC_BARRIER, keys.CKA)}
+    pooled = pred.eps is None       # the labeller estimates eps (else no pool: as label_points)
     for k, c in enumerate(candidates):
         t, d = axes.point(int(c))
+        table.iat[last, col[keys.TEMPERATURE]], table.iat[last, col[keys.DENSITY]] = t, d
+        table.iat[last, col[keys.CKA]] = float(np.clip(c_mean[c], 0.0, 1.0))
+        affine = None if refit_pool or not pooled else \
+            _pool_given_candidate(x, run_idx, _signed_log(barrier), int(c))
         for node, weight in RELABEL_NODES:
-            row = {keys.KNOB: axes.knob, keys.TEMPERATURE: t, keys.DENSITY: d,
-                   # a barrier is a train-error fraction: the labeller takes [-1, 1]
-                   keys.LMC_BARRIER: float(np.clip(_signed_exp(z_mean[c] + node * z_sd[c]),
-                                                   -1.0, 1.0)),
-                   keys.CKA: float(np.clip(c_mean[c], 0.0, 1.0))}
-            table = pd.concat([base, pd.DataFrame([row])], ignore_index=True)
-            out[k] += weight * float((labels_of(table)[:len(base)] != now).sum())
+            # a barrier is a train-error fraction: the labeller takes [-1, 1]
+            drawn = float(np.clip(_signed_exp(z_mean[c] + node * z_sd[c]), -1.0, 1.0))
+            table.iat[last, col[keys.LMC_BARRIER]] = drawn
+            if affine is None:
+                pool = _unfinished_barriers(table, axes, pred.eps)
+            else:
+                a, b = affine
+                pool = None if a is None else np.clip(
+                    _signed_exp(a + b * _signed_log(np.array(drawn))), -1.0, 1.0)
+            out[k] += weight * float((labels_of(table, pool)[:last] != now).sum())
     return out
+
+
+def _pool_given_candidate(x_all: np.ndarray, run: np.ndarray, z: np.ndarray, c: int
+                          ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(a, b): the mean of :func:`_measurement_posterior`'s GP fitted to the signed log
+    barriers ``z`` at the points ``run`` and a value ``z_c`` at the point ``c``, at every
+    other unfinished point (ascending, as :func:`_unfinished_barriers` orders its pool), is
+    ``a + b * z_c``. With the GP's standardisation (mean ``mu``, std ``sd`` of the values
+    fitted) the mean is ``mu + k* (K + noise I)^-1 (y - mu)``: ``sd`` cancels and ``mu`` is
+    affine in ``z_c``. (None, None) when no other point is unfinished."""
+    fitted = np.append(run, c)
+    rest = np.setdiff1d(np.arange(len(x_all)), fitted)
+    if len(rest) == 0:
+        return None, None
+    kernel = ConstantKernel(1.0, "fixed") * RBF(LENGTH_SCALE, "fixed")
+    gram = kernel(x_all[fitted]) + MEASURE_NOISE * np.eye(len(fitted))
+    weights = cho_solve(cho_factor(gram, lower=True), kernel(x_all[fitted], x_all[rest])).T
+    n = len(fitted)
+    left = 1.0 - weights.sum(axis=1)         # 1 - w.1 per point
+    a = left * float(np.sum(z)) / n + weights[:, :-1] @ z
+    b = left / n + weights[:, -1]
+    return a, b
 
 
 def _condition(cov: np.ndarray, c: int, noise: float) -> np.ndarray:

@@ -612,3 +612,38 @@ def test_the_lookaheads_labeller_gives_label_grids_labels():
         np.testing.assert_array_equal(inner, public)
     assert pooled == 2                 # the two partial tables without eps have a pool
     assert mapping.LOOKAHEAD_LABELS is regimes._labels_only
+
+
+def test_the_look_aheads_pool_update_is_the_refitted_gp():
+    # relabel_flips solves the labeller's pool once per candidate (the barrier GP's mean is
+    # affine in the candidate's value): the same pool as refitting the GP, the same flips
+    from selection import mapping
+
+    fine = pd.read_csv(Path(__file__).resolve().parent.parent / "bench" / "data"
+                       / "demo_fine_grid.csv")
+    axes = GridAxes.of_table(fine)
+    x = axes.coords()
+    part = fine[fine[keys.DENSITY] <= 0.1].iloc[::2]
+    pred = predict_map(axes, label_points(part, n_resamples=0, axes=axes))
+    m = pred.measured
+    run_idx = np.array([axes.index(t, d) for t, d in
+                        zip(m[keys.TEMPERATURE], m[keys.DENSITY], strict=True)])
+    z = mapping._signed_log(m[keys.LMC_BARRIER].to_numpy(dtype=float))
+    unrun = np.flatnonzero(~pred.run)
+    for c in unrun[::9]:
+        a, b = mapping._pool_given_candidate(x, run_idx, z, int(c))
+        t, d = axes.point(int(c))
+        for value in (-0.3, -0.01, 0.0, 0.02):
+            table = pd.concat([m[[keys.TEMPERATURE, keys.DENSITY, keys.LMC_BARRIER]],
+                               pd.DataFrame({keys.TEMPERATURE: [t], keys.DENSITY: [d],
+                                             keys.LMC_BARRIER: [value]})])
+            refit = mapping._unfinished_barriers(table, axes, None)
+            update = np.clip(mapping._signed_exp(a + b * mapping._signed_log(np.array(value))),
+                             -1.0, 1.0)
+            np.testing.assert_allclose(update, refit, rtol=1e-8, atol=1e-12)
+    np.testing.assert_array_equal(relabel_flips(pred, unrun),
+                                  relabel_flips(pred, unrun, refit_pool=True))
+    assert relabel_flips(pred, unrun).sum() > 0         # a case where the pool matters
+    # the last unfinished point: nothing left to pool
+    assert mapping._pool_given_candidate(x, np.setdiff1d(np.arange(axes.n), [5]), np.zeros(
+        axes.n - 1), 5) == (None, None)
