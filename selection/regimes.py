@@ -25,6 +25,7 @@ Threshold estimation (ours; the paper draws boundaries by hand):
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import warnings
@@ -140,6 +141,14 @@ def two_cluster_split(values: Iterable[float], equal_variance: bool = False
     x = np.sort(np.asarray(list(values), dtype=float))
     if len(np.unique(x)) < 2:
         raise ValueError("two clusters need at least two distinct values")
+    # a function of the sorted values alone: the map's look-ahead labels the same Regime-II
+    # CKA values once per quadrature node of a candidate, so the fit is kept for them
+    return _split_sorted(x.tobytes(), bool(equal_variance))
+
+
+@functools.lru_cache(maxsize=256)
+def _split_sorted(raw: bytes, equal_variance: bool) -> tuple[float, float, float]:
+    x = np.frombuffer(raw, dtype=float)
     n = len(x)
     k = _best_contiguous_split(x, equal_variance)
     low, high = x[:k], x[k:]

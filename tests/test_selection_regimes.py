@@ -70,6 +70,19 @@ def test_wide_barrier_cluster_is_not_cut_by_the_split():
     assert low_mean < barriers.max() and high_mean > connected.min()
 
 
+def test_two_cluster_split_keeps_its_fit_by_the_sorted_values():
+    from selection import regimes
+
+    values = np.random.default_rng(1).uniform(0.8, 1.0, 25)
+    fresh = regimes._split_sorted.__wrapped__(np.sort(values).tobytes(), True)
+    regimes._split_sorted.cache_clear()
+    assert two_cluster_split(values, equal_variance=True) == fresh
+    assert two_cluster_split(values[::-1], equal_variance=True) == fresh   # the same fit
+    assert regimes._split_sorted.cache_info().hits == 1
+    assert two_cluster_split(values) != fresh          # free variances: a fit of its own
+    assert two_cluster_split(np.r_[values, 0.5], equal_variance=True) != fresh
+
+
 def test_two_cluster_split_needs_two_values():
     with pytest.raises(ValueError, match="two distinct values"):
         two_cluster_split([0.3, 0.3, 0.3])
