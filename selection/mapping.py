@@ -198,6 +198,14 @@ class GridAxes:
         return [t * len(self.densities) + di for t in (ti - 1, ti + 1)
                 if 0 <= t < len(self.temperatures)]
 
+    def has(self, temperature: float, density: float) -> bool:
+        """Whether (temperature, density) is a point of the grid."""
+        try:
+            self.index(temperature, density)
+        except ValueError:
+            return False
+        return True
+
     def index(self, temperature: float, density: float) -> int:
         ti = int(np.argmin(np.abs(np.array(self.temperatures) - float(temperature))))
         di = int(np.argmin(np.abs(np.array(self.densities) - float(density))))
@@ -1317,6 +1325,7 @@ class MapResult:
     cell_seconds: float | None = None     # mean compute seconds of one cell (for time saved)
     agreement: float | None = None        # with the reference map, when one was available
     reference_source: str | None = None
+    agreement_points: int | None = None   # the points it was judged on (the reference's)
     failed: list[tuple[str, str]] = field(default_factory=list)
     # the probability at which a best temperature counts as found (the stop rule's)
     best_confidence: float = BEST_CONFIDENCE
@@ -1343,8 +1352,11 @@ class MapResult:
                        f"compute at {self.cell_seconds:.1f} s per point (the dense runs are "
                        "shared, not counted)")
         if self.agreement is not None:
+            over = "" if self.agreement_points in (None, total) else (
+                f" (over the {self.agreement_points} of {total} points the reference has a "
+                "result at)")
             out.append(f"agreement with the full grid's labels ({self.reference_source}): "
-                       f"{100 * self.agreement:.1f}%")
+                       f"{100 * self.agreement:.1f}%{over}")
         best = self.best_frame()
         if best is not None and best[keys.TEMPERATURE].notna().any():
             out.append("predicted best temperature per density (p = probability it is the "
@@ -1600,12 +1612,20 @@ def _finish_outputs(result: MapResult, cfg, client, cache, map_run: str, table: 
     elif reference is not None:
         result.reference_source = "the reference table"
     if pred is not None and reference is not None:
-        ref = label_points(reference[reference[keys.KNOB].astype(str) == axes.knob], eps, tau,
-                           seed=seed)
-        truth = {axes.index(t, d): r for t, d, r in zip(
-            ref[keys.TEMPERATURE], ref[keys.DENSITY], ref[keys.REGIME], strict=True)}
-        if len(truth) == axes.n:
+        rows = reference[reference[keys.KNOB].astype(str) == axes.knob]
+        # the grid's own points with a result (a failed cell of the reference is a hole, as in
+        # a replay: the points there are judged on the others, their barriers predicted)
+        on_grid = [axes.has(t, d) for t, d in zip(rows[keys.TEMPERATURE], rows[keys.DENSITY],
+                                                   strict=True)]
+        rows = rows[on_grid]
+        measured = rows[[keys.LMC_BARRIER, keys.CKA]].apply(pd.to_numeric, errors="coerce")
+        rows = rows[np.isfinite(measured.to_numpy(dtype=float)).all(axis=1)]
+        if len(rows):
+            ref = label_points(rows, eps, tau, seed=seed, axes=axes)
+            truth = {axes.index(t, d): r for t, d, r in zip(
+                ref[keys.TEMPERATURE], ref[keys.DENSITY], ref[keys.REGIME], strict=True)}
             result.agreement = float(np.mean([pred.label[p] == truth[p] for p in truth]))
+            result.agreement_points = len(truth)
             cache.log(map_run, metrics={keys.MAP_AGREEMENT: result.agreement},
                       step=len(result.rounds))
     if RUN_ID in run_rows.columns and len(run_rows):

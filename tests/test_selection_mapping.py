@@ -440,6 +440,21 @@ def test_a_map_goes_on_past_a_point_whose_cells_fail_and_retries_it_when_run_aga
     assert again.map_run_id == result.map_run_id and again.failed_points == []
     assert again.cells_computed == 1 and len(again.points_run) == 6
     assert again.prediction.failed is None and again.prediction.run.all()
+    assert again.agreement == 1.0 and again.agreement_points == 6   # the experiment's cells
+    # a reference with holes (a row missing, a NaN barrier) and a point off the grid: judged
+    # on the grid's points it has a result at
+    from tracking.tables import results_table
+
+    reference = results_table("tiny-map").reset_index(drop=True)
+    reference.loc[1, keys.LMC_BARRIER] = np.nan
+    reference = pd.concat([reference.drop(index=0),
+                           reference.iloc[[2]].assign(**{keys.TEMPERATURE: 99.0})])
+    judged = run_map(cfg, 6, batch_size=1, progress=False, log=lambda _: None,
+                     reference=reference)
+    assert judged.cells_computed == 0 and judged.agreement_points == 4
+    assert 0 <= judged.agreement <= 1
+    assert any("over the 4 of 6 points the reference has a result at" in line
+               for line in judged.lines())
 
 
 def test_a_table_with_two_knobs_needs_the_knob_named():
