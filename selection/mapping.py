@@ -1104,9 +1104,9 @@ def replay(table: pd.DataFrame, *, seeds: Sequence[int] = range(20), knob: str |
     absent = [c for c in measured if c not in table.columns]
     if absent:
         check_table(table, measured)        # its error names the missing columns
-    # a row without a result (a failed or diverged cell) is a hole like a missing row
-    values = table[measured].apply(pd.to_numeric, errors="coerce")
-    table = table[np.isfinite(values.to_numpy(dtype=float)).all(axis=1)]
+    # a row without a result (a failed or diverged cell: NaN) is a hole like a missing row;
+    # what is left must be a valid table (text or an infinity in those columns is an error)
+    table = table[table[measured].notna().all(axis=1)]
     check_table(table, (keys.KNOB, keys.TEMPERATURE, keys.DENSITY, *measured))
     present = {axes.index(t, d) for t, d in zip(table[keys.TEMPERATURE], table[keys.DENSITY],
                                                  strict=True)}
@@ -1618,8 +1618,7 @@ def _finish_outputs(result: MapResult, cfg, client, cache, map_run: str, table: 
         on_grid = [axes.has(t, d) for t, d in zip(rows[keys.TEMPERATURE], rows[keys.DENSITY],
                                                    strict=True)]
         rows = rows[on_grid]
-        measured = rows[[keys.LMC_BARRIER, keys.CKA]].apply(pd.to_numeric, errors="coerce")
-        rows = rows[np.isfinite(measured.to_numpy(dtype=float)).all(axis=1)]
+        rows = rows[rows[[keys.LMC_BARRIER, keys.CKA]].notna().all(axis=1)]
         if len(rows):
             ref = label_points(rows, eps, tau, seed=seed, axes=axes)
             truth = {axes.index(t, d): r for t, d, r in zip(
