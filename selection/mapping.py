@@ -1413,7 +1413,7 @@ def run_map(cfg, budget: int, *, experiment: str | None = None, batch_size: int 
     """
     import time
 
-    from pipeline.grid import GridRunner
+    from pipeline.grid import GridRunner, cell_name
     from pipeline.specs import cell_hash
     from tracking.artifacts import CorruptArtifactError, load_file, log_files
 
@@ -1430,6 +1430,7 @@ def run_map(cfg, budget: int, *, experiment: str | None = None, batch_size: int 
     for dense, cell, s in cfg.cells():
         cells_of[axes.index(cell.temperature, cell.prune.density)].append((dense, cell, s))
     hash_to_point = {cell_hash(c, d): p for p, pts in cells_of.items() for d, c, _ in pts}
+    name_to_point = {cell_name(c, s): p for p, pts in cells_of.items() for _, c, s in pts}
 
     runner = GridRunner(cfg, experiment, progress)
     client, cache = runner.client, runner.cache
@@ -1490,6 +1491,10 @@ def run_map(cfg, budget: int, *, experiment: str | None = None, batch_size: int 
                              parent_run_id=map_run)
         result.cells_computed += summary.computed
         result.failed += summary.failed
+        # a point with a FAILED cell; one still computed by another process is not failed
+        # (the next round's run waits for it again)
+        failed_points.update(name_to_point[f.name] for f in summary.failed
+                             if f.name in name_to_point)
 
     history: list[np.ndarray] = []
     best_history: list[dict[float, int]] = []
@@ -1508,7 +1513,7 @@ def run_map(cfg, budget: int, *, experiment: str | None = None, batch_size: int 
                     run_points(pending)
                     table = finished_table()
                 done_points = [p for p in chosen if _finished(p, cells_of, table)]
-                failed_points.update(set(pending) - set(done_points))
+                failed_points.difference_update(done_points)
                 result.points_run = done_points
                 result.failed_points = sorted(failed_points)
                 if done_points:

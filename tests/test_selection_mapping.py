@@ -457,6 +457,34 @@ def test_a_map_goes_on_past_a_point_whose_cells_fail_and_retries_it_when_run_aga
                for line in judged.lines())
 
 
+def test_a_point_computed_by_another_process_is_waited_for_not_failed(tracking_uri,
+                                                                       monkeypatch):
+    import pipeline.grid as grid_mod
+    from pipeline.config import parse_config
+    from selection.mapping import run_map
+
+    real_run = grid_mod.GridRunner.run
+    elsewhere = (3.0, 0.6)
+    calls = {"n": 0}
+
+    def first_claimed_elsewhere(self, points, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            return real_run(self, points, *a, **kw)
+        # the first run finds the cells of one point claimed by another live process
+        mine = [p for p in points
+                if (float(p[1].temperature), float(p[1].prune.density)) != elsewhere]
+        summary = real_run(self, mine, *a, **kw)
+        summary.busy += len(points) - len(mine)
+        return summary
+
+    monkeypatch.setattr(grid_mod.GridRunner, "run", first_claimed_elsewhere)
+    result = run_map(parse_config(TINY_MAP), 6, batch_size=1, progress=False,
+                     log=lambda _: None)
+    assert result.failed_points == [] and result.failed == []
+    assert result.axes.index(*elsewhere) in result.points_run and len(result.points_run) == 6
+
+
 def test_a_table_with_two_knobs_needs_the_knob_named():
     table = synthetic_table(temperatures=FINE_T[:4], densities=FINE_D[:3], seed=0)
     both = pd.concat([table, table.assign(**{keys.KNOB: "batch_size"})])
