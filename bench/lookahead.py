@@ -1,6 +1,7 @@
 """The map's look-ahead labelling, four ways: the public label_grid with the labeller's pool
 refitted per node, the labeller's inner path with the pool refitted, the inner path with the
-pool's rank-one update, and that with the two-cluster fits kept (what the map runs).
+pool's rank-one update and the table's points built once per candidate, and that with the
+two-cluster fits kept (what the map runs).
 
     python bench/lookahead.py [--table bench/data/demo_fine_grid.csv] [--cells 28] [--seeds 3]
 

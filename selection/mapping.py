@@ -713,8 +713,9 @@ def relabel_flips(pred: MapPrediction, candidates: np.ndarray, *, refit_pool: bo
     The labeller's pool (the other unfinished points' predicted barriers, as
     :func:`label_points` with ``axes`` has them) is the barrier GP refitted with the
     candidate's drawn value; that GP's mean is affine in the drawn value, so it is solved
-    once per candidate (:func:`_pool_given_candidate`) instead of refitted per node
-    (``refit_pool=True``: the refit, the reference it is checked against)."""
+    once per candidate (:func:`_pool_given_candidate`) instead of refitted per node, and the
+    table's points are built once per candidate (``refit_pool=True``: the GP refitted and the
+    table relabelled whole per node, the reference this is checked against)."""
     out = np.zeros(len(candidates))
     m = pred.measured
     if RELABEL_WEIGHT == 0 or m is None or len(m) < 3 or len(candidates) == 0 \
@@ -746,12 +747,16 @@ def relabel_flips(pred: MapPrediction, candidates: np.ndarray, *, refit_pool: bo
     col = {c: table.columns.get_loc(c) for c in (keys.TEMPERATURE, keys.DENSITY,
                                                    keys.LMC_BARRIER, keys.CKA)}
     pooled = pred.eps is None       # the labeller estimates eps (else no pool: as label_points)
+    fast = not refit_pool and LOOKAHEAD_LABELS is regimes._labels_only
     for k, c in enumerate(candidates):
         t, d = axes.point(int(c))
         table.iat[last, col[keys.TEMPERATURE]], table.iat[last, col[keys.DENSITY]] = t, d
         table.iat[last, col[keys.CKA]] = float(np.clip(c_mean[c], 0.0, 1.0))
         affine = None if refit_pool or not pooled else \
             _pool_given_candidate(x, run_idx, _signed_log(barrier), int(c))
+        # the nodes change only the candidate's barrier: with the inner labeller, the
+        # table's points are built once per candidate and that one value set per node
+        points = regimes._points(table) if fast else None
         for node, weight in RELABEL_NODES:
             # a barrier is a train-error fraction: the labeller takes [-1, 1]
             drawn = float(np.clip(_signed_exp(z_mean[c] + node * z_sd[c]), -1.0, 1.0))
@@ -762,7 +767,14 @@ def relabel_flips(pred: MapPrediction, candidates: np.ndarray, *, refit_pool: bo
                 a, b = affine
                 pool = None if a is None else np.clip(
                     _signed_exp(a + b * _signed_log(np.array(drawn))), -1.0, 1.0)
-            out[k] += weight * float((labels_of(table, pool)[:last] != now).sum())
+            if points is None:
+                labels = labels_of(table, pool)
+            else:
+                values = points.barrier.copy()
+                values[points.row_point[last]] = drawn
+                labels = regimes._labels_of_points(points, values, pred.eps, pred.tau,
+                                                   pool=pool)
+            out[k] += weight * float((labels[:last] != now).sum())
     return out
 
 

@@ -753,7 +753,15 @@ def _labels_only(df: pd.DataFrame, eps: float | None = None, tau: float | None =
     the thresholds, no resampling, no info, no warnings. For a caller that builds the table
     from checked values and labels it many times (the map's look-ahead)."""
     points = _points(df)
-    regime, _, _ = _label_points(points, points.barrier, points.cka, eps, tau, pool=pool)
+    return _labels_of_points(points, points.barrier, eps, tau, pool=pool)
+
+
+def _labels_of_points(points: _Points, barrier: np.ndarray, eps: float | None,
+                      tau: float | None, *, pool: np.ndarray | None = None) -> np.ndarray:
+    """:func:`_labels_only` on points built once (``_points``), with the per-point barriers
+    ``barrier`` in place of theirs: the look-ahead labels one table at several values of
+    one cell's barrier."""
+    regime, _, _ = _label_points(points, barrier, points.cka, eps, tau, pool=pool)
     return regime[points.row_point]
 
 
