@@ -385,6 +385,12 @@ def _label_probability(labels: np.ndarray, p_i: np.ndarray, p_iib: np.ndarray) -
 
 # --- models ---------------------------------------------------------------------------------
 
+def _regime_kernel():
+    """The regime model's fixed unit-variance RBF over grid coordinates (the indicators', the
+    measurements' and the look-ahead pool's GPs: one kernel, so the pool's update is exact)."""
+    return ConstantKernel(1.0, "fixed") * RBF(LENGTH_SCALE, "fixed")
+
+
 def _indicator_posterior(x_all: np.ndarray, run: np.ndarray, target: np.ndarray,
                          noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Posterior mean and covariance over every point of a GP fitted to ``target`` at the
@@ -392,7 +398,7 @@ def _indicator_posterior(x_all: np.ndarray, run: np.ndarray, target: np.ndarray,
 
     Note: fixed, not fitted: length scales chosen by marginal likelihood made the replay
     worse (on the finer paper-like grid 65 cells to 95% agreement instead of 53, 2 seeds)."""
-    kernel = ConstantKernel(1.0, "fixed") * RBF(LENGTH_SCALE, "fixed")
+    kernel = _regime_kernel()
     if len(run) == 0:
         return np.zeros(len(x_all)), kernel(x_all)
     gp = GaussianProcessRegressor(kernel, alpha=noise, optimizer=None, normalize_y=False)
@@ -556,7 +562,7 @@ def _measurement_posterior(x_all: np.ndarray, run: np.ndarray, y: np.ndarray
     fitted to ``y`` at the ``run`` points (fixed RBF of the regime model's length scale on
     standardised values, noise MEASURE_NOISE)."""
     mu, sd = float(np.mean(y)), float(np.std(y)) or 1.0
-    kernel = ConstantKernel(1.0, "fixed") * RBF(LENGTH_SCALE, "fixed")
+    kernel = _regime_kernel()
     gp = GaussianProcessRegressor(kernel, alpha=MEASURE_NOISE, optimizer=None)
     gp.fit(x_all[run], (y - mu) / sd)
     mean, std = gp.predict(x_all, return_std=True)
@@ -729,7 +735,8 @@ def relabel_flips(pred: MapPrediction, candidates: np.ndarray, *, refit_pool: bo
     x = axes.coords()
     run_idx = np.array([axes.index(t, d) for t, d in
                         zip(m[keys.TEMPERATURE], m[keys.DENSITY], strict=True)], dtype=int)
-    z_mean, z_sd = _measurement_posterior(x, run_idx, _signed_log(barrier))
+    z = _signed_log(barrier)
+    z_mean, z_sd = _measurement_posterior(x, run_idx, z)
     c_mean, _ = _measurement_posterior(x, run_idx, cka)
     base = pd.DataFrame({keys.KNOB: axes.knob, keys.TEMPERATURE: m[keys.TEMPERATURE],
                          keys.DENSITY: m[keys.DENSITY], keys.LMC_BARRIER: barrier,
@@ -753,7 +760,7 @@ def relabel_flips(pred: MapPrediction, candidates: np.ndarray, *, refit_pool: bo
         table.iat[last, col[keys.TEMPERATURE]], table.iat[last, col[keys.DENSITY]] = t, d
         table.iat[last, col[keys.CKA]] = float(np.clip(c_mean[c], 0.0, 1.0))
         affine = None if refit_pool or not pooled else \
-            _pool_given_candidate(x, run_idx, _signed_log(barrier), int(c))
+            _pool_given_candidate(x, run_idx, z, int(c))
         # the nodes change only the candidate's barrier: with the inner labeller, the
         # table's points are built once per candidate and that one value set per node
         points = regimes._points(table) if fast else None
@@ -790,7 +797,7 @@ def _pool_given_candidate(x_all: np.ndarray, run: np.ndarray, z: np.ndarray, c: 
     rest = np.setdiff1d(np.arange(len(x_all)), fitted)
     if len(rest) == 0:
         return None, None
-    kernel = ConstantKernel(1.0, "fixed") * RBF(LENGTH_SCALE, "fixed")
+    kernel = _regime_kernel()
     gram = kernel(x_all[fitted]) + MEASURE_NOISE * np.eye(len(fitted))
     weights = cho_solve(cho_factor(gram, lower=True), kernel(x_all[fitted], x_all[rest])).T
     n = len(fitted)
@@ -1108,14 +1115,13 @@ def replay(table: pd.DataFrame, *, seeds: Sequence[int] = range(20), knob: str |
     at once (one thread each; the same curves as ``jobs=1``).
     """
     from selection._validate import check_table
+    from tracking.tables import require_columns
 
     measured = [keys.LMC_BARRIER, keys.CKA, keys.TEST_ACC]
     check_table(table, (keys.KNOB, keys.TEMPERATURE, keys.DENSITY))
     axes = GridAxes.of_table(table, knob)
     table = table[table[keys.KNOB].astype(str) == axes.knob]
-    absent = [c for c in measured if c not in table.columns]
-    if absent:
-        check_table(table, measured)        # its error names the missing columns
+    require_columns(table, measured)        # before the NaN rows are dropped as holes
     # a row without a result (a failed or diverged cell: NaN) is a hole like a missing row;
     # what is left must be a valid table (text or an infinity in those columns is an error)
     table = table[table[measured].notna().all(axis=1)]
