@@ -767,7 +767,8 @@ def relabel_flips(pred: MapPrediction, candidates: np.ndarray, *, refit_pool: bo
         for node, weight in RELABEL_NODES:
             # a barrier is a train-error fraction: the labeller takes [-1, 1]
             drawn = float(np.clip(_signed_exp(z_mean[c] + node * z_sd[c]), -1.0, 1.0))
-            table.iat[last, col[keys.LMC_BARRIER]] = drawn
+            if points is None or affine is None:    # the paths that read it from the table
+                table.iat[last, col[keys.LMC_BARRIER]] = drawn
             if affine is None:
                 pool = _unfinished_barriers(table, axes, pred.eps)
             else:
@@ -1710,9 +1711,9 @@ def plot_map(pred: MapPrediction, path, title: str | None = None):
                                linewidth=2.0 if pred.run[p] else 0.8,
                                linestyle="solid" if pred.run[p] else "dashed"))
         failed = pred.failed is not None and bool(pred.failed[p])
-        if failed:          # tried, no result: crossed out, its label only a prediction
-            ax.plot([col - 0.45, col + 0.45], [row - 0.45, row + 0.45], color="0.3",
-                    linewidth=0.8)
+        if failed:          # tried, no result: hatched as in the legend, its label predicted
+            ax.add_patch(Rectangle((col - 0.45, row - 0.45), 0.9, 0.9, fill=False, hatch="\\",
+                                   edgecolor="0.6", linewidth=0))
         text = f"{pred.label[p]}\n{pred.p_label[p]:.2f}" + (" *" if p in best else "")
         ax.text(col, row, text + ("\nfailed" if failed else ""), ha="center", va="center",
                 fontsize=7)
