@@ -217,6 +217,22 @@ def test_cli_table(grid, tmp_path, capsys):
     pd.testing.assert_frame_equal(read_table(out), results_table(EXPERIMENT), check_dtype=False)
 
 
+def test_cli_store_options_before_or_after_the_subcommand(grid, tracking_uri, tmp_path,
+                                                          capsys, monkeypatch):
+    """``--tracking-uri`` reaches the store wherever it stands; a wrong one after the
+    subcommand overrides a right one before it."""
+    uri = tracking_uri
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///" + str(tmp_path / "elsewhere.db"))
+    for argv in (["--tracking-uri", uri, "table"], ["table", "--tracking-uri", uri]):
+        out = tmp_path / f"{len(capsys.readouterr().out)}.csv"
+        assert main([*argv, "--experiment", EXPERIMENT, "--out", str(out)]) == 0, argv
+        assert len(read_table(out)) == 6
+    assert main(["--tracking-uri", uri, "table", "--tracking-uri", "sqlite:///"
+                 + str(tmp_path / "empty.db"), "--experiment", EXPERIMENT,
+                 "--out", str(tmp_path / "x.csv")]) == 1
+    assert "unknown experiment" in capsys.readouterr().err
+
+
 def test_cli_report_logs_to_the_latest_finished_grid_run(grid, tmp_path, capsys):
     client, exp_id, parent = grid
     log_run(client, exp_id, keys.KIND_GRID, status="FAILED")   # newer, but not FINISHED

@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
                                  "also logged on the experiment's grid run")
     report.add_argument("--experiment", required=True)
     report.add_argument("--out", required=True, help="folder to write into")
+    # the store options also after the subcommand, as `pipeline grid` and `selection` take them
+    for command in (init, table, report):
+        add_store_options(command, subcommand=True)
     return parser
 
 

@@ -37,11 +37,15 @@ def _seconds(text: str) -> float:
     return value
 
 
-def add_store_options(parser: argparse.ArgumentParser) -> None:
-    """Add ``--tracking-uri`` and ``--store-timeout`` to ``parser``."""
-    parser.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
+def add_store_options(parser: argparse.ArgumentParser, *, subcommand: bool = False) -> None:
+    """Add ``--tracking-uri`` and ``--store-timeout`` to ``parser``. ``subcommand``: the
+    parser is a subcommand's, beside the same options on the main parser; a value given
+    after the subcommand wins, and an option not given there keeps the main parser's (its
+    default is ``argparse.SUPPRESS``, so the subparser does not overwrite it with None)."""
+    default = argparse.SUPPRESS if subcommand else None
+    parser.add_argument("--tracking-uri", help=TRACKING_URI_HELP, default=default)
     parser.add_argument("--store-timeout", type=_seconds, metavar="SECONDS",
-                        help=STORE_TIMEOUT_HELP)
+                        help=STORE_TIMEOUT_HELP, default=default)
 
 
 def apply_store_timeout(args: argparse.Namespace) -> float:
