@@ -9,6 +9,10 @@ subset, and prints per table the fraction of the subset's own points that keep t
 full-grid label, and the agreement of the map predicted from the subset (median and worst
 over ``--subsets`` subsets). Counts, not timings: no quiet machine needed.
 
+``bench/label_stability.py`` asks the labeller alone (``label_grid`` without the pool) about
+Regime I vs II, as a mean over subsets; this asks about the three labels as the map computes
+them, with the worst subset beside the median, and about the map predicted from them.
+
     python bench/label_subsets.py [TABLE.csv ...] [--paper-like] [--fraction 0.4]
                                   [--subsets 20] [--seed 0]
 
