@@ -36,7 +36,7 @@ TABLES = {
     "demo": lambda: pd.read_csv(ROOT / "bench" / "data" / "demo_grid.csv"),
     "demo_fine": lambda: pd.read_csv(ROOT / "bench" / "data" / "demo_fine_grid.csv"),
     "paper-like-10x9": lambda: syn.paper_like_grid(
-        (10, 20, 30, 40, 60, 80, 100, 120, 140, 160), seed=1),
+        syn.PAPER_MAP_TEMPERATURES, seed=1),
     "mnist1d-like-10x5": lambda: syn.mnist1d_like_grid(syn.MNIST1D_FINE_TEMPERATURES, seed=0),
 }
 FRACTIONS = (0.3, 0.5, 0.7)

@@ -34,43 +34,33 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from selection.mapping import GridAxes, label_points, predict_map  # noqa: E402
-from selection.synthetic import paper_like_grid  # noqa: E402
-from tracking import keys  # noqa: E402
+from selection.mapping import GridAxes, _Oracle, point_regimes, predict_map  # noqa: E402
+from selection.synthetic import PAPER_MAP_TEMPERATURES, paper_like_grid  # noqa: E402
 from tracking.tables import read_table  # noqa: E402
 
 PAPER_LIKE = "paper-like (synthetic, as bench/map.py)"
-PAPER_TEMPERATURES = (10, 20, 30, 40, 60, 80, 100, 120, 140, 160)     # bench/map.py's
 TABLES = ("bench/data/demo_grid.csv", "bench/data/demo_grid_9copies.csv",
           "bench/data/demo_fine_grid.csv")
 
 
-def _point_labels(labels, axes: GridAxes) -> np.ndarray:
-    out = np.full(axes.n, None, dtype=object)
-    for t, d, r in zip(labels[keys.TEMPERATURE], labels[keys.DENSITY], labels[keys.REGIME],
-                       strict=True):
-        out[axes.index(t, d)] = r
-    return out
-
-
 def subset_agreement(path: str, fraction: float, subsets: int, seed: int) -> dict:
     if path == PAPER_LIKE:
-        table = paper_like_grid(temperatures=PAPER_TEMPERATURES, seed=1).drop(
+        table = paper_like_grid(temperatures=PAPER_MAP_TEMPERATURES, seed=1).drop(
             columns="true_regime")
     else:
         table = read_table(path)
     axes = GridAxes.of_table(table)
-    reference = _point_labels(label_points(table, n_resamples=0, axes=axes), axes)
-    points = np.array([axes.index(t, d) for t, d in
-                       zip(table[keys.TEMPERATURE], table[keys.DENSITY], strict=True)])
+    # the replay's source of labelled subsets: label_points(axes=) on the chosen points' rows
+    oracle = _Oracle(table, axes, None, None, n_resamples=0)
+    reference = point_regimes(oracle.labels(range(axes.n)), axes)
     k = max(3, int(fraction * axes.n))
     rng = np.random.default_rng(seed)
     kept, agreement = [], []
     for _ in range(subsets):
         chosen = rng.choice(axes.n, k, replace=False)
-        labels = label_points(table[np.isin(points, chosen)], n_resamples=0, axes=axes)
+        labels = oracle.labels(chosen)
         pred = predict_map(axes, labels, with_best=False)
-        own = _point_labels(labels, axes)
+        own = point_regimes(labels, axes)
         kept.append(float(np.mean(own[chosen] == reference[chosen])))
         agreement.append(float(np.mean(pred.label == reference)))
     return {"table": path, "points": axes.n, "subset_points": k, "subsets": subsets,

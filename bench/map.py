@@ -46,11 +46,11 @@ import pandas as pd  # noqa: E402
 
 from selection.cli.map import format_summary  # noqa: E402
 from selection.mapping import plot_replay, replay, replay_summary  # noqa: E402
+from selection.synthetic import PAPER_MAP_TEMPERATURES as PAPER_TEMPERATURES  # noqa: E402
 from selection.synthetic import paper_like_grid  # noqa: E402
 
 DEMO_TABLE = REPO_ROOT / "bench" / "data" / "demo_grid.csv"
 DEMO_FINE_TABLE = REPO_ROOT / "bench" / "data" / "demo_fine_grid.csv"
-PAPER_TEMPERATURES = (10, 20, 30, 40, 60, 80, 100, 120, 140, 160)
 
 
 def table(name: str, quick: bool) -> pd.DataFrame:

@@ -978,6 +978,16 @@ class _Oracle:
         return self._cache[key]
 
 
+def point_regimes(labels: pd.DataFrame, axes: GridAxes) -> np.ndarray:
+    """The ``regime`` of each point of ``axes`` from labelled rows (one per point, as
+    :func:`label_points` returns them); None at a point without a row."""
+    out = np.full(axes.n, None, dtype=object)
+    for t, d, r in zip(labels[keys.TEMPERATURE], labels[keys.DENSITY], labels[keys.REGIME],
+                       strict=True):
+        out[axes.index(t, d)] = r
+    return out
+
+
 def _true_best(reference: pd.DataFrame, axes: GridAxes) -> tuple[dict[float, int], np.ndarray]:
     """Per density the point of the highest test accuracy (ties: the lower temperature, as
     ``tracking.tables.best_temperature_per_density``), and every point's accuracy."""
@@ -1139,10 +1149,7 @@ def replay(table: pd.DataFrame, *, seeds: Sequence[int] = range(20), knob: str |
         raise ValueError(f"jobs={jobs}: must be >= 1 (processes replaying seeds at once)")
     oracle = _Oracle(table, axes, eps, tau, n_resamples)
     reference = oracle.labels(range(axes.n))
-    ref = np.empty(axes.n, dtype=object)
-    for t, d, r in zip(reference[keys.TEMPERATURE], reference[keys.DENSITY],
-                       reference[keys.REGIME], strict=True):
-        ref[axes.index(t, d)] = r
+    ref = point_regimes(reference, axes)
     true_best, true_acc = _true_best(reference, axes)
     n_present = len(present)
     total = n_present if max_cells is None else min(n_present, int(max_cells))

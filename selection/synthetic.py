@@ -89,6 +89,9 @@ def synthetic_table(temperatures: Sequence[float] = (2, 5, 10, 20, 40, 80),
 
 PAPER_TEMPERATURES = (10, 40, 70, 100, 130, 160)      # epochs of a 160-epoch run
 PAPER_FINE_TEMPERATURES = tuple(range(10, 161, 10))   # the paper's own 16 temperatures
+# the 10 x 9 paper-like grid that bench/map.py, bench/label_stability.py and
+# bench/label_subsets.py replay (with seed=1)
+PAPER_MAP_TEMPERATURES = (10, 20, 30, 40, 60, 80, 100, 120, 140, 160)
 PAPER_DENSITIES = (0.05, 0.06, 0.07, 0.08, 0.1, 0.14, 0.2, 0.4, 0.8)
 PAPER_FIRST_DECAY = 80                                # epoch of the first learning-rate decay
 
