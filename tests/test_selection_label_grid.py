@@ -29,6 +29,7 @@ from selection.regimes import (
 from selection.synthetic import (
     MNIST1D_FINE_TEMPERATURES,
     PAPER_FINE_TEMPERATURES,
+    PAPER_MAP_TEMPERATURES,
     TRUE_REGIME,
     mnist1d_like_grid,
     paper_like_grid,
@@ -258,7 +259,7 @@ def test_one_deep_cold_cell_among_scattered_barriers_is_no_jump():
 def test_half_of_a_paper_like_grid_keeps_the_full_grids_labels():
     # partial grids, as a map run labels them: a cold cell at -0.02 .. -0.03 above hot ones
     # near 0 (Regime-II noise at 10-14 % density) must not read as a jump
-    df = paper_like_grid((10, 20, 30, 40, 60, 80, 100, 120, 140, 160), seed=1)
+    df = paper_like_grid(PAPER_MAP_TEMPERATURES, seed=1)
     full = _grid(df)[0][keys.REGIME].to_numpy() == REGIME_I
     rng = np.random.default_rng(0)
     agreements = []
