@@ -1,12 +1,11 @@
 """Replay benchmark of the adaptive regime mapping (``python -m selection map --replay``).
 
     python bench/map.py [--seeds 20] [--paper-seeds N] [--paper-grids 1,2,3] [--jobs J]
-                        [--quick]
-                        [--out docs/map_replay.png]
+                        [--quick] [--out docs/map_replay.png]
 
-Three finished tables, the mapping loop against two orders of the same cells (random; coarse
-to fine: every other temperature and density first), through the same models, over
-``--seeds`` seeds each:
+Finished tables (five by default), the mapping loop against two orders of the same cells
+(random; coarse to fine: every other temperature and density first), through the same
+models, over ``--seeds`` seeds each:
   demo       -- ``bench/data/demo_grid.csv``: the MNIST-1D demo grid as measured (6 epochs x
                 5 densities, 30 cells);
   demo_fine  -- ``bench/data/demo_fine_grid.csv``: the finer MNIST-1D grid as measured
@@ -63,24 +62,24 @@ def paper_name(generator_seed: int) -> str:
     return "paper_like" if generator_seed == 1 else f"paper_like_seed{generator_seed}"
 
 
-def table(name: str, quick: bool) -> pd.DataFrame:
+def table(name: str, quick: bool, generator_seed: int = 1) -> pd.DataFrame:
+    """The finished table ``name``; a paper-like one drawn with ``generator_seed``."""
     if name == "demo":
         return pd.read_csv(DEMO_TABLE)
     if name == "demo_fine":
         return pd.read_csv(DEMO_FINE_TABLE)
-    seed = 1 if name == "paper_like" else int(name.removeprefix("paper_like_seed"))
     if quick:    # a smaller synthetic grid, so that the check runs in a minute
         grid = paper_like_grid(temperatures=PAPER_TEMPERATURES[::2] + (160,),
-                               densities=(0.05, 0.07, 0.1, 0.2, 0.8), seed=seed)
+                               densities=(0.05, 0.07, 0.1, 0.2, 0.8), seed=generator_seed)
     else:
-        grid = paper_like_grid(temperatures=PAPER_TEMPERATURES, seed=seed)
+        grid = paper_like_grid(temperatures=PAPER_TEMPERATURES, seed=generator_seed)
     return grid.drop(columns="true_regime")
 
 
-def _replay_one(job: tuple[str, int, bool]):
+def _replay_one(job: tuple[str, int, bool, int]):
     os.environ["OMP_NUM_THREADS"] = "1"
-    name, n_seeds, quick = job
-    curves = replay(table(name, quick), seeds=range(n_seeds))
+    name, n_seeds, quick, generator_seed = job
+    curves = replay(table(name, quick, generator_seed), seeds=range(n_seeds))
     return name, n_seeds, curves
 
 
@@ -101,14 +100,14 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if args.quick:
-        jobs = [("demo", 2, True), ("paper_like", 2, True)]
+        jobs = [("demo", 2, True, 1), ("paper_like", 2, True, 1)]
     else:
         try:
             grids = [int(g) for g in args.paper_grids.split(",") if g.strip()]
         except ValueError:
             ap.error(f"--paper-grids {args.paper_grids!r}: comma-separated integer seeds")
-        jobs = [("demo", args.seeds, False), ("demo_fine", args.seeds, False),
-                *((paper_name(g), args.paper_seeds or args.seeds, False) for g in grids)]
+        jobs = [("demo", args.seeds, False, 1), ("demo_fine", args.seeds, False, 1),
+                *((paper_name(g), args.paper_seeds or args.seeds, False, g) for g in grids)]
     results, failed = [], []
     with ProcessPoolExecutor(max(1, args.jobs)) as pool:
         futures = {pool.submit(_replay_one, job): job[0] for job in jobs}

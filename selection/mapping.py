@@ -862,10 +862,12 @@ def best_scores(pred: MapPrediction) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _greedy(pred: MapPrediction, allowed: np.ndarray, size: int, rng: np.random.Generator,
-            relabel: np.ndarray) -> tuple[list[int], list[float], list[str]]:
+            relabel: np.ndarray, best: tuple[np.ndarray, np.ndarray]
+            ) -> tuple[list[int], list[float], list[str]]:
+    # relabel, best: relabel_flips and best_scores of pred, computed once per choose_batch
     cov_i, cov_b = pred.cov_i, pred.cov_b
     weight = BEST_WEIGHT * len(pred.axes.temperatures)
-    p_best, unbracketed = best_scores(pred)
+    p_best, unbracketed = best
     chosen: list[int] = []
     scores: list[float] = []
     why: list[str] = []
@@ -900,7 +902,8 @@ def choose_batch(pred: MapPrediction, size: int, seed: int = 0
     relabel = np.zeros(pred.axes.n)
     unrun = np.flatnonzero(open_)
     relabel[unrun] = relabel_flips(pred, unrun)
-    chosen, scores, why = _greedy(pred, open_, size, rng, relabel)
+    best = best_scores(pred)
+    chosen, scores, why = _greedy(pred, open_, size, rng, relabel, best)
     if pred.axes.knob == "epochs" or not chosen:
         return chosen, why
     groups = {pred.axes.dense_group(p) for p in unrun}
@@ -909,7 +912,7 @@ def choose_batch(pred: MapPrediction, size: int, seed: int = 0
         allowed = open_ & np.array([pred.axes.dense_group(p) == group
                                     for p in range(pred.axes.n)])
         g_chosen, g_scores, g_why = _greedy(pred, allowed, size, np.random.default_rng(seed),
-                                          relabel)
+                                          relabel, best)
         if len(g_chosen) == len(chosen) and (best_group is None or sum(g_scores) > best_group[0]):
             best_group = (sum(g_scores), g_chosen, g_why)
     if best_group is not None and best_group[0] >= (1 - GROUP_SLACK) * sum(scores):
