@@ -1,7 +1,7 @@
 """Replay benchmark of the adaptive regime mapping (``python -m selection map --replay``).
 
-    python bench/map.py [--seeds 20] [--paper-seeds N] [--paper-grids 1,2,3] [--jobs J]
-                        [--quick] [--out docs/map_replay.png]
+    python bench/map.py [--seeds 20] [--paper-seeds N] [--paper-grids 1,2,3] [--paper-full]
+                        [--jobs J] [--quick] [--out docs/map_replay.png]
 
 Finished tables (five by default), the mapping loop against two orders of the same cells
 (random; coarse to fine: every other temperature and density first), through the same
@@ -17,6 +17,10 @@ models, over ``--seeds`` seeds each:
   paper_like_seed2, paper_like_seed3 -- the same generator with seeds 2 and 3
                 (``--paper-grids 1,2,3``): other draws of the same shape, so that the
                 figures are not those of one draw that the map's settings were tuned on.
+With ``--paper-full`` also
+  paper_16x9 -- the paper's own shape: its 16 temperatures (10, 20, ..., 160 epochs) x its
+                9 densities, 144 cells (generator seed 1; ``--paper-seeds`` seeds; about
+                1.6x a 90-cell paper-like replay per seed).
 The reference map is the labeller's labels of the whole table. Printed per table: agreement
 and best-temperature figures at budgets, the cells to 95 % agreement (median over seeds) for
 each order, and the goal (>= 95 % agreement and the best temperature at every density with
@@ -49,11 +53,12 @@ import pandas as pd  # noqa: E402
 
 from selection.cli.map import format_summary  # noqa: E402
 from selection.mapping import plot_replay, replay, replay_summary  # noqa: E402
+from selection.synthetic import PAPER_FINE_TEMPERATURES, paper_like_grid  # noqa: E402
 from selection.synthetic import PAPER_MAP_TEMPERATURES as PAPER_TEMPERATURES  # noqa: E402
-from selection.synthetic import paper_like_grid  # noqa: E402
 
 DEMO_TABLE = REPO_ROOT / "bench" / "data" / "demo_grid.csv"
 DEMO_FINE_TABLE = REPO_ROOT / "bench" / "data" / "demo_fine_grid.csv"
+PAPER_FULL = "paper_16x9"     # the paper's own 16 temperatures x 9 densities (--paper-full)
 
 
 def paper_name(generator_seed: int) -> str:
@@ -68,6 +73,9 @@ def table(name: str, quick: bool, generator_seed: int = 1) -> pd.DataFrame:
         return pd.read_csv(DEMO_TABLE)
     if name == "demo_fine":
         return pd.read_csv(DEMO_FINE_TABLE)
+    if name == PAPER_FULL:
+        return paper_like_grid(temperatures=PAPER_FINE_TEMPERATURES,
+                               seed=generator_seed).drop(columns="true_regime")
     if quick:    # a smaller synthetic grid, so that the check runs in a minute
         grid = paper_like_grid(temperatures=PAPER_TEMPERATURES[::2] + (160,),
                                densities=(0.05, 0.07, 0.1, 0.2, 0.8), seed=generator_seed)
@@ -91,6 +99,8 @@ def main() -> None:
     ap.add_argument("--paper-grids", default="1,2,3",
                     help="generator seeds of the paper-like grids, comma-separated (default "
                     "1,2,3; 1 is 'paper_like')")
+    ap.add_argument("--paper-full", action="store_true",
+                    help="also the paper's own shape, 16 temperatures x 9 densities (144 cells)")
     ap.add_argument("--jobs", type=int, default=min(3, os.cpu_count() or 1),
                     help="tables replayed at once (default: up to 3)")
     ap.add_argument("--quick", action="store_true", help="2 seeds, the demo and a smaller "
@@ -108,6 +118,8 @@ def main() -> None:
             ap.error(f"--paper-grids {args.paper_grids!r}: comma-separated integer seeds")
         jobs = [("demo", args.seeds, False, 1), ("demo_fine", args.seeds, False, 1),
                 *((paper_name(g), args.paper_seeds or args.seeds, False, g) for g in grids)]
+        if args.paper_full:
+            jobs.append((PAPER_FULL, args.paper_seeds or args.seeds, False, 1))
     results, failed = [], []
     with ProcessPoolExecutor(max(1, args.jobs)) as pool:
         futures = {pool.submit(_replay_one, job): job[0] for job in jobs}

@@ -64,6 +64,7 @@ def _fails_with(capsys, argv, *fragments: str) -> str:
 @pytest.mark.parametrize("rename", [
     {"cka": "CKA", "lmc_barrier": "LMC_Barrier"},
     {"cka": " cka", "density": "density  "},
+    {"test_acc": "Test Acc", "lmc_barrier": "LMC-barrier", "val_acc": "val  acc"},
 ])
 def test_headers_typed_in_another_case_or_with_spaces_are_read(tmp_path, capsys, rename):
     df = synthetic_table(seed=1)

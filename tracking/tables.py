@@ -8,6 +8,7 @@ cell run by ``tracking.records.run_row``, next to the code that writes the run.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -188,7 +189,8 @@ def read_table(path: str | Path, required: Sequence[str] = _REQUIRED,
                knob: str | None = None) -> pd.DataFrame:
     """Read a results table CSV and validate it (see :func:`validate_table`); a table without
     a ``knob`` column gets ``knob`` (:func:`fill_knob`). Column names are matched ignoring
-    case and surrounding spaces (:func:`normalise_columns`); rows pasted twice
+    case, surrounding spaces and the spaces or hyphens between words
+    (:func:`normalise_columns`); rows pasted twice
     (:func:`check_repeated_rows`) and barriers of the opposite sign
     (:func:`check_barrier_sign`) are errors.
 
@@ -225,7 +227,7 @@ def read_table(path: str | Path, required: Sequence[str] = _REQUIRED,
 def _conversion_hint(df: pd.DataFrame, required: Sequence[str]) -> str:
     """How to get a missing required column from one a paper or another tool names instead
     (a knob's name for the temperature axis, sparsity for density, test error for accuracy)."""
-    lower = {c.strip().lower(): c for c in df.columns if isinstance(c, str)}
+    lower = {header_key(c): c for c in df.columns if isinstance(c, str)}
     hints = []
     if keys.TEMPERATURE in required and keys.TEMPERATURE not in df.columns:
         named = [k for k in DIRECTIONS.names() if k in lower]
@@ -246,21 +248,28 @@ def _conversion_hint(df: pd.DataFrame, required: Sequence[str]) -> str:
 _KNOWN_COLUMNS = [*RESULT_COLUMNS, *OPTIONAL_COLUMNS, keys.PRUNED_ACC, keys.DENSE_ACC]
 
 
+def header_key(name: str) -> str:
+    """How a header is matched to a column: case, surrounding spaces and the spaces or
+    hyphens between words do not count (``Test Acc``, ``test-acc`` -> ``test_acc``)."""
+    return re.sub(r"[\s\-]+", "_", name.strip().lower())
+
+
 def normalise_columns(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` with a header typed differently (``CKA``, `` density ``) renamed to the column
-    it names, and the ``knob`` and ``regime`` values stripped of surrounding spaces and put
-    in the case of a known knob or label (``Epochs`` -> ``epochs``, ``ii-a`` -> ``II-A``).
-    Unknown columns and values are kept as they are.
+    """``df`` with a header typed differently (``CKA``, `` density ``, ``Test Acc``,
+    ``LMC-barrier``) renamed to the column it names (:func:`header_key`), and the ``knob``
+    and ``regime`` values stripped of surrounding spaces and put in the case of a known
+    knob or label (``Epochs`` -> ``epochs``, ``ii-a`` -> ``II-A``). Unknown columns and
+    values are kept as they are.
 
     Raises:
         ValueError: two columns name the same one (e.g. ``cka`` and ``CKA``).
     """
-    wanted = {c.lower(): c for c in _KNOWN_COLUMNS}
+    wanted = {header_key(c): c for c in _KNOWN_COLUMNS}
     renamed = {}
     for column in df.columns:
         if not isinstance(column, str):
             continue
-        target = wanted.get(column.strip().lower())
+        target = wanted.get(header_key(column))
         if target is not None and target != column:
             renamed[column] = target
     out = df.rename(columns=renamed) if renamed else df.copy()
@@ -268,8 +277,8 @@ def normalise_columns(df: pd.DataFrame) -> pd.DataFrame:
     clashes = sorted({c for c in names if names.count(c) > 1})
     if clashes:
         same = [[orig for orig in df.columns if renamed.get(orig, orig) == c] for c in clashes]
-        raise ValueError(f"columns {same} all name {clashes} (names are matched ignoring case "
-                         "and spaces): keep one of each")
+        raise ValueError(f"columns {same} all name {clashes} (names are matched ignoring case, "
+                         "spaces and hyphens): keep one of each")
     for column, case, known in ((keys.KNOB, str.lower, set(DIRECTIONS.names())),
                                 (keys.REGIME, str.upper, set(_REGIME_LABELS))):
         if column in out.columns and not pd.api.types.is_numeric_dtype(out[column]):
