@@ -265,3 +265,75 @@ def mnist1d_like_grid(temperatures: Sequence[float] = MNIST1D_TEMPERATURES,
             cells.append({"temperature": t, "density": density, "regime": regime,
                           "barrier": barrier, "cka": cka, "acc": acc})
     return _grid_rows("epochs", cells, rng, dense_seeds, finetune_seeds, pair_noise)
+
+
+def drawn_grid(temperatures: Sequence[float] = PAPER_MAP_TEMPERATURES,
+               densities: Sequence[float] = PAPER_DENSITIES, *, seed: int = 0,
+               dense_seeds: int = 1, finetune_seeds: int = 3,
+               pair_noise: float = 0.1) -> pd.DataFrame:
+    """A results table of the three regimes whose SHAPE is drawn from ``seed``, for checking
+    that what holds on :func:`paper_like_grid` is not tied to its one drawn map.
+
+    Drawn per table, within the paper's typology (Regime I cold and sparse, II-A hot, II-B
+    cold and dense): how many of the sparsest densities have a Regime I (1 to about half);
+    the boundary at the sparsest (the first Regime-I temperature lies 20 to 70 % of the way
+    from the cold end to the hot end), moving 0 to 2 temperatures colder per denser density;
+    whether the sparsest one or two densities have a hot corner drawn II-A (barriers
+    deepening towards the boundary to at most half the Regime-I depth: a jump, as in the
+    paper); the II-B region (from a drawn density on, the coldest 40 to 70 % of the
+    temperatures). Regime-I depth falls with density (0.6 to 0.08, as the paper-like grid's
+    5 to 10 %). CKA rises smoothly towards cold and dense within each regime's range (I
+    0.55-0.75 at random, II-A 0.80-0.90, II-B 0.93-0.98; noise 0.01). Test accuracy per
+    density peaks at a temperature that moves smoothly with density: 0 to 2 steps hotter
+    than the coldest connected one where there is a Regime I, else a drawn cold temperature
+    moving at most one step per density; it falls 0.3 to 1.5 points per step hotter and 0.5
+    to 3 per step colder (slopes drawn per table), plus the rows' noise (0.1 point). Pairs
+    and noise as :func:`paper_like_grid`. ``true_regime``: the drawn map. Deterministic given
+    ``seed``.
+    """
+    rng = np.random.default_rng(seed)
+    temps = cold_to_hot("epochs", temperatures)[::-1]          # hot -> cold
+    dens = sorted(densities)
+    nt, nd = len(temps), len(dens)
+    n_sparse = int(rng.integers(1, max(2, nd // 2) + 1))      # densities with a Regime I
+    first_cold = int(round(rng.uniform(0.2, 0.7) * (nt - 1)))  # from the cold end
+    corner_rows = int(rng.choice([0, 1, 2]))
+    b_density = int(rng.integers(1, max(2, nd - 2)))           # II-B from this density on ...
+    b_temp = nt - max(2, int(round(rng.uniform(0.4, 0.7) * nt)))   # ... and this index on
+    hot_slope, cold_slope = rng.uniform(0.003, 0.015), rng.uniform(0.005, 0.03)
+    best_offset = int(rng.integers(0, 3))                      # steps hotter than the boundary
+    free_best = int(rng.integers(nt // 2, nt))                 # a best without a Regime I
+    cells = []
+    boundary = nt - 1 - first_cold                             # first Regime-I index, hot->cold
+    for di, density in enumerate(dens):
+        if di > 0:
+            boundary += int(rng.integers(0, 3))                # colder with density
+        edge = min(nt, max(1, boundary)) if di < n_sparse else nt
+        depth = 0.6 * (0.08 / 0.6) ** (di / max(1, n_sparse - 1)) if n_sparse > 1 else 0.3
+        depth *= rng.uniform(0.85, 1.15)
+        corner = di < min(corner_rows, n_sparse)
+        if edge < nt:
+            best = max(0, edge - 1 - best_offset)
+        else:
+            free_best = int(np.clip(free_best + rng.integers(-1, 2), 0, nt - 1))
+            best = free_best
+        for i, t in enumerate(temps):
+            cold, dense = i / max(1, nt - 1), di / max(1, nd - 1)    # 0..1 towards cold/dense
+            if i >= edge:
+                regime = REGIME_I
+                barrier = -depth * (1 + 0.05 * rng.uniform(-1, 1))
+                cka = rng.uniform(0.55, 0.75)
+            else:
+                regime = REGIME_II_B if (di >= b_density and i >= b_temp) else REGIME_II_A
+                if corner:
+                    barrier = -depth * (0.1 + 0.35 * i / max(1, edge - 1))
+                else:
+                    barrier = rng.uniform(*_PAPER_CONNECTED)
+                low, high = (0.80, 0.90) if regime == REGIME_II_A else (0.93, 0.98)
+                cka = float(np.clip(low + (high - low) * (0.5 * cold + 0.5 * dense)
+                                    + rng.normal(0, 0.01), low - 0.01, high + 0.01))
+            steps = hot_slope * (best - i) if i <= best else cold_slope * (i - best)
+            acc = 0.93 - 0.25 * (0.1 / max(density, 0.05)) ** 1.5 - steps
+            cells.append({"temperature": t, "density": density, "regime": regime,
+                          "barrier": barrier, "cka": cka, "acc": acc})
+    return _grid_rows("epochs", cells, rng, dense_seeds, finetune_seeds, pair_noise)
