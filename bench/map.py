@@ -1,7 +1,8 @@
 """Replay benchmark of the adaptive regime mapping (``python -m selection map --replay``).
 
     python bench/map.py [--seeds 20] [--paper-seeds N] [--paper-grids 1,2,3] [--paper-full]
-                        [--jobs J] [--quick] [--out docs/map_replay.png]
+                        [--drawn-grids 1,2,...] [--drawn-seeds N] [--jobs J] [--quick]
+                        [--out docs/map_replay.png]
 
 Finished tables (five by default), the mapping loop against two orders of the same cells
 (random; coarse to fine: every other temperature and density first), through the same
@@ -20,7 +21,12 @@ models, over ``--seeds`` seeds each:
 With ``--paper-full`` also
   paper_16x9 -- the paper's own shape: its 16 temperatures (10, 20, ..., 160 epochs) x its
                 9 densities, 144 cells (generator seed 1; ``--paper-seeds`` seeds; about
-                1.6x a 90-cell paper-like replay per seed).
+                1.6x a 90-cell paper-like replay per seed);
+and with ``--drawn-grids 1,2,...``
+  drawn_seed<g> -- ``selection.synthetic.drawn_grid(seed=g)``: 10 x 9 tables whose shape
+                (boundaries, hot corner, II-B region, best temperatures) is drawn per
+                generator seed, so that the map is judged on maps it was not tuned on;
+                ``--drawn-seeds`` seeds each (default --paper-seeds).
 The reference map is the labeller's labels of the whole table. Printed per table: agreement
 and best-temperature figures at budgets, the cells to 95 % agreement (median over seeds) for
 each order, and the goal (>= 95 % agreement and the best temperature at every density with
@@ -53,12 +59,17 @@ import pandas as pd  # noqa: E402
 
 from selection.cli.map import format_summary  # noqa: E402
 from selection.mapping import plot_replay, replay, replay_summary  # noqa: E402
-from selection.synthetic import PAPER_FINE_TEMPERATURES, paper_like_grid  # noqa: E402
+from selection.synthetic import (  # noqa: E402
+    PAPER_FINE_TEMPERATURES,
+    drawn_grid,
+    paper_like_grid,
+)
 from selection.synthetic import PAPER_MAP_TEMPERATURES as PAPER_TEMPERATURES  # noqa: E402
 
 DEMO_TABLE = REPO_ROOT / "bench" / "data" / "demo_grid.csv"
 DEMO_FINE_TABLE = REPO_ROOT / "bench" / "data" / "demo_fine_grid.csv"
 PAPER_FULL = "paper_16x9"     # the paper's own 16 temperatures x 9 densities (--paper-full)
+DRAWN = "drawn_seed"          # + the generator seed: selection.synthetic.drawn_grid (--drawn-grids)
 
 
 def paper_name(generator_seed: int) -> str:
@@ -73,6 +84,8 @@ def table(name: str, quick: bool, generator_seed: int = 1) -> pd.DataFrame:
         return pd.read_csv(DEMO_TABLE)
     if name == "demo_fine":
         return pd.read_csv(DEMO_FINE_TABLE)
+    if name.startswith(DRAWN):
+        return drawn_grid(seed=generator_seed).drop(columns="true_regime")
     if name == PAPER_FULL:
         return paper_like_grid(temperatures=PAPER_FINE_TEMPERATURES,
                                seed=generator_seed).drop(columns="true_regime")
@@ -101,6 +114,11 @@ def main() -> None:
                     "1,2,3; 1 is 'paper_like')")
     ap.add_argument("--paper-full", action="store_true",
                     help="also the paper's own shape, 16 temperatures x 9 densities (144 cells)")
+    ap.add_argument("--drawn-grids", default="",
+                    help="generator seeds of drawn-shape grids (selection.synthetic.drawn_grid), "
+                    "comma-separated (default: none)")
+    ap.add_argument("--drawn-seeds", type=int,
+                    help="seeds on each drawn-shape grid (default: --paper-seeds)")
     ap.add_argument("--jobs", type=int, default=min(3, os.cpu_count() or 1),
                     help="tables replayed at once (default: up to 3)")
     ap.add_argument("--quick", action="store_true", help="2 seeds, the demo and a smaller "
@@ -114,12 +132,16 @@ def main() -> None:
     else:
         try:
             grids = [int(g) for g in args.paper_grids.split(",") if g.strip()]
+            drawn = [int(g) for g in args.drawn_grids.split(",") if g.strip()]
         except ValueError:
-            ap.error(f"--paper-grids {args.paper_grids!r}: comma-separated integer seeds")
+            ap.error(f"--paper-grids {args.paper_grids!r} / --drawn-grids {args.drawn_grids!r}: "
+                     "comma-separated integer seeds")
         jobs = [("demo", args.seeds, False, 1), ("demo_fine", args.seeds, False, 1),
                 *((paper_name(g), args.paper_seeds or args.seeds, False, g) for g in grids)]
         if args.paper_full:
             jobs.append((PAPER_FULL, args.paper_seeds or args.seeds, False, 1))
+        jobs += [(f"{DRAWN}{g}", args.drawn_seeds or args.paper_seeds or args.seeds, False, g)
+                 for g in drawn]
     results, failed = [], []
     with ProcessPoolExecutor(max(1, args.jobs)) as pool:
         futures = {pool.submit(_replay_one, job): job[0] for job in jobs}

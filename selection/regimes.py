@@ -368,6 +368,9 @@ JUMP_Z = 2.0
 JUMP_EVIDENCE = 1.0       # multiplier of the BIC penalty ln(n)
 JUMP_LOG_FLOOR = 0.15
 JUMP_FLOOR_CAP = 0.05
+# Score a candidate jump with the connected side's cells about a line deepening towards the
+# boundary where they follow one (the hot corner), not about their mean (_trend_score)
+JUMP_HOT_TREND = True
 # Pairs behind a row's lmc_barrier_std when the table has no per-pair values (K = 3 fine-tune
 # seeds): used to turn a std into a standard error (a stated approximation).
 ASSUMED_PAIRS = 3
@@ -505,12 +508,38 @@ def _step_evidence(log_m: np.ndarray, s: int) -> float:
     return n / 2 * math.log(flat / stepped)
 
 
+def _trend_score(log_m: np.ndarray, x: np.ndarray, s: int) -> float | None:
+    """The split after the first ``s`` of ``log_m`` (cold -> hot, at temperature positions
+    ``x``) scored as the sum of squares it explains when the hot side follows a line that
+    deepens towards the boundary and Regime I is a plateau; None when the hot side has no
+    such trend (its line's slope is not deepening towards cold, or explains its cells no
+    better than one level by the BIC price ``ln n_hot``)."""
+    hot_log, hot_x = log_m[s:], x[s:]
+    k = len(hot_log)
+    if k < 3 or np.ptp(hot_x) == 0:
+        return None
+    coef = np.polyfit(hot_x, hot_log, 1)
+    if coef[0] >= 0:                 # x grows towards hot: a corner's |barrier| falls with x
+        return None
+    floor = k * JUMP_LOG_FLOOR ** 2
+    level = max(float(np.sum((hot_log - hot_log.mean()) ** 2)), floor)
+    line = max(float(np.sum((hot_log - np.polyval(coef, hot_x)) ** 2)), floor)
+    if k / 2 * math.log(level / line) <= math.log(k):
+        return None
+    within = float(np.sum((log_m[:s] - log_m[:s].mean()) ** 2)) + line
+    return float(np.sum((log_m - log_m.mean()) ** 2)) - within
+
+
 def _find_jump(m: np.ndarray, se: np.ndarray, ratio: float = JUMP_RATIO,
-               separation: float = JUMP_SEPARATION, floor: float = BARRIER_TOL) -> int:
+               separation: float = JUMP_SEPARATION, floor: float = BARRIER_TOL,
+               x: np.ndarray | None = None) -> int:
     """Number of Regime-I cells at one density from its barrier magnitudes ``m`` (ordered cold
     -> hot): the boundary with the largest mean shift among those that are a jump (module
     constants JUMP_RATIO, JUMP_Z, JUMP_EVIDENCE; ``floor``: :func:`jump_floor` of the table);
-    0 when there is none."""
+    0 when there is none. With the cells' temperature positions ``x`` (cold -> hot ranks), a
+    hot side that deepens along a line towards the boundary is scored about that line
+    (:func:`_trend_score`): a partial column of a hot corner then keeps the jump that its
+    whole column has, where the two sides' mean log shift alone put it inside the slope."""
     n = len(m)
     best, best_score = 0, 0.0
     log_m = np.log(m + BARRIER_TOL)   # barriers spread over decades: shifts scored in log
@@ -523,7 +552,11 @@ def _find_jump(m: np.ndarray, se: np.ndarray, ratio: float = JUMP_RATIO,
         noise = math.sqrt(np.mean(se[:s] ** 2) / s + np.mean(se[s:] ** 2) / (n - s))
         if shift < JUMP_Z * noise:
             continue
-        score = s * (n - s) / n * (log_m[:s].mean() - log_m[s:].mean()) ** 2
+        # the connected side may deepen towards the boundary (the hot corner, where colder
+        # training still helps): scored about a line where it follows one, else its mean
+        score = _trend_score(log_m, x, s) if x is not None and JUMP_HOT_TREND else None
+        if score is None:
+            score = s * (n - s) / n * (log_m[:s].mean() - log_m[s:].mean()) ** 2
         if _step_evidence(log_m, s) < JUMP_EVIDENCE * math.log(n):
             continue
         if score > best_score:
@@ -553,7 +586,8 @@ def _label_points(points: _Points, barrier: np.ndarray, cka: np.ndarray, eps: fl
         floor = jump_floor(barrier)
         for key in sorted(groups):
             idx = np.array(sorted(groups[key], key=lambda p: points.hot_rank[p]))
-            s = _find_jump(magnitude[idx], points.se[idx], ratio, separation, floor)
+            s = _find_jump(magnitude[idx], points.se[idx], ratio, separation, floor,
+                           points.hot_rank[idx].astype(float))
             if s:
                 is_i[idx[:s]] = True
                 method[idx] = JUMP

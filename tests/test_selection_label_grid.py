@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from selection import regimes
 from selection.regimes import (
     JUMP,
     LABEL_METHOD,
@@ -254,6 +255,29 @@ def _one_density(magnitudes, connected_density=0.8):
     rows += [{keys.KNOB: "epochs", keys.TEMPERATURE: e, keys.DENSITY: connected_density,
               keys.LMC_BARRIER: -0.001, keys.CKA: 0.95} for e in epochs]
     return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("hot_trend", [True, False], ids=["trend", "means-only"])
+def test_a_partial_column_whose_hot_cells_deepen_towards_the_boundary_keeps_its_jump(
+        hot_trend, monkeypatch):
+    # a sparse column as the paper draws it: hot II-A cells deepening steadily towards the
+    # boundary (-0.05 .. -0.26), then the jump to a Regime-I block near -0.6 (drawn_grid seed
+    # 6, 5 %). Scored by the shift of the two sides' mean log barrier alone, the column with
+    # three cells not run yet (one of them in the block) put the jump inside the slope
+    monkeypatch.setattr(regimes, "JUMP_HOT_TREND", hot_trend)
+    column = [0.622, 0.600, 0.541, 0.584, 0.255, 0.241, 0.176, 0.113, 0.103, 0.051]
+    full = _one_density(column)
+    full_labels, info = _grid(full)
+    sparse = next(d for d in info["densities"] if d["density"] == 0.05)
+    assert sparse["method"] == JUMP and sparse["n_regime_I"] == 4
+    epochs = sorted(full[keys.TEMPERATURE].unique(), reverse=True)       # cold -> hot
+    not_run = (full[keys.DENSITY] == 0.05) & full[keys.TEMPERATURE].isin(
+        [epochs[1], epochs[2], epochs[7]])
+    part_labels, info = _grid(full[~not_run].reset_index(drop=True))
+    sparse = next(d for d in info["densities"] if d["density"] == 0.05)
+    kept = part_labels[keys.REGIME].tolist() == full_labels[~not_run][keys.REGIME].tolist()
+    # without the trend the jump falls inside the slope (the case this guards against)
+    assert kept == hot_trend and (sparse["n_regime_I"] == 2) == hot_trend
 
 
 def test_one_deep_cold_cell_among_scattered_barriers_is_no_jump():
