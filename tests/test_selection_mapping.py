@@ -68,17 +68,21 @@ def test_chosen_cells_concentrate_near_the_known_boundary():
     boundary = _boundary_points(table)
     base_rate = len(boundary) / (len(FINE_T) * len(FINE_D))
     assert 0.2 < base_rate < 0.4
-    for seed in (0, 1):
+    points = GridAxes.of_table(table).points()
+    near, at_random = [], []
+    for seed in (0, 1, 2, 3):
         chosen, _ = active_choices(table, 24, seed=seed)
         assert len(chosen) == len(set(chosen)) == 24
         after_design = chosen[8:]            # the 8-point initial design is boundary-blind
-        near = sum(p in boundary for p in after_design) / len(after_design)
-        assert near >= 0.55, (seed, near, base_rate)
+        near.append(sum(p in boundary for p in after_design) / len(after_design))
         # random order, same length: about the base rate
         rng = np.random.default_rng(seed)
-        points = GridAxes.of_table(table).points()
         shuffled = [points[i] for i in rng.permutation(len(points))[:len(after_design)]]
-        assert near > sum(p in boundary for p in shuffled) / len(shuffled) + 0.15
+        at_random.append(sum(p in boundary for p in shuffled) / len(shuffled))
+    # over seeds (one seed's share moves by a cell of 16 with any change to the labels; the
+    # rest of the choices go to the best temperatures, which need not lie on the boundary)
+    assert min(near) > base_rate and np.mean(near) >= 0.55, (near, base_rate)
+    assert np.mean(near) > np.mean(at_random) + 0.2, (near, at_random)
 
 
 def test_replay_is_deterministic_given_a_seed_and_summarises_to_the_json_keys():
