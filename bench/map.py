@@ -162,7 +162,9 @@ def main() -> None:
         f = figures[name]
         goal = f["cells_for_goal"] is not None and f["cells_for_goal"] <= 0.4 * total
         print(f"goal (>= 95% agreement and every best temperature with <= 40% of the cells): "
-              f"{'met' if goal else 'NOT met'}; median cells for it: {f['cells_for_goal']}; "
+              f"{'met' if goal else 'NOT met'}; median cells for it: {f['cells_for_goal']} "
+              f"(met within 40% by {100 * f['fraction_of_seeds_meeting_goal_at_40pct']:.0f}% "
+              "of the seeds); "
               f"at 40%: agreement {100 * f['agreement_at_40pct']:.0f}%, best found at "
               f"{100 * f['best_found_at_40pct']:.0f}% of densities "
               f"({100 * f['best_within_at_40pct']:.0f}% within 0.2 points)")

@@ -23,6 +23,7 @@ from selection.mapping import (
     PARAM_TAU,
     GridAxes,
     MapResult,
+    ReplayCurves,
     StopRule,
     active_choices,
     best_reproducibility,
@@ -109,6 +110,21 @@ def test_replay_is_deterministic_given_a_seed_and_summarises_to_the_json_keys():
     labels = summary["reference_label_reproducibility"]
     assert 0 <= labels["at_least_95"] <= 1 and labels["draws"] == 400
     json.dumps(summary, allow_nan=False)
+
+
+def test_the_summary_counts_the_seeds_that_meet_the_goal_within_the_budget():
+    # 30 cells: seed 0 meets the goal (>= 95% agreement and every best) from 10 cells on,
+    # seed 1 from 20, seed 2 never (a best lost again at the end); the 40% budget is 12
+    agreement = np.ones((3, 30))
+    best = np.zeros((3, 30))
+    best[0, 9:], best[1, 19:], best[2, 5:25] = 1.0, 1.0, 1.0
+    curves = ReplayCurves(30, {"active": agreement}, {"active": best}, {"active": best},
+                          [None] * 3, pd.DataFrame())
+    summary = replay_summary(curves)
+    assert summary["cells_for_goal"] == 20          # median of 10, 20 and never
+    assert summary["fraction_of_seeds_meeting_goal_at_40pct"] == pytest.approx(1 / 3)
+    assert replay_summary(curves, budget_fraction=0.7)[
+        "fraction_of_seeds_meeting_goal_at_70pct"] == pytest.approx(2 / 3)
 
 
 def test_the_full_grid_agrees_with_its_own_labels_and_finds_every_best():
