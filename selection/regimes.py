@@ -552,13 +552,13 @@ def _find_jump(m: np.ndarray, se: np.ndarray, ratio: float = JUMP_RATIO,
         noise = math.sqrt(np.mean(se[:s] ** 2) / s + np.mean(se[s:] ** 2) / (n - s))
         if shift < JUMP_Z * noise:
             continue
+        if _step_evidence(log_m, s) < JUMP_EVIDENCE * math.log(n):
+            continue
         # the connected side may deepen towards the boundary (the hot corner, where colder
         # training still helps): scored about a line where it follows one, else its mean
         score = _trend_score(log_m, x, s) if x is not None and JUMP_HOT_TREND else None
         if score is None:
             score = s * (n - s) / n * (log_m[:s].mean() - log_m[s:].mean()) ** 2
-        if _step_evidence(log_m, s) < JUMP_EVIDENCE * math.log(n):
-            continue
         if score > best_score:
             best, best_score = s, score
     return best
