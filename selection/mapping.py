@@ -1003,6 +1003,9 @@ class ReplayCurves:
     label_reproducibility: dict | None = None
     # the grid's holes: (temperature, density) of the points without a result in the table
     missing: list[tuple[float, float]] = field(default_factory=list)
+    # found tied with the best within the table's noise (TIE_Z standard errors); None
+    # without test_acc_std
+    best_tied: dict[str, np.ndarray] | None = None
 
     @property
     def cells_replayed(self) -> int:
@@ -1057,6 +1060,7 @@ def _true_best(reference: pd.DataFrame, axes: GridAxes) -> tuple[dict[float, int
 
 
 REPRODUCE_DRAWS = 20000
+TIE_Z = 2.0                  # best_reproducibility: "tied with the best" within this many SEs
 DEFAULT_COPIES = 3           # fine-tune copies per cell assumed when the table does not say
 
 
@@ -1103,17 +1107,12 @@ def label_reproducibility(table: pd.DataFrame, *, eps: float | None = None,
             "pair_source": info["pair_source"]}
 
 
-def best_reproducibility(table: pd.DataFrame, axes: GridAxes, *, copies: int | None = None,
-                         draws: int = REPRODUCE_DRAWS, seed: int = 0) -> dict | None:
-    """How often the WHOLE grid, run again with new fine-tune seeds, would name the same best
-    temperature per density as ``table`` does: each point's mean test accuracy redrawn from
-    a normal around its measured mean with the standard error ``test_acc_std / sqrt(copies *
-    rows)`` (``rows``: its dense seeds), ``draws`` times. Only the fine-tune seeds' noise: a
-    new dense run adds its own, so these are upper bounds. None without ``test_acc_std``.
-
-    Returns ``{"per_density": {density: probability}, "every_density": probability that all
-    densities keep their best at once, "copies": n, "copies_assumed": bool}``: the ceiling on
-    "finds the exact best" for any strategy that is judged against this table's argmax."""
+def _point_accuracy(table: pd.DataFrame, axes: GridAxes, copies: int | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, bool] | None:
+    """(mean, se, rows, copies, copies_assumed) by point: the mean test accuracy over the
+    point's rows (its dense seeds), the standard error of that mean from ``test_acc_std``
+    (``sqrt(sum std^2 / rows / (copies * rows))``; 0 where a row has no std) and the rows.
+    None without ``test_acc_std``."""
     if keys.TEST_ACC_STD not in table.columns or table[keys.TEST_ACC_STD].isna().all():
         return None
     n_copies, assumed = (copies, False) if copies is not None else _copies(table)
@@ -1126,13 +1125,40 @@ def best_reproducibility(table: pd.DataFrame, axes: GridAxes, *, copies: int | N
         rows[p] += 1
     with np.errstate(invalid="ignore", divide="ignore"):
         mean, se = mean / rows, np.sqrt(var / rows / (n_copies * rows))
+    return mean, se, rows, int(n_copies), bool(assumed)
+
+
+def best_reproducibility(table: pd.DataFrame, axes: GridAxes, *, copies: int | None = None,
+                         draws: int = REPRODUCE_DRAWS, seed: int = 0) -> dict | None:
+    """How often the WHOLE grid, run again with new fine-tune seeds, would name the same best
+    temperature per density as ``table`` does: each point's mean test accuracy redrawn from
+    a normal around its measured mean with the standard error ``test_acc_std / sqrt(copies *
+    rows)`` (``rows``: its dense seeds), ``draws`` times. Only the fine-tune seeds' noise: a
+    new dense run adds its own, so these are upper bounds. None without ``test_acc_std``.
+
+    Returns ``{"per_density": {density: probability}, "every_density": probability that all
+    densities keep their best at once, "copies": n, "copies_assumed": bool, "tied_with_best":
+    ...}``: the ceiling on "finds the exact best" for any strategy that is judged against this
+    table's argmax.
+
+    ``tied_with_best`` counts, per density and in all (``cells``, with ``fraction`` of the
+    points with an accuracy), the points whose mean accuracy lies within ``TIE_Z`` standard
+    errors of the difference from their density's best (the best itself included): points the
+    table's own noise cannot tell from the best. An order that names every exact best with
+    fewer points run than ``cells`` has left out such a point, and was right about its
+    density by luck: ``cells`` is the fewest points that can settle every best at that
+    level (the agreement needs more)."""
+    stats = _point_accuracy(table, axes, copies)
+    if stats is None:
+        return None
+    mean, se, rows, n_copies, assumed = stats
     t, d = zip(*axes.points(), strict=True)
     true_best, _ = _true_best(pd.DataFrame({keys.TEMPERATURE: t, keys.DENSITY: d,
                                             keys.TEST_ACC: mean})[rows > 0], axes)
     rng = np.random.default_rng(seed)
     redrawn = mean + rng.standard_normal((draws, axes.n)) * se
     kept = np.ones(draws, dtype=bool)
-    per_density = {}
+    per_density, tied = {}, {}
     for di, density in enumerate(axes.densities):
         row = axes.density_points(di)
         row = row[rows[row] > 0]        # a grid's holes have no accuracy
@@ -1141,23 +1167,39 @@ def best_reproducibility(table: pd.DataFrame, axes: GridAxes, *, copies: int | N
         same = row[np.argmax(redrawn[:, row], axis=1)] == true_best[density]
         per_density[density] = float(same.mean())
         kept &= same
+        top = true_best[density]
+        gap = mean[top] - mean[row]
+        # a point without a std (NaN) has no noise to be tied within: only an exact tie counts
+        spread = np.sqrt(np.nan_to_num(se[top] ** 2 + se[row] ** 2))
+        tied[density] = int(np.sum(gap <= TIE_Z * spread))
+    n_points = int(np.sum(rows > 0))
     return {"per_density": per_density, "every_density": float(kept.mean()),
-            "copies": int(n_copies), "copies_assumed": bool(assumed)}
+            "copies": int(n_copies), "copies_assumed": bool(assumed),
+            "tied_with_best": {"per_density": tied, "cells": int(sum(tied.values())),
+                               "fraction": sum(tied.values()) / n_points, "z": TIE_Z}}
 
 
 def _score(pred: MapPrediction, reference_labels: np.ndarray, true_best: dict[float, int],
-           true_acc: np.ndarray) -> tuple[float, float, float]:
+           true_acc: np.ndarray, true_se: np.ndarray | None = None
+           ) -> tuple[float, float, float, float]:
     """Agreement of the map; fraction of densities whose reported best temperature is the
-    true best (and was run); the same within BEST_TOLERANCE of the true best accuracy."""
+    true best (and was run); the same within BEST_TOLERANCE of the true best accuracy; the
+    same tied with the true best within the table's noise (``TIE_Z`` standard errors of the
+    difference, ``true_se`` by point; NaN without it)."""
     known = np.array([r is not None for r in reference_labels])   # holes have no label
     agreement = float((pred.label[known] == reference_labels[known]).mean())
-    found, within = [], []
+    found, within, tied = [], [], []
     for d, p in true_best.items():
         q = pred.best.get(d)
         found.append(q == p and bool(pred.run[p]))
-        within.append(q is not None and bool(pred.run[q])
-                      and true_acc[q] >= true_acc[p] - BEST_TOLERANCE)
-    return agreement, float(np.mean(found)), float(np.mean(within))
+        reported = q is not None and bool(pred.run[q])
+        within.append(reported and true_acc[q] >= true_acc[p] - BEST_TOLERANCE)
+        if true_se is not None:
+            spread = math.sqrt(np.nan_to_num(true_se[p] ** 2 + true_se[q] ** 2)) \
+                if reported else 0.0
+            tied.append(reported and true_acc[p] - true_acc[q] <= TIE_Z * spread)
+    return (agreement, float(np.mean(found)), float(np.mean(within)),
+            float(np.mean(tied)) if true_se is not None else math.nan)
 
 
 def replay(table: pd.DataFrame, *, seeds: Sequence[int] = range(20), knob: str | None = None,
@@ -1204,18 +1246,22 @@ def replay(table: pd.DataFrame, *, seeds: Sequence[int] = range(20), knob: str |
     reference = oracle.labels(range(axes.n))
     ref = point_regimes(reference, axes)
     true_best, true_acc = _true_best(reference, axes)
+    stats = _point_accuracy(table, axes)
+    true_se = None if stats is None else stats[1]
     n_present = len(present)
     total = n_present if max_cells is None else min(n_present, int(max_cells))
     agreement = {s: np.full((len(seeds), total), np.nan) for s in strategies}
     found = {s: np.full((len(seeds), total), np.nan) for s in strategies}
     within = {s: np.full((len(seeds), total), np.nan) for s in strategies}
+    tied = {s: np.full((len(seeds), total), np.nan) for s in strategies}
     stopped: list[int | None] = [None] * len(seeds)
     settings = (tuple(strategies), total, batch_size, n_init, stop_rule, ref, true_best,
-                true_acc, tuple(holes))
+                true_acc, tuple(holes), true_se)
 
     def collect(r: int, result: dict) -> None:
-        for strategy, (a, f, w, stop) in result.items():
+        for strategy, (a, f, w, t, stop) in result.items():
             agreement[strategy][r], found[strategy][r], within[strategy][r] = a, f, w
+            tied[strategy][r] = t
             if strategy == "active":
                 stopped[r] = stop
         if progress is not None:
@@ -1241,26 +1287,30 @@ def replay(table: pd.DataFrame, *, seeds: Sequence[int] = range(20), knob: str |
                         stopped if "active" in strategies else [], reference,
                         best_reproducibility(table, axes),
                         label_reproducibility(table, eps=eps, tau=tau),
-                        missing=[axes.point(p) for p in holes])
+                        missing=[axes.point(p) for p in holes],
+                        best_tied=tied if true_se is not None else None)
 
 
 def _replay_seed(oracle: _Oracle, seed: int, strategies: tuple[str, ...], total: int,
                  batch_size: int, n_init: int, stop_rule: StopRule, ref: np.ndarray,
-                 true_best: dict[float, int], true_acc: np.ndarray, holes: tuple[int, ...]
-                 ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, int | None]]:
-    """One seed of the replay: per strategy, the agreement, best-found and best-within
-    curves over the first ``total`` cells, and where the stop rule stopped (active only)."""
+                 true_best: dict[float, int], true_acc: np.ndarray, holes: tuple[int, ...],
+                 true_se: np.ndarray | None = None
+                 ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                      int | None]]:
+    """One seed of the replay: per strategy, the agreement, best-found, best-within and
+    best-tied curves over the first ``total`` cells, and where the stop rule stopped (active
+    only)."""
     axes = oracle.axes
     out = {}
     for strategy in strategies:
         order, stop = _replay_order(strategy, axes, oracle, seed, total, batch_size, n_init,
                                     stop_rule, holes)
-        curves = np.full((3, total), np.nan)
+        curves = np.full((4, total), np.nan)
         for k in range(1, total + 1):
             pred = predict_map(axes, oracle.labels(order[:k]), seed=seed, eps=oracle.eps,
                                tau=oracle.tau, failed=holes)
-            curves[:, k - 1] = _score(pred, ref, true_best, true_acc)
-        out[strategy] = (curves[0], curves[1], curves[2], stop)
+            curves[:, k - 1] = _score(pred, ref, true_best, true_acc, true_se)
+        out[strategy] = (curves[0], curves[1], curves[2], curves[3], stop)
     return out
 
 
@@ -1325,7 +1375,10 @@ def replay_summary(curves: ReplayCurves, level: float = 0.95,
     accuracy), ``cells_for_goal`` the cells when agreement >= ``level`` and every density's
     best is found, both staying so, and the agreement and best-found fractions at
     ``budget_fraction`` of the cells; ``cells_for_goal_within`` the same as
-    ``cells_for_goal`` with each best found within ``BEST_TOLERANCE``;
+    ``cells_for_goal`` with each best found within ``BEST_TOLERANCE``; with the table's
+    ``test_acc_std``, ``cells_for_goal_tied`` / ``best_tied_at_budget`` the same with each
+    reported best tied with the true one within the table's own noise (``TIE_Z`` standard
+    errors of their difference: the noise-aware "found");
     ``fraction_of_seeds_meeting_goal_at_40pct`` the fraction of seeds whose ``cells_for_goal``
     is at most ``budget_fraction`` of the cells. With the table's
     ``test_acc_std``, ``reference_best_reproducibility`` says how often a re-run of the whole
@@ -1343,6 +1396,7 @@ def replay_summary(curves: ReplayCurves, level: float = 0.95,
     def figures(strategy: str) -> dict:
         agree, best = curves.agreement[strategy], curves.best_found[strategy]
         within = curves.best_within[strategy]
+        tied = None if curves.best_tied is None else curves.best_tied[strategy]
         cells = [_cells_for(row, level) for row in agree]
         reached = [c for c in cells if c is not None]
         last = curves.cells_replayed
@@ -1360,6 +1414,12 @@ def replay_summary(curves: ReplayCurves, level: float = 0.95,
             return float(np.median(values[:, k - 1])) if k <= last else None
 
         goal_cells = [_cells_for(row, 1.0) for row in goal]
+        noise_aware = {} if tied is None else {
+            "best_tied_at_budget": float(np.median([tied[r, (c or last) - 1]
+                                                    for r, c in enumerate(cells)])),
+            "cells_for_goal_tied": median_cells([_cells_for(row, 1.0) for row in np.where(
+                (agree >= level - 1e-12) & (tied >= 1 - 1e-12), 1.0, 0.0)]),
+            f"best_tied_at_{pct}pct": at_budget(tied)}
         return {
             "cells_for_95": median_cells(cells),
             "best_found_at_budget": float(np.median(at_cells)),
@@ -1374,6 +1434,7 @@ def replay_summary(curves: ReplayCurves, level: float = 0.95,
             # a steadier figure than the median where the seeds split in two groups
             f"fraction_of_seeds_meeting_goal_at_{pct}pct": float(np.mean(
                 [c is not None and c <= k for c in goal_cells])),
+            **noise_aware,
         }
 
     strategies = list(curves.agreement)

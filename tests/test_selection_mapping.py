@@ -4,6 +4,7 @@ replay determinism, the stop rule, the budget check, and a killed map run resumi
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,9 @@ from selection.mapping import (
     MapResult,
     ReplayCurves,
     StopRule,
+    _point_accuracy,
+    _score,
+    _true_best,
     active_choices,
     best_reproducibility,
     best_scores,
@@ -34,6 +38,7 @@ from selection.mapping import (
     initial_design,
     label_points,
     label_reproducibility,
+    point_regimes,
     predict_map,
     relabel_flips,
     replay,
@@ -245,6 +250,56 @@ def test_best_reproducibility_is_high_for_a_clear_best_and_a_coin_flip_for_a_tie
     # without the copies in the table the default is assumed and said; without stds, nothing
     assert best_reproducibility(gap.drop(columns="pair_metrics"), axes)["copies_assumed"]
     assert best_reproducibility(gap.drop(columns=keys.TEST_ACC_STD), axes) is None
+
+
+def test_ties_with_the_best_are_counted_within_the_tables_noise():
+    # gap 0.0001, standard error 0.002 / sqrt(3): the runner-up (40) is tied with the best (20)
+    # at each density, the rest (0.02 and more below) are not: 2 per density, 4 of 8 points
+    tie = _two_density_table(gap=0.0001, std=0.002)
+    axes = GridAxes.of_table(tie)
+    tied = best_reproducibility(tie, axes)["tied_with_best"]
+    assert tied["per_density"] == {0.1: 2, 0.5: 2} and tied["cells"] == 4
+    assert tied["fraction"] == pytest.approx(0.5) and tied["z"] == 2.0
+    # a clear best is tied with nothing but itself; with no noise at all only exact ties count
+    assert best_reproducibility(_two_density_table(gap=0.02, std=0.002),
+                                axes)["tied_with_best"]["cells"] == 2
+    assert best_reproducibility(_two_density_table(gap=0.0001, std=0.0),
+                                axes)["tied_with_best"]["cells"] == 2
+    assert best_reproducibility(_two_density_table(gap=0.0, std=0.0),
+                                axes)["tied_with_best"]["cells"] == 4
+
+
+def test_the_noise_aware_best_counts_a_tied_runner_up_as_found():
+    # every point run but the best (20 epochs) at the first density: its reported best is the
+    # runner-up, 0.0001 below within a standard error of 0.0012: tied, not the exact best
+    tie = _two_density_table(gap=0.0001, std=0.002)
+    axes = GridAxes.of_table(tie)
+    d_first = axes.densities[0]
+    kept = tie[~((tie[keys.DENSITY] == d_first) & (tie[keys.TEMPERATURE] == 20))]
+    pred = predict_map(axes, label_points(kept, n_resamples=0))
+    labels = label_points(tie, n_resamples=0)
+    true_best, true_acc = _true_best(labels, axes)
+    se = _point_accuracy(tie, axes)[1]
+    assert axes.point(pred.best[d_first])[0] == 40
+    agreement, found, within, tied = _score(pred, point_regimes(labels, axes), true_best,
+                                            true_acc, se)
+    assert found == 0.5 and within == 1.0 and tied == 1.0
+    # the same reported best 0.02 below (a clear gap) is neither within 0.2 points nor tied
+    clear = _two_density_table(gap=0.02, std=0.002)
+    labels = label_points(clear, n_resamples=0)
+    true_best, true_acc = _true_best(labels, axes)
+    kept = clear[~((clear[keys.DENSITY] == d_first) & (clear[keys.TEMPERATURE] == 20))]
+    pred = predict_map(axes, label_points(kept, n_resamples=0))
+    assert _score(pred, point_regimes(labels, axes), true_best, true_acc,
+                  _point_accuracy(clear, axes)[1])[1:] == (0.5, 0.5, 0.5)
+    # without test_acc_std there is no noise-aware figure, and the replay summary leaves it out
+    assert math.isnan(_score(pred, point_regimes(labels, axes), true_best, true_acc)[3])
+    plain = synthetic_table(seed=3).drop(columns=keys.TEST_ACC_STD)
+    summary = replay_summary(replay(plain, seeds=[0], max_cells=8, strategies=("random",)))
+    assert "cells_for_goal_tied" not in summary["baselines"]["random"]
+    with_std = replay_summary(replay(synthetic_table(seed=3), seeds=[0], max_cells=8,
+                                     strategies=("random",)))["baselines"]["random"]
+    assert {"cells_for_goal_tied", "best_tied_at_budget"} <= set(with_std)
 
 
 def test_the_reported_best_says_what_it_is_worth():

@@ -228,6 +228,12 @@ def format_summary(summary: dict, curves) -> list[str]:
                  f"(median): active {goal(summary, 'cells_for_goal_within')}, " + ", ".join(
                      f"{name} {goal(f, 'cells_for_goal_within')}"
                      for name, f in summary["baselines"].items()))
+    if "cells_for_goal_tied" in summary:
+        lines.append("the same with every reported best tied with the true best within the "
+                     "table's noise (2 standard errors of their difference; median): active "
+                     f"{goal(summary, 'cells_for_goal_tied')}, " + ", ".join(
+                         f"{name} {goal(f, 'cells_for_goal_tied')}"
+                         for name, f in summary["baselines"].items()))
     repro = summary.get("reference_best_reproducibility")
     if repro is not None:
         per = ", ".join(f"{d:g}: {p:.2f}" for d, p in sorted(
@@ -238,6 +244,13 @@ def format_summary(summary: dict, curves) -> list[str]:
             "how often re-running the WHOLE grid with new fine-tune seeds keeps its best "
             f"temperature ({copies}; test_acc_std as the seed noise): every density at once "
             f"{repro['every_density']:.2f}; per density {per}")
+        tied = repro.get("tied_with_best")
+        if tied is not None:
+            lines.append(
+                f"cells tied with their density's best (within {tied['z']:g} standard errors "
+                f"of it, the best included): {tied['cells']} of {total} "
+                f"({100 * tied['fraction']:.0f}%); naming every exact best with fewer cells "
+                "run leaves out a cell the table's own noise cannot tell from the best")
     labels = summary.get("reference_label_reproducibility")
     if labels is not None:
         lines.append(
