@@ -1049,6 +1049,8 @@ def _true_best(reference: pd.DataFrame, axes: GridAxes) -> tuple[dict[float, int
     ``tracking.tables.best_temperature_per_density``), and every point's accuracy."""
     best = {}
     acc = np.full(axes.n, np.nan)
+    if keys.TEST_ACC not in reference.columns:      # a table without accuracies: no best
+        return best, acc
     for t, d, a in zip(reference[keys.TEMPERATURE], reference[keys.DENSITY],
                        reference[keys.TEST_ACC], strict=True):
         acc[axes.index(t, d)] = a
@@ -1188,6 +1190,8 @@ def _score(pred: MapPrediction, reference_labels: np.ndarray, true_best: dict[fl
     difference, ``true_se`` by point; NaN without it)."""
     known = np.array([r is not None for r in reference_labels])   # holes have no label
     agreement = float((pred.label[known] == reference_labels[known]).mean())
+    if not true_best:                   # no test accuracy in the table: labels only
+        return agreement, math.nan, math.nan, math.nan
     found, within, tied = [], [], []
     for d, p in true_best.items():
         q = pred.best.get(d)
@@ -1223,10 +1227,15 @@ def replay(table: pd.DataFrame, *, seeds: Sequence[int] = range(20), knob: str |
     from selection._validate import check_table
     from tracking.tables import require_columns
 
-    measured = [keys.LMC_BARRIER, keys.CKA, keys.TEST_ACC]
     check_table(table, (keys.KNOB, keys.TEMPERATURE, keys.DENSITY))
     axes = GridAxes.of_table(table, knob)
     table = table[table[keys.KNOB].astype(str) == axes.knob]
+    # without test accuracies (a table of barriers and CKA only) the map is judged on its
+    # labels alone: no best temperature to find, none scored
+    with_acc = keys.TEST_ACC in table.columns and bool(table[keys.TEST_ACC].notna().any())
+    if not with_acc:
+        table = table.drop(columns=[keys.TEST_ACC, keys.TEST_ACC_STD], errors="ignore")
+    measured = [keys.LMC_BARRIER, keys.CKA, *([keys.TEST_ACC] if with_acc else [])]
     require_columns(table, measured)        # before the NaN rows are dropped as holes
     # a row without a result (a failed or diverged cell: NaN) is a hole like a missing row;
     # what is left must be a valid table (text or an infinity in those columns is an error)
@@ -1380,7 +1389,9 @@ def replay_summary(curves: ReplayCurves, level: float = 0.95,
     reported best tied with the true one within the table's own noise (``TIE_Z`` standard
     errors of their difference: the noise-aware "found");
     ``fraction_of_seeds_meeting_goal_at_40pct`` the fraction of seeds whose ``cells_for_goal``
-    is at most ``budget_fraction`` of the cells. With the table's
+    is at most ``budget_fraction`` of the cells. ``best_scored`` is False for a table
+    without test accuracies: its best-temperature figures and the goal are None (the labels
+    alone are judged). With the table's
     ``test_acc_std``, ``reference_best_reproducibility`` says how often a re-run of the whole
     grid would keep its own best temperatures (:func:`best_reproducibility`): the ceiling on
     "found" when the best and the runner-up are closer than the seeds' noise;
@@ -1414,6 +1425,13 @@ def replay_summary(curves: ReplayCurves, level: float = 0.95,
             return float(np.median(values[:, k - 1])) if k <= last else None
 
         goal_cells = [_cells_for(row, 1.0) for row in goal]
+        if not scored:      # labels only: the best-temperature figures and the goal are unknown
+            return {"cells_for_95": median_cells(cells), "best_found_at_budget": None,
+                    "best_within_at_budget": None, "cells_for_goal": None,
+                    "cells_for_goal_within": None, f"agreement_at_{pct}pct": at_budget(agree),
+                    f"best_found_at_{pct}pct": None, f"best_within_at_{pct}pct": None,
+                    "fraction_of_seeds_reaching_95": len(reached) / len(cells),
+                    f"fraction_of_seeds_meeting_goal_at_{pct}pct": None}
         noise_aware = {} if tied is None else {
             "best_tied_at_budget": float(np.median([tied[r, (c or last) - 1]
                                                     for r, c in enumerate(cells)])),
@@ -1438,8 +1456,11 @@ def replay_summary(curves: ReplayCurves, level: float = 0.95,
         }
 
     strategies = list(curves.agreement)
+    # a table without test accuracies has no best temperatures: its best curves are NaN
+    scored = not all(np.isnan(b).all() for b in curves.best_found.values())
     main = figures("active") if "active" in strategies else {}
-    out = {"total_cells": curves.total_cells, "cells_replayed": curves.cells_replayed, **main,
+    out = {"total_cells": curves.total_cells, "cells_replayed": curves.cells_replayed,
+           "best_scored": scored, **main,
            "seeds": int(next(iter(curves.agreement.values())).shape[0]),
            "baselines": {s: figures(s) for s in strategies if s != "active"}}
     if curves.best_reproducibility is not None:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
 from selection.__main__ import _COMMAND_MODULES, build_parser, main
+from selection.mapping import replay, replay_summary
 from selection.synthetic import TRUE_REGIME, synthetic_table
 from tracking import keys
 from tracking.store import REPO_ROOT
@@ -128,6 +131,33 @@ def test_a_table_typed_from_a_paper_names_its_knob(tmp_path, capsys, monkeypatch
     assert main(["map", "--table", str(table), "--replay", "--knob", "epochs", "--seeds", "1",
                  "--max-cells", "8", "--json"]) == 0
     assert '"total_cells"' in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_a_table_of_barriers_and_cka_alone_is_replayed_on_its_labels(tmp_path, capsys):
+    # a figure of LMC barriers and CKA without accuracies: the map is judged on its labels;
+    # the best-temperature figures and the goal are unknown (None), never a NaN in the JSON
+    df = synthetic_table(seed=1)[["temperature", "density", "lmc_barrier", "cka"]]
+    table = tmp_path / "phase_only.csv"
+    df.to_csv(table, index=False)
+    args = ["map", "--table", str(table), "--replay", "--knob", "epochs", "--seeds", "2",
+            "--max-cells", "12"]
+    assert main([*args, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert summary["best_scored"] is False and summary["total_cells"] == len(df)
+    assert summary["cells_replayed"] == 12 and 0 < summary["agreement_at_40pct"] <= 1
+    for figures in (summary, *summary["baselines"].values()):
+        assert figures["cells_for_goal"] is None and figures["best_found_at_budget"] is None
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "the labels alone are judged" in out and "best temperature found there" not in out
+    # an accuracy column with no value in it is the same as none
+    df.assign(test_acc=float("nan")).to_csv(table, index=False)
+    assert main([*args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["best_scored"] is False
+    # with accuracies the same table scores its bests
+    curves = replay(synthetic_table(seed=1), seeds=[0], max_cells=12, strategies=("random",))
+    assert replay_summary(curves)["best_scored"] is True
+    assert not np.isnan(curves.best_found["random"]).all()
 
 
 def test_missing_file_and_bad_density(tmp_path, capsys):

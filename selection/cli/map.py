@@ -156,13 +156,20 @@ def _live(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     from selection.mapping import plot_replay, replay, replay_summary
-    from tracking.tables import read_table
+    from tracking.tables import MissingColumnsError, read_table
 
     if not args.table:
         return fail(ValueError("--replay needs --table CSV (a finished results table)"))
     try:
-        table = read_table(args.table, ["knob", "temperature", "density", "lmc_barrier", "cka",
-                                        "test_acc"], knob=args.knob)
+        required = ["knob", "temperature", "density", "lmc_barrier", "cka"]
+        try:
+            table = read_table(args.table, [*required, "test_acc"], knob=args.knob)
+        except MissingColumnsError as e:
+            # without test_acc the replay judges the labels alone, unless the table has its
+            # accuracy under another name (test error: the message says how to convert it)
+            if e.missing != ["test_acc"] or "test_acc = 1 - " in str(e):
+                raise
+            table = read_table(args.table, required, knob=args.knob)
         if args.seeds < 1:
             raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
         stop_rule = _stop_rule(args)
@@ -191,8 +198,12 @@ def format_summary(summary: dict, curves) -> list[str]:
     budgets = sorted({max(1, round(f * total)) for f in (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
                       if round(f * total) <= replayed} | {replayed})
     cut = "" if replayed == total else f" (the first {replayed} replayed: --max-cells)"
+    scored = summary.get("best_scored", True)
     lines = [f"replay over {summary['seeds']} seeds, {total} cells{cut}; median agreement with "
-             "the full grid's map / fraction of densities whose best temperature is found:"]
+             "the full grid's map" + (" / fraction of densities whose best temperature is "
+                                      "found:" if scored else
+                                      " (the table has no test_acc: the labels alone are "
+                                      "judged, no best temperature):")]
     if curves.missing:
         lines.append(f"{len(curves.missing)} point(s) of the grid have no result in the table "
                      "(no row, or a NaN barrier, CKA or test accuracy) and are left out: "
@@ -203,7 +214,8 @@ def format_summary(summary: dict, curves) -> list[str]:
         agree = np.median(curves.agreement[strategy], axis=0)
         best = np.median(curves.best_found[strategy], axis=0)
         lines.append(strategy.ljust(16) + "".join(
-            f"{100 * agree[b - 1]:>7.0f}%/{best[b - 1]:.1f}" for b in budgets))
+            f"{100 * agree[b - 1]:>7.0f}%/{best[b - 1]:.1f}" if scored
+            else f"{100 * agree[b - 1]:>11.0f}%" for b in budgets))
 
     def cells(figures: dict) -> str:
         value = figures["cells_for_95"]
@@ -211,6 +223,8 @@ def format_summary(summary: dict, curves) -> list[str]:
 
     lines.append(f"cells to 95% agreement (median): active {cells(summary)}, " + ", ".join(
         f"{name} {cells(f)}" for name, f in summary["baselines"].items()))
+    if not scored:
+        return lines + _stop_line(summary)
     lines.append(f"best temperature found there: active {summary['best_found_at_budget']:.2f} "
                  f"of densities ({summary['best_within_at_budget']:.2f} within 0.2 points), "
                  + ", ".join(f"{name} {f['best_found_at_budget']:.2f} "
@@ -258,7 +272,11 @@ def format_summary(summary: dict, curves) -> list[str]:
             f"cell's {'pairs' if labels['pair_source'] == 'pairs' else 'mean and std'}, "
             f"{labels['draws']} draws): median agreement {100 * labels['median']:.1f}%, "
             f"{100 * labels['at_least_95']:.0f}% of the draws keep >= 95% of the labels")
-    if summary.get("stopped_at_median") is not None:
-        lines.append(f"the stopping rule stops the active loop at {summary['stopped_at_median']:g} "
-                     "cells (median)")
-    return lines
+    return lines + _stop_line(summary)
+
+
+def _stop_line(summary: dict) -> list[str]:
+    if summary.get("stopped_at_median") is None:
+        return []
+    return [f"the stopping rule stops the active loop at {summary['stopped_at_median']:g} "
+            "cells (median)"]
