@@ -1130,6 +1130,13 @@ def _point_accuracy(table: pd.DataFrame, axes: GridAxes, copies: int | None = No
     return mean, se, rows, int(n_copies), bool(assumed)
 
 
+def _tied_with(best: float, best_se: float, acc, se):
+    """Whether accuracies ``acc`` (standard errors ``se``) are tied with the ``best`` one
+    (``best_se``): below it by at most ``TIE_Z`` standard errors of the difference. A NaN
+    standard error (no std) counts as no noise: only an exact tie counts."""
+    return best - acc <= TIE_Z * np.sqrt(np.nan_to_num(best_se ** 2 + se ** 2))
+
+
 def best_reproducibility(table: pd.DataFrame, axes: GridAxes, *, copies: int | None = None,
                          draws: int = REPRODUCE_DRAWS, seed: int = 0) -> dict | None:
     """How often the WHOLE grid, run again with new fine-tune seeds, would name the same best
@@ -1170,10 +1177,7 @@ def best_reproducibility(table: pd.DataFrame, axes: GridAxes, *, copies: int | N
         per_density[density] = float(same.mean())
         kept &= same
         top = true_best[density]
-        gap = mean[top] - mean[row]
-        # a point without a std (NaN) has no noise to be tied within: only an exact tie counts
-        spread = np.sqrt(np.nan_to_num(se[top] ** 2 + se[row] ** 2))
-        tied[density] = int(np.sum(gap <= TIE_Z * spread))
+        tied[density] = int(np.sum(_tied_with(mean[top], se[top], mean[row], se[row])))
     n_points = int(np.sum(rows > 0))
     return {"per_density": per_density, "every_density": float(kept.mean()),
             "copies": int(n_copies), "copies_assumed": bool(assumed),
@@ -1199,9 +1203,8 @@ def _score(pred: MapPrediction, reference_labels: np.ndarray, true_best: dict[fl
         reported = q is not None and bool(pred.run[q])
         within.append(reported and true_acc[q] >= true_acc[p] - BEST_TOLERANCE)
         if true_se is not None:
-            spread = math.sqrt(np.nan_to_num(true_se[p] ** 2 + true_se[q] ** 2)) \
-                if reported else 0.0
-            tied.append(reported and true_acc[p] - true_acc[q] <= TIE_Z * spread)
+            tied.append(reported and bool(_tied_with(true_acc[p], true_se[p],
+                                                     true_acc[q], true_se[q])))
     return (agreement, float(np.mean(found)), float(np.mean(within)),
             float(np.mean(tied)) if true_se is not None else math.nan)
 
@@ -1405,18 +1408,10 @@ def replay_summary(curves: ReplayCurves, level: float = 0.95,
         return median if math.isfinite(median) else None
 
     def figures(strategy: str) -> dict:
-        agree, best = curves.agreement[strategy], curves.best_found[strategy]
-        within = curves.best_within[strategy]
-        tied = None if curves.best_tied is None else curves.best_tied[strategy]
+        agree = curves.agreement[strategy]
         cells = [_cells_for(row, level) for row in agree]
         reached = [c for c in cells if c is not None]
         last = curves.cells_replayed
-        at_cells = [best[r, (c or last) - 1] for r, c in enumerate(cells)]
-        within_at = [within[r, (c or last) - 1] for r, c in enumerate(cells)]
-        # the goal: >= level agreement AND the best temperature at every density, staying so
-        goal = np.where((agree >= level - 1e-12) & (best >= 1 - 1e-12), 1.0, 0.0)
-        # the same with every density's best within BEST_TOLERANCE of the best accuracy
-        goal_within = np.where((agree >= level - 1e-12) & (within >= 1 - 1e-12), 1.0, 0.0)
         # the budget is a fraction of the whole grid; None when the replay stopped before it
         k = max(1, min(curves.total_cells, math.floor(budget_fraction * curves.total_cells)))
         pct = round(100 * budget_fraction)
@@ -1424,36 +1419,34 @@ def replay_summary(curves: ReplayCurves, level: float = 0.95,
         def at_budget(values: np.ndarray) -> float | None:
             return float(np.median(values[:, k - 1])) if k <= last else None
 
-        goal_cells = [_cells_for(row, 1.0) for row in goal]
-        if not scored:      # labels only: the best-temperature figures and the goal are unknown
-            return {"cells_for_95": median_cells(cells), "best_found_at_budget": None,
-                    "best_within_at_budget": None, "cells_for_goal": None,
-                    "cells_for_goal_within": None, f"agreement_at_{pct}pct": at_budget(agree),
-                    f"best_found_at_{pct}pct": None, f"best_within_at_{pct}pct": None,
-                    "fraction_of_seeds_reaching_95": len(reached) / len(cells),
-                    f"fraction_of_seeds_meeting_goal_at_{pct}pct": None}
-        noise_aware = {} if tied is None else {
-            "best_tied_at_budget": float(np.median([tied[r, (c or last) - 1]
-                                                    for r, c in enumerate(cells)])),
-            "cells_for_goal_tied": median_cells([_cells_for(row, 1.0) for row in np.where(
-                (agree >= level - 1e-12) & (tied >= 1 - 1e-12), 1.0, 0.0)]),
-            f"best_tied_at_{pct}pct": at_budget(tied)}
-        return {
-            "cells_for_95": median_cells(cells),
-            "best_found_at_budget": float(np.median(at_cells)),
-            "best_within_at_budget": float(np.median(within_at)),
-            "cells_for_goal": median_cells(goal_cells),
-            "cells_for_goal_within": median_cells([_cells_for(row, 1.0)
-                                                   for row in goal_within]),
-            f"agreement_at_{pct}pct": at_budget(agree),
-            f"best_found_at_{pct}pct": at_budget(best),
-            f"best_within_at_{pct}pct": at_budget(within),
-            "fraction_of_seeds_reaching_95": len(reached) / len(cells),
-            # a steadier figure than the median where the seeds split in two groups
-            f"fraction_of_seeds_meeting_goal_at_{pct}pct": float(np.mean(
-                [c is not None and c <= k for c in goal_cells])),
-            **noise_aware,
-        }
+        def at_95(values: np.ndarray) -> float:
+            # at the cells where agreement reached `level` (the last replayed if never)
+            return float(np.median([values[r, (c or last) - 1] for r, c in enumerate(cells)]))
+
+        def goal_cells(found: np.ndarray) -> list[int | None]:
+            # per seed: >= level agreement AND every density's best found, staying so
+            both = np.where((agree >= level - 1e-12) & (found >= 1 - 1e-12), 1.0, 0.0)
+            return [_cells_for(row, 1.0) for row in both]
+
+        out = {"cells_for_95": median_cells(cells),
+               f"agreement_at_{pct}pct": at_budget(agree),
+               "fraction_of_seeds_reaching_95": len(reached) / len(cells)}
+        # the exact best; within BEST_TOLERANCE of the best accuracy; tied with it within the
+        # table's noise (only with test_acc_std)
+        kinds = {"found": curves.best_found[strategy], "within": curves.best_within[strategy]}
+        if curves.best_tied is not None:
+            kinds["tied"] = curves.best_tied[strategy]
+        for kind, found in kinds.items():
+            goal = goal_cells(found)
+            suffix = "" if kind == "found" else f"_{kind}"
+            out |= {f"best_{kind}_at_budget": at_95(found) if scored else None,
+                    f"cells_for_goal{suffix}": median_cells(goal) if scored else None,
+                    f"best_{kind}_at_{pct}pct": at_budget(found) if scored else None}
+            if kind == "found":
+                # a steadier figure than the median where the seeds split in two groups
+                out[f"fraction_of_seeds_meeting_goal_at_{pct}pct"] = float(np.mean(
+                    [c is not None and c <= k for c in goal])) if scored else None
+        return out
 
     strategies = list(curves.agreement)
     # a table without test accuracies has no best temperatures: its best curves are NaN
