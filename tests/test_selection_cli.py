@@ -150,6 +150,10 @@ def test_a_table_of_barriers_and_cka_alone_is_replayed_on_its_labels(tmp_path, c
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "the labels alone are judged" in out and "best temperature found there" not in out
+    # a table with its accuracy as test error is not taken for one without accuracies
+    df.assign(test_error=0.1).to_csv(table, index=False)
+    assert main([*args, "--json"]) == 1
+    assert "test_acc = 1 - test_error" in capsys.readouterr().err
     # an accuracy column with no value in it is the same as none
     df.assign(test_acc=float("nan")).to_csv(table, index=False)
     assert main([*args, "--json"]) == 0

@@ -217,14 +217,14 @@ def read_table(path: str | Path, required: Sequence[str] = _REQUIRED,
     except ValueError as e:
         hint = ("; for a table without a 'knob' column name its temperature knob with --knob "
                 "(e.g. --knob epochs)" if keys.KNOB in required and keys.KNOB not in df else "")
-        message = f"{path}: {e}{hint}{_conversion_hint(df, required)}"
+        message = f"{path}: {e}{hint}{conversion_hint(df, required)}"
         if isinstance(e, MissingColumnsError):     # keeps its type: callers add their hints
             raise MissingColumnsError(message, e.missing) from e
         raise ValueError(message) from e
     return df
 
 
-def _conversion_hint(df: pd.DataFrame, required: Sequence[str]) -> str:
+def conversion_hint(df: pd.DataFrame, required: Sequence[str]) -> str:
     """How to get a missing required column from one a paper or another tool names instead
     (a knob's name for the temperature axis, sparsity for density, test error for accuracy)."""
     lower = {header_key(c): c for c in df.columns if isinstance(c, str)}

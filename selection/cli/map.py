@@ -156,7 +156,7 @@ def _live(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     from selection.mapping import plot_replay, replay, replay_summary
-    from tracking.tables import MissingColumnsError, read_table
+    from tracking.tables import MissingColumnsError, conversion_hint, read_table
 
     if not args.table:
         return fail(ValueError("--replay needs --table CSV (a finished results table)"))
@@ -165,11 +165,14 @@ def _replay(args: argparse.Namespace) -> int:
         try:
             table = read_table(args.table, [*required, "test_acc"], knob=args.knob)
         except MissingColumnsError as e:
-            # without test_acc the replay judges the labels alone, unless the table has its
-            # accuracy under another name (test error: the message says how to convert it)
-            if e.missing != ["test_acc"] or "test_acc = 1 - " in str(e):
+            if e.missing != ["test_acc"]:
                 raise
+            # without test_acc the replay judges the labels alone, unless the table has its
+            # accuracy under another name (test error): then the error, which says how to
+            # convert it
             table = read_table(args.table, required, knob=args.knob)
+            if conversion_hint(table, ["test_acc"]):
+                raise
         if args.seeds < 1:
             raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
         stop_rule = _stop_rule(args)
